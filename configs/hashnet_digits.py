@@ -1,0 +1,57 @@
+"""HashNet, 32 bits, small CNN on scikit-learn's bundled 8×8 digits (the default; offline).
+
+  python train.py --config=configs/hashnet_digits.py --workdir=runs/hashnet_digits
+
+Protocol: 30 queries per class (300), the other 1,497 images are the database, and 100 per
+class of them (1,000) are the training set; mAP over the whole database.
+"""
+
+from ml_collections import config_dict
+
+
+def get_config() -> config_dict.ConfigDict:
+  c = config_dict.ConfigDict()
+  c.dataset = 'digits'
+  c.image_size = config_dict.placeholder(int)  # None: native 8×8
+  c.backbone = 'small_cnn'
+  c.bits = 32
+  c.batch_size = 64
+  c.num_steps = 2000
+  c.learning_rate = 1e-3
+  c.optimizer = 'adam'
+  c.momentum = 0.9
+  c.weight_decay = 1e-4
+  c.hash_lr_mult = 10.0
+  c.lr_decay_every = 700
+  c.lr_decay_factor = 0.5
+  c.seed = 0
+  c.log_every = 50
+  c.eval_every = 500
+  c.checkpoint_every = 500
+  c.map_topk = config_dict.placeholder(int)  # None: the whole database
+  c.eval_batch_size = 256
+
+  c.beta = config_dict.ConfigDict()
+  c.beta.schedule = 'hashnet'  # or 'constant'
+  c.beta.beta0 = 1.0
+  c.beta.gamma = 0.02  # the paper uses 0.005 over 10,000 steps; β ≈ 6.1 at step 2,000 here
+  c.beta.power = 0.5
+  c.beta.step_size = 200
+
+  c.loss = config_dict.ConfigDict()
+  c.loss.name = 'hashnet'  # or 'dhn'
+  c.loss.weighting = 'balanced'  # 'fixed' (authors' code) or 'none'
+  c.loss.alpha = config_dict.placeholder(float)  # None: 10 / bits
+  c.loss.class_num = config_dict.placeholder(float)  # for weighting='fixed'
+  c.loss.quantization_weight = 0.1  # DHN only
+
+  c.split = config_dict.ConfigDict()
+  c.split.query_per_class = 30  # set this or num_query (the other stays None)
+  c.split.num_query = config_dict.placeholder(int)
+  c.split.train_per_class = 100  # set this or num_train
+  c.split.num_train = config_dict.placeholder(int)
+  c.split.train_in_database = True  # training images stay in the database
+
+  c.checkpoint = config_dict.ConfigDict()
+  c.checkpoint.max_to_keep = 2
+  return c

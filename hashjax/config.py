@@ -1,0 +1,151 @@
+"""Typed, validated settings for the hashing job, built from an ml_collections ConfigDict.
+
+Model and training code receive these frozen dataclasses, never a ConfigDict. Every check
+raises `ConfigError` with one line naming the bad value and what is accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from hashjax.losses import WEIGHTINGS
+from hashjax.models.backbones import BACKBONES
+from hashjax.schedules import SCHEDULES
+
+
+class ConfigError(ValueError):
+  """A configuration value that cannot be used."""
+
+
+OPTIMIZERS = ('sgd', 'adam')
+LOSSES = ('hashnet', 'dhn')
+
+
+@dataclasses.dataclass(frozen=True)
+class BetaConfig:
+  schedule: str = 'hashnet'
+  beta0: float = 1.0
+  gamma: float = 0.005
+  power: float = 0.5
+  step_size: int = 200
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  name: str = 'hashnet'
+  weighting: str = 'balanced'
+  alpha: float | None = None
+  class_num: float | None = None
+  quantization_weight: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitConfig:
+  query_per_class: int | None = None
+  num_query: int | None = None
+  train_per_class: int | None = None
+  num_train: int | None = None
+  train_in_database: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  max_to_keep: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class HashConfig:
+  """Everything `hash_trainer.train_and_evaluate` needs (see configs/hashnet_digits.py)."""
+  dataset: str
+  image_size: int | None
+  backbone: str
+  bits: int
+  batch_size: int
+  num_steps: int
+  learning_rate: float
+  optimizer: str
+  momentum: float
+  weight_decay: float
+  hash_lr_mult: float
+  lr_decay_every: int
+  lr_decay_factor: float
+  seed: int
+  log_every: int
+  eval_every: int
+  checkpoint_every: int
+  map_topk: int | None
+  eval_batch_size: int
+  beta: BetaConfig
+  loss: LossConfig
+  split: SplitConfig
+  checkpoint: CheckpointConfig
+
+  @property
+  def alpha(self) -> float:
+    """The likelihood's α: `loss.alpha`, or 10 / bits when unset."""
+    return 10.0 / self.bits if self.loss.alpha is None else self.loss.alpha
+
+
+def _build(cls, values: dict[str, Any], prefix: str = ''):
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - names)
+  if unknown:
+    raise ConfigError(f'unknown config key {prefix}{unknown[0]}; accepted: '
+                      f'{", ".join(prefix + n for n in sorted(names))}')
+  return cls(**values)
+
+
+def _require(ok: bool, message: str):
+  if not ok:
+    raise ConfigError(message)
+
+
+def _one_of(name: str, value, accepted):
+  _require(value in accepted, f'{name}={value!r} is not accepted; use one of: '
+                              f'{", ".join(map(str, accepted))}')
+
+
+def _positive_int(name, value, minimum=1):
+  _require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+           f'{name}={value!r} must be an integer ≥ {minimum}')
+
+
+def hash_config(config) -> HashConfig:
+  """Validates a hashing ConfigDict (or plain dict) and returns a frozen `HashConfig`."""
+  values = dict(config.to_dict() if hasattr(config, 'to_dict') else config)
+  nested = {'beta': BetaConfig, 'loss': LossConfig, 'split': SplitConfig,
+            'checkpoint': CheckpointConfig}
+  for key, cls in nested.items():
+    values[key] = _build(cls, dict(values.get(key) or {}), prefix=f'{key}.')
+  cfg = _build(HashConfig, values)
+
+  _one_of('backbone', cfg.backbone, BACKBONES)
+  _one_of('optimizer', cfg.optimizer, OPTIMIZERS)
+  _one_of('loss.name', cfg.loss.name, LOSSES)
+  _one_of('loss.weighting', cfg.loss.weighting, WEIGHTINGS)
+  _one_of('beta.schedule', cfg.beta.schedule, SCHEDULES)
+  _require(isinstance(cfg.bits, int) and 8 <= cfg.bits <= 1024,
+           f'bits={cfg.bits!r} is out of range; accepted: integers 8..1024')
+  _positive_int('batch_size', cfg.batch_size, 2)
+  _positive_int('num_steps', cfg.num_steps)
+  for name in ('log_every', 'eval_every', 'checkpoint_every', 'eval_batch_size',
+               'beta.step_size', 'checkpoint.max_to_keep'):
+    obj = cfg
+    for part in name.split('.'):
+      obj = getattr(obj, part)
+    _positive_int(name, obj)
+  _positive_int('lr_decay_every', cfg.lr_decay_every, 0)
+  _require(cfg.learning_rate > 0, f'learning_rate={cfg.learning_rate!r} must be > 0')
+  _require(0 < cfg.lr_decay_factor <= 1,
+           f'lr_decay_factor={cfg.lr_decay_factor!r} must be in (0, 1]')
+  _require(cfg.map_topk is None or (isinstance(cfg.map_topk, int) and cfg.map_topk > 0),
+           f'map_topk={cfg.map_topk!r} must be a positive integer or None (whole database)')
+  _require(cfg.image_size is None or (isinstance(cfg.image_size, int) and cfg.image_size >= 8),
+           f'image_size={cfg.image_size!r} must be an integer ≥ 8 or None (native size)')
+  _require(cfg.loss.alpha is None or cfg.loss.alpha > 0,
+           f'loss.alpha={cfg.loss.alpha!r} must be > 0 or None (10 / bits)')
+  if cfg.loss.weighting == 'fixed':
+    _require(cfg.loss.class_num is not None and cfg.loss.class_num > 0,
+             f"loss.weighting='fixed' needs loss.class_num > 0, got {cfg.loss.class_num!r}")
+  return cfg

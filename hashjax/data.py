@@ -1,0 +1,241 @@
+"""Image sources, the retrieval protocol split, and deterministic batches.
+
+Data flows one way: a *source* (`digits`, `npz:PATH`, `tfds:NAME[:SPLIT]`) gives uint8 images
+[N, H, W, C] and labels (class ids [N] or multi-hot [N, L]); `protocol_split` divides its
+indices into query / database / training sets; `batch_indices` picks the training examples of
+a step from (seed, step) alone, so a resumed run sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Protocol
+
+import numpy as np
+
+
+class DataError(ValueError):
+  """A data source or split that cannot be used; the message says what is accepted."""
+
+
+class Source(Protocol):
+  """Random-access images and labels."""
+  labels: np.ndarray  # int [N] or multi-hot {0,1} [N, L]
+
+  def __len__(self) -> int: ...
+
+  def images(self, indices: np.ndarray) -> np.ndarray:
+    """uint8 [len(indices), H, W, C]."""
+
+
+@dataclasses.dataclass
+class ArraySource:
+  """A source held in memory: uint8 images [N, H, W, C] and labels."""
+  images_NxHxWxC: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def images(self, indices: np.ndarray) -> np.ndarray:
+    return self.images_NxHxWxC[indices]
+
+
+class TfdsSource:
+  """A `tfds.data_source` (random access, no TensorFlow), images resized to `image_size`."""
+
+  def __init__(self, records, labels: np.ndarray, image_size: int | None):
+    self._records = records
+    self.labels = labels
+    self._image_size = image_size
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def images(self, indices: np.ndarray) -> np.ndarray:
+    return np.stack([_resize(np.asarray(self._records[int(i)]['image']), self._image_size)
+                     for i in indices])
+
+
+def _resize(image_HxWxC: np.ndarray, size: int | None) -> np.ndarray:
+  if size is None or image_HxWxC.shape[:2] == (size, size):
+    return image_HxWxC
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  channels = image_HxWxC.shape[-1]
+  pil = Image.fromarray(image_HxWxC[..., 0] if channels == 1 else image_HxWxC)
+  out = np.asarray(pil.resize((size, size), Image.BILINEAR))
+  return out[..., None] if out.ndim == 2 else out
+
+
+SOURCES = 'digits, npz:PATH, tfds:NAME[:SPLIT]'
+
+
+def load_source(spec: str, *, image_size: int | None = None) -> Source:
+  """Opens the data source named by `spec`.
+
+  Args:
+    spec: 'digits' (scikit-learn's bundled 1,797 8×8 digits, 10 classes, no network),
+      'npz:PATH' (keys `image` uint8 [N,H,W] or [N,H,W,C] and `label` int [N] or multi-hot
+      [N,L]), or 'tfds:NAME[:SPLIT]' (a dataset already prepared in array_record format;
+      SPLIT defaults to 'train').
+    image_size: resize images to image_size × image_size pixels (None: keep their size).
+
+  Returns:
+    A `Source`. Raises `DataError` with a one-line message for anything unusable.
+  """
+  if spec == 'digits':
+    from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+    digits = load_digits()
+    # Pixel values are 0..16; spread them over 0..255 like any other uint8 image.
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    return _array_source(images, digits.target.astype(np.int64), image_size)
+  if spec.startswith('npz:'):
+    return _load_npz(spec[len('npz:'):], image_size)
+  if spec.startswith('tfds:'):
+    return _load_tfds(spec[len('tfds:'):], image_size)
+  raise DataError(f'unknown dataset {spec!r}; accepted: {SOURCES}')
+
+
+def _array_source(images, labels, image_size):
+  if image_size is not None and images.shape[1:3] != (image_size, image_size):
+    images = np.stack([_resize(im, image_size) for im in images])
+  return ArraySource(images, labels)
+
+
+def _load_npz(path: str, image_size: int | None) -> ArraySource:
+  if not os.path.isfile(path):
+    raise DataError(f'npz file {path!r} does not exist')
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      arrays = {k: f[k] for k in f.files}
+  except (OSError, ValueError) as e:
+    raise DataError(f'{path!r} is not a readable .npz file ({e})') from None
+  missing = {'image', 'label'} - set(arrays)
+  if missing:
+    raise DataError(f'{path!r} lacks key(s) {sorted(missing)}; found {sorted(arrays)}; '
+                    'expected image uint8 [N,H,W(,C)] and label int [N] or multi-hot [N,L]')
+  images, labels = arrays['image'], arrays['label']
+  if images.dtype != np.uint8 or images.ndim not in (3, 4):
+    raise DataError(f'{path!r}: image must be uint8 [N,H,W] or [N,H,W,C], got '
+                    f'{images.dtype} {images.shape}')
+  if images.ndim == 3:
+    images = images[..., None]
+  if labels.ndim not in (1, 2) or not np.issubdtype(labels.dtype, np.integer):
+    raise DataError(f'{path!r}: label must be int [N] or multi-hot [N,L], got '
+                    f'{labels.dtype} {labels.shape}')
+  if len(labels) != len(images):
+    raise DataError(f'{path!r}: {len(images)} images but {len(labels)} labels')
+  if labels.ndim == 1 and labels.min() < 0:
+    raise DataError(f'{path!r}: class ids must be ≥ 0, found {labels.min()}')
+  return _array_source(images, labels.astype(np.int64), image_size)
+
+
+def _load_tfds(name_split: str, image_size: int | None) -> TfdsSource:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  name, _, split = name_split.partition(':')
+  split = split or 'train'
+  try:
+    records = tfds.data_source(name, split=split, download=False)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise DataError(f'unknown tfds dataset {name!r}; see `tfds.list_builders()`') from None
+  except (NotImplementedError, AssertionError, FileNotFoundError, KeyError, ValueError) as e:
+    raise DataError(
+        f'tfds dataset {name!r} (split {split!r}) is not prepared for random access: run '
+        f'`tfds build {name} --file_format=array_record` once on a machine with network '
+        f'(set TFDS_DATA_DIR to where it went); tfds said: {str(e.args[0] if e.args else e).splitlines()[0]}') from None
+  if len(records) == 0:
+    raise DataError(f'tfds dataset {name!r} split {split!r} is empty')
+  first = records[0]
+  if 'image' not in first or 'label' not in first:
+    raise DataError(f'tfds dataset {name!r} has features {sorted(first)}; hashjax needs '
+                    "'image' and 'label'")
+  labels = np.stack([np.asarray(records[i]['label']) for i in range(len(records))])
+  if image_size is None and len({tuple(np.asarray(records[i]['image']).shape[:2])
+                                  for i in range(min(len(records), 64))}) > 1:
+    raise DataError(f'tfds dataset {name!r} has images of different sizes; set image_size')
+  return TfdsSource(records, labels.astype(np.int64), image_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """Indices into a source: query and database are disjoint; train ⊆ database by default."""
+  query: np.ndarray
+  database: np.ndarray
+  train: np.ndarray
+
+
+def _pick(rng, pool: np.ndarray, labels: np.ndarray, per_class: int | None,
+          total: int | None, what: str) -> np.ndarray:
+  if (per_class is None) == (total is None):
+    raise DataError(f'set exactly one of {what}_per_class and num_{what} '
+                    f'(got {per_class!r} and {total!r})')
+  if total is not None:
+    if not 0 < total <= len(pool):
+      raise DataError(f'num_{what}={total} is impossible with {len(pool)} items available; '
+                      f'accepted: 1..{len(pool)}')
+    return np.sort(rng.choice(pool, size=total, replace=False))
+  if labels.ndim != 1:
+    raise DataError(f'{what}_per_class needs single-label data; multi-hot labels need num_{what}')
+  if per_class < 1:
+    raise DataError(f'{what}_per_class={per_class} must be ≥ 1')
+  chosen = []
+  for c in np.unique(labels[pool]):
+    members = pool[labels[pool] == c]
+    if len(members) < per_class:
+      raise DataError(f'{what}_per_class={per_class} is impossible: class {c} has only '
+                      f'{len(members)} items available; accepted: 1..{len(members)}')
+    chosen.append(rng.choice(members, size=per_class, replace=False))
+  return np.sort(np.concatenate(chosen))
+
+
+def protocol_split(labels: np.ndarray, *, seed: int, query_per_class: int | None = None,
+                   num_query: int | None = None, train_per_class: int | None = None,
+                   num_train: int | None = None, train_in_database: bool = True) -> Split:
+  """The retrieval protocol: queries drawn first, the rest is the database, and the training
+  set drawn from the database (the usual CIFAR-10 / ImageNet-100 / MNIST protocols).
+
+  Set one of query_per_class / num_query and one of train_per_class / num_train.
+  With train_in_database=False the training images leave the database.
+
+  Returns:
+    `Split` of sorted int64 index arrays. Deterministic in `seed`.
+  """
+  labels = np.asarray(labels)
+  rng = np.random.default_rng([seed, 0x5117])
+  everything = np.arange(len(labels))
+  query = _pick(rng, everything, labels, query_per_class, num_query, 'query')
+  database = np.setdiff1d(everything, query)
+  if len(database) < 2:
+    raise DataError(f'the query set leaves {len(database)} database items; need at least 2')
+  train = _pick(rng, database, labels, train_per_class, num_train, 'train')
+  if not train_in_database:
+    database = np.setdiff1d(database, train)
+    if len(database) == 0:
+      raise DataError('train_in_database=False leaves an empty database')
+  return Split(query=query, database=database, train=train)
+
+
+def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+  """Positions (into the training set) of the examples of global batch `step`.
+
+  The training set is visited epoch by epoch, each epoch a permutation drawn from
+  (seed, epoch); batches run across epoch boundaries. A function of its arguments only,
+  so resuming at step t reproduces the batches of an uninterrupted run.
+
+  Returns:
+    int64 [batch_size].
+  """
+  positions = step * batch_size + np.arange(batch_size, dtype=np.int64)
+  epochs, offsets = positions // num_examples, positions % num_examples
+  out = np.empty(batch_size, np.int64)
+  for epoch in np.unique(epochs):
+    perm = np.random.default_rng([seed, int(epoch), 0xBA7C]).permutation(num_examples)
+    sel = epochs == epoch
+    out[sel] = perm[offsets[sel]]
+  return out
+
+
+def to_float(images_uint8) -> np.ndarray:
+  """uint8 images → float32 in [−1, 1] (the network's input scale)."""
+  return np.asarray(images_uint8, np.float32) * (2.0 / 255.0) - 1.0

@@ -1,0 +1,337 @@
+"""The HashNet training loop: pure jitted train step, evaluation, checkpoints and outputs.
+
+Files written to the workdir: `config.json`, `metrics.jsonl` (one JSON object per log step),
+`eval.json` (final retrieval metrics), `codes.npz` (packed codes and labels) and
+`checkpoints/<step>/`. Rerunning on the same workdir resumes from the newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import time
+from typing import Any, Callable, Protocol
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import struct
+
+from hashjax import codes as codes_lib
+from hashjax import data as data_lib
+from hashjax import losses, metrics, schedules
+from hashjax.checkpoint import Checkpointer
+from hashjax.config import HashConfig, hash_config
+from hashjax.models import HashNet, hash_activation
+
+log = logging.getLogger(__name__)
+
+
+class TrainState(struct.PyTreeNode):
+  """Everything that changes during training (a pytree; checkpointed whole)."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  apply_fn: Callable = struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+  def variables(self, params=None) -> dict[str, Any]:
+    out = {'params': self.params if params is None else params}
+    if self.batch_stats:
+      out['batch_stats'] = self.batch_stats
+    return out
+
+
+def learning_rate_schedule(cfg: HashConfig) -> optax.Schedule:
+  """Step decay: learning_rate × lr_decay_factor every lr_decay_every steps (0 = constant)."""
+  if cfg.lr_decay_every == 0:
+    return optax.constant_schedule(cfg.learning_rate)
+  return optax.exponential_decay(cfg.learning_rate, transition_steps=cfg.lr_decay_every,
+                                 decay_rate=cfg.lr_decay_factor, staircase=True)
+
+
+def _param_groups(params) -> Any:
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: 'hash' if path[0].key == 'hash_layer' else 'backbone', params)
+
+
+def make_optimizer(cfg: HashConfig) -> optax.GradientTransformation:
+  """SGD with momentum (the paper) or Adam, weight decay, and `hash_lr_mult` × the learning
+  rate on the hash layer (10× in HashNet)."""
+  base = learning_rate_schedule(cfg)
+
+  def one(schedule):
+    if cfg.optimizer == 'sgd':
+      return optax.chain(optax.add_decayed_weights(cfg.weight_decay),
+                         optax.sgd(schedule, momentum=cfg.momentum))
+    return optax.adamw(schedule, weight_decay=cfg.weight_decay)
+
+  hash_schedule = lambda step: cfg.hash_lr_mult * base(step)
+  return optax.multi_transform({'backbone': one(base), 'hash': one(hash_schedule)},
+                               _param_groups)
+
+
+def make_model(cfg: HashConfig) -> HashNet:
+  return HashNet(bits=cfg.bits, backbone=cfg.backbone)
+
+
+def create_train_state(cfg: HashConfig, image_shape: tuple[int, ...], rng: jax.Array
+                       ) -> TrainState:
+  """Initialises parameters, BatchNorm statistics and optimizer state.
+
+  Args:
+    image_shape: (H, W, C) of one input image. rng: PRNG key for initialisation.
+  """
+  model, tx = make_model(cfg), make_optimizer(cfg)
+  variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  params = variables['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params),
+                    apply_fn=model.apply, tx=tx)
+
+
+def make_loss_fn(cfg: HashConfig) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """(h_BxK, labels) → scalar loss, with the configured loss and its settings bound."""
+  if cfg.loss.name == 'dhn':
+    return functools.partial(losses.dhn_loss, alpha=cfg.alpha,
+                             quantization_weight=cfg.loss.quantization_weight)
+  return functools.partial(losses.hashnet_loss, alpha=cfg.alpha, weighting=cfg.loss.weighting,
+                           class_num=cfg.loss.class_num)
+
+
+def make_beta_fn(cfg: HashConfig) -> schedules.BetaSchedule:
+  b = cfg.beta
+  if b.schedule == 'constant':
+    return schedules.make_beta_schedule('constant', beta0=b.beta0)
+  return schedules.make_beta_schedule('hashnet', beta0=b.beta0, gamma=b.gamma, power=b.power,
+                                      step_size=b.step_size)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
+               loss_fn, beta_fn, lr_fn) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on a global batch.
+
+  Args:
+    state: the train state. batch: {'image': float32 [B, H, W, C], 'label': [B] or [B, L]}.
+    rng: the run's base PRNG key; this step uses fold_in(rng, state.step) for dropout.
+    loss_fn, beta_fn, lr_fn: bound by `functools.partial` before jitting.
+
+  Returns:
+    (new state, metrics): loss (nats per pair), beta, lr, saturation = fraction of |h| > 0.99.
+  """
+  beta = beta_fn(state.step)
+  dropout_rng = jax.random.fold_in(rng, state.step)
+
+  def objective(params):
+    z_BxK, updates = state.apply_fn(state.variables(params), batch['image'], train=True,
+                                    rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
+    h_BxK = hash_activation(z_BxK, beta)
+    return loss_fn(h_BxK, batch['label']), (h_BxK, updates)
+
+  (loss, (h_BxK, updates)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+  param_updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(
+      step=state.step + 1, params=optax.apply_updates(state.params, param_updates),
+      batch_stats=updates.get('batch_stats', state.batch_stats), opt_state=opt_state)
+  out = {'loss': loss, 'beta': beta, 'lr': lr_fn(state.step),
+         'saturation': jnp.mean((jnp.abs(h_BxK) > 0.99).astype(jnp.float32))}
+  return new_state, out
+
+
+def make_train_step(cfg: HashConfig):
+  """The jitted train step (state donated); β and the learning rate are traced, so they
+  change without recompiling."""
+  step = functools.partial(train_step, loss_fn=make_loss_fn(cfg), beta_fn=make_beta_fn(cfg),
+                           lr_fn=learning_rate_schedule(cfg))
+  return jax.jit(step, donate_argnums=0)
+
+
+@jax.jit
+def _encode_batch(state: TrainState, images):
+  return state.apply_fn(state.variables(), images, train=False)
+
+
+def encode(state: TrainState, source: data_lib.Source, indices: np.ndarray,
+           batch_size: int) -> np.ndarray:
+  """Hash-layer outputs z [len(indices), bits] (float32) for source items, in batches."""
+  out = []
+  for start in range(0, len(indices), batch_size):
+    chunk = indices[start:start + batch_size]
+    images = data_lib.to_float(source.images(chunk))
+    if len(chunk) < batch_size:  # pad: one compiled shape for every batch
+      images = np.concatenate([images, np.zeros((batch_size - len(chunk), *images.shape[1:]),
+                                                images.dtype)])
+    out.append(np.asarray(_encode_batch(state, images))[:len(chunk)])
+  return np.concatenate(out)
+
+
+def evaluate(state: TrainState, cfg: HashConfig, source: data_lib.Source,
+             split: data_lib.Split) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """Encodes queries and database, binarises with sign, and scores Hamming retrieval.
+
+  Returns:
+    (results, codes): results has map (at cfg.map_topk), precision_at_radius_2,
+    recall_at_radius_2, ...; codes holds the ±1 query and database codes.
+  """
+  query_codes = np.asarray(codes_lib.sign_codes(
+      encode(state, source, split.query, cfg.eval_batch_size)))
+  db_codes = np.asarray(codes_lib.sign_codes(
+      encode(state, source, split.database, cfg.eval_batch_size)))
+  q_labels, db_labels = source.labels[split.query], source.labels[split.database]
+  results = {
+      'step': int(state.step),
+      'map': metrics.mean_average_precision(query_codes, db_codes, q_labels, db_labels,
+                                            topk=cfg.map_topk),
+      'map_topk': cfg.map_topk,
+      'precision_at_radius_2': metrics.precision_at_radius(query_codes, db_codes, q_labels,
+                                                           db_labels, radius=2),
+      'recall_at_radius_2': metrics.recall_at_radius(query_codes, db_codes, q_labels,
+                                                     db_labels, radius=2),
+      'bits': cfg.bits,
+      'num_query': len(split.query),
+      'num_database': len(split.database),
+  }
+  return results, {'query': query_codes, 'database': db_codes}
+
+
+class Reporter(Protocol):
+  """What the loop tells its caller (the CLI shows it; tests may record it)."""
+
+  def start(self, total_steps: int, first_step: int) -> None: ...
+  def log(self, row: dict[str, Any]) -> None: ...
+  def evaluated(self, results: dict[str, Any]) -> None: ...
+  def close(self) -> None: ...
+
+
+class SilentReporter:
+  def start(self, total_steps, first_step):
+    pass
+
+  def log(self, row):
+    pass
+
+  def evaluated(self, results):
+    pass
+
+  def close(self):
+    pass
+
+
+def _write_json(path: str, obj) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.write('\n')
+  os.replace(tmp, path)
+
+
+def _truncate_metrics(path: str, last_step: int) -> None:
+  """Drops rows written after `last_step`: a resumed run rewrites them."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    rows = [line for line in f if line.strip() and json.loads(line)['step'] <= last_step]
+  with open(path, 'w') as f:
+    f.writelines(rows)
+
+
+def _fetch_row(step: int, metrics_dev, examples_per_sec: float) -> dict[str, Any]:
+  row = {k: float(v) for k, v in jax.device_get(metrics_dev).items()}
+  row.update(step=step, examples_per_sec=examples_per_sec)
+  return row
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict | HashConfig, workdir: str, *,
+                       reporter: Reporter | None = None) -> dict[str, Any]:
+  """Trains HashNet as configured, evaluating every `eval_every` steps and at the end.
+
+  Args:
+    config: a hashing ConfigDict (see configs/) or a validated `HashConfig`.
+    workdir: output directory; an existing checkpoint there is resumed.
+    reporter: receives progress (None: silent).
+
+  Returns:
+    The final evaluation results (also written to `<workdir>/eval.json`).
+  """
+  cfg = config if isinstance(config, HashConfig) else hash_config(config)
+  reporter = reporter or SilentReporter()
+  os.makedirs(workdir, exist_ok=True)
+  _write_json(os.path.join(workdir, 'config.json'), _config_dict(config))
+
+  source = data_lib.load_source(cfg.dataset, image_size=cfg.image_size)
+  s = cfg.split
+  split = data_lib.protocol_split(
+      source.labels, seed=cfg.seed, query_per_class=s.query_per_class, num_query=s.num_query,
+      train_per_class=s.train_per_class, num_train=s.num_train,
+      train_in_database=s.train_in_database)
+  image_shape = source.images(split.train[:1]).shape[1:]
+
+  rng = jax.random.PRNGKey(cfg.seed)
+  init_rng, step_rng = jax.random.split(rng)
+  state = create_train_state(cfg, image_shape, init_rng)
+  ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'),
+                      max_to_keep=cfg.checkpoint.max_to_keep)
+  first_step = 0
+  latest = ckpt.latest_step()
+  if latest is not None:
+    restored = ckpt.restore(latest, {'state': state, 'rng': step_rng})
+    state, step_rng = restored['state'], restored['rng']
+    first_step = int(state.step)
+    log.info('resuming from checkpoint step %d in %s', first_step, ckpt.directory)
+  metrics_path = os.path.join(workdir, 'metrics.jsonl')
+  _truncate_metrics(metrics_path, first_step)
+
+  step_fn = make_train_step(cfg)
+  reporter.start(cfg.num_steps, first_step)
+  pending = None  # (step, device metrics, examples/sec): fetched one step late
+  last_time, last_step = time.perf_counter(), first_step
+  with open(metrics_path, 'a') as metrics_file:
+    for step in range(first_step, cfg.num_steps):
+      positions = data_lib.batch_indices(len(split.train), cfg.batch_size, step, cfg.seed)
+      idx = split.train[positions]
+      batch = {'image': data_lib.to_float(source.images(idx)), 'label': source.labels[idx]}
+      state, step_metrics = step_fn(state, batch, step_rng)
+      if pending is not None:
+        row = _fetch_row(*pending)
+        metrics_file.write(json.dumps(row) + '\n')
+        metrics_file.flush()
+        reporter.log(row)
+        pending = None
+      done = step + 1
+      if done % cfg.log_every == 0 or done == cfg.num_steps:
+        now = time.perf_counter()
+        pending = (done, step_metrics, (done - last_step) * cfg.batch_size / (now - last_time))
+        last_time, last_step = now, done
+      if done % cfg.eval_every == 0 and done != cfg.num_steps:
+        reporter.evaluated(evaluate(state, cfg, source, split)[0])
+      if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
+        ckpt.save(done, {'state': state, 'rng': step_rng})
+    if pending is not None:
+      row = _fetch_row(*pending)
+      metrics_file.write(json.dumps(row) + '\n')
+      reporter.log(row)
+  ckpt.close()
+
+  results, codes = evaluate(state, cfg, source, split)
+  _write_json(os.path.join(workdir, 'eval.json'), results)
+  np.savez(os.path.join(workdir, 'codes.npz'),
+           db_codes=codes_lib.pack_codes(codes['database']), db_labels=source.labels[split.database],
+           db_indices=split.database, query_codes=codes_lib.pack_codes(codes['query']),
+           query_labels=source.labels[split.query], query_indices=split.query,
+           bits=np.int64(cfg.bits), dataset=np.str_(cfg.dataset))
+  reporter.evaluated(results)
+  reporter.close()
+  return results
+
+
+def _config_dict(config) -> dict[str, Any]:
+  if isinstance(config, HashConfig):
+    return dataclasses.asdict(config)
+  return config.to_dict()
+

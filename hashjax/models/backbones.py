@@ -1,0 +1,150 @@
+"""Feature extractors for HashNet (flax linen, NHWC images).
+
+Each backbone maps images [B, H, W, C] (float, roughly zero-mean unit-variance) to
+features [B, F]. `train` switches dropout and BatchNorm batch statistics.
+
+* `small_cnn` (inputs up to 32 px; F = 256):
+    Conv3×3(32) ReLU, Conv3×3(32) ReLU, MaxPool2×2,
+    Conv3×3(64) ReLU, Conv3×3(64) ReLU, MaxPool2×2,
+    Flatten, Dense(256) ReLU.   ('SAME' padding; 8 px → 2×2×64, 28 px → 7×7×64 before Flatten.)
+* `alexnet` (torchvision's AlexNet; 224 px; F = 4096): conv 64@11/4 pad 2, pool 3/2,
+  conv 192@5 pad 2, pool 3/2, conv 384@3, conv 256@3, conv 256@3, pool 3/2, adaptive average
+  pool to 6×6, dropout, fc 4096, ReLU, dropout, fc 4096, ReLU.
+* `resnet18` / `resnet50` (torchvision's ResNet v1.5, stride in the 3×3 conv; F = 512 / 2048):
+  conv 64@7/2, BN, ReLU, maxpool 3/2, four stages, global average pool. BatchNorm keeps running
+  averages in the `batch_stats` collection.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+BACKBONES = ('small_cnn', 'alexnet', 'resnet18', 'resnet50')
+
+
+class SmallCNN(nn.Module):
+  """Four 3×3 convolutions and one dense layer, for small images (≤ 32 px)."""
+  features: int = 256
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    del train
+    for width in (32, 64):
+      x = nn.relu(nn.Conv(width, (3, 3))(x))
+      x = nn.relu(nn.Conv(width, (3, 3))(x))
+      x = nn.max_pool(x, (2, 2), (2, 2))
+    x = x.reshape(x.shape[0], -1)
+    return nn.relu(nn.Dense(self.features)(x))
+
+
+def adaptive_avg_pool(x, output_size: tuple[int, int]):
+  """torch.nn.AdaptiveAvgPool2d for NHWC inputs with static shapes."""
+  _, h, w, _ = x.shape
+  oh, ow = output_size
+  if (h, w) == (oh, ow):
+    return x
+  rows = []
+  for i in range(oh):
+    h0, h1 = (i * h) // oh, -(-((i + 1) * h) // oh)
+    cols = []
+    for j in range(ow):
+      w0, w1 = (j * w) // ow, -(-((j + 1) * w) // ow)
+      cols.append(x[:, h0:h1, w0:w1, :].mean(axis=(1, 2)))
+    rows.append(jnp.stack(cols, axis=1))
+  return jnp.stack(rows, axis=1)
+
+
+class AlexNet(nn.Module):
+  """torchvision.models.alexnet without its last (classification) layer."""
+  dropout_rate: float = 0.5
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    pool = functools.partial(nn.max_pool, window_shape=(3, 3), strides=(2, 2))
+    x = pool(nn.relu(nn.Conv(64, (11, 11), (4, 4), padding=2)(x)))
+    x = pool(nn.relu(nn.Conv(192, (5, 5), padding=2)(x)))
+    x = nn.relu(nn.Conv(384, (3, 3), padding=1)(x))
+    x = nn.relu(nn.Conv(256, (3, 3), padding=1)(x))
+    x = pool(nn.relu(nn.Conv(256, (3, 3), padding=1)(x)))
+    x = adaptive_avg_pool(x, (6, 6))
+    # torchvision flattens NCHW; transposing keeps its fc weights usable in this layout.
+    x = x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
+    for _ in range(2):
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+      x = nn.relu(nn.Dense(4096)(x))
+    return x
+
+
+class BasicBlock(nn.Module):
+  filters: int
+  strides: int = 1
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9)
+    residual = x
+    y = nn.Conv(self.filters, (3, 3), self.strides, padding=1, use_bias=False)(x)
+    y = nn.relu(norm()(y))
+    y = nn.Conv(self.filters, (3, 3), padding=1, use_bias=False)(y)
+    y = norm(scale_init=nn.initializers.zeros)(y)
+    if residual.shape != y.shape:
+      residual = nn.Conv(self.filters, (1, 1), self.strides, use_bias=False,
+                         name='downsample_conv')(x)
+      residual = norm(name='downsample_bn')(residual)
+    return nn.relu(y + residual)
+
+
+class Bottleneck(nn.Module):
+  filters: int
+  strides: int = 1
+  expansion: int = 4
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9)
+    residual = x
+    y = nn.relu(norm()(nn.Conv(self.filters, (1, 1), use_bias=False)(x)))
+    y = nn.Conv(self.filters, (3, 3), self.strides, padding=1, use_bias=False)(y)
+    y = nn.relu(norm()(y))
+    y = nn.Conv(self.filters * self.expansion, (1, 1), use_bias=False)(y)
+    y = norm(scale_init=nn.initializers.zeros)(y)
+    if residual.shape != y.shape:
+      residual = nn.Conv(self.filters * self.expansion, (1, 1), self.strides, use_bias=False,
+                         name='downsample_conv')(x)
+      residual = norm(name='downsample_bn')(residual)
+    return nn.relu(y + residual)
+
+
+class ResNet(nn.Module):
+  """torchvision ResNet (v1.5) trunk; BatchNorm momentum 0.9 equals PyTorch's 0.1."""
+  stage_sizes: Sequence[int]
+  block: type[nn.Module]
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    x = nn.Conv(64, (7, 7), (2, 2), padding=3, use_bias=False, name='conv1')(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name='bn1')(x)
+    x = nn.relu(x)
+    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    for stage, num_blocks in enumerate(self.stage_sizes):
+      for b in range(num_blocks):
+        strides = 2 if stage > 0 and b == 0 else 1
+        x = self.block(64 * 2**stage, strides, name=f'layer{stage + 1}_{b}')(x, train=train)
+    return x.mean(axis=(1, 2))
+
+
+def make_backbone(name: str) -> nn.Module:
+  """Returns the backbone module called `name` (one of BACKBONES)."""
+  if name == 'small_cnn':
+    return SmallCNN()
+  if name == 'alexnet':
+    return AlexNet()
+  if name == 'resnet18':
+    return ResNet(stage_sizes=(2, 2, 2, 2), block=BasicBlock)
+  if name == 'resnet50':
+    return ResNet(stage_sizes=(3, 4, 6, 3), block=Bottleneck)
+  raise ValueError(f'unknown backbone {name!r}; accepted: {", ".join(BACKBONES)}')

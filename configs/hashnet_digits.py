@@ -13,6 +13,7 @@ def get_config() -> config_dict.ConfigDict:
   c = config_dict.ConfigDict()
   c.dataset = 'digits'
   c.image_size = config_dict.placeholder(int)  # None: native 8×8
+  c.class_list = config_dict.placeholder(str)  # file of class ids to keep (None: all)
   c.backbone = 'small_cnn'
   c.bits = 32
   c.batch_size = 64

@@ -59,6 +59,7 @@ class HashConfig:
   """Everything `hash_trainer.train_and_evaluate` needs (see configs/hashnet_digits.py)."""
   dataset: str
   image_size: int | None
+  class_list: str | None
   backbone: str
   bits: int
   batch_size: int

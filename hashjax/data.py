@@ -42,6 +42,52 @@ class ArraySource:
     return self.images_NxHxWxC[indices]
 
 
+@dataclasses.dataclass
+class SubsetSource:
+  """The items `keep` of another source (e.g. the 100 classes of ImageNet-100)."""
+  base: Source
+  keep: np.ndarray
+
+  def __post_init__(self):
+    self.labels = self.base.labels[self.keep]
+
+  def __len__(self) -> int:
+    return len(self.keep)
+
+  def images(self, indices: np.ndarray) -> np.ndarray:
+    return self.base.images(self.keep[indices])
+
+
+def read_class_list(path: str) -> np.ndarray:
+  """Class ids, one integer per line ('#' starts a comment), as int64 [C]."""
+  if not os.path.isfile(path):
+    raise DataError(f'class list {path!r} does not exist')
+  ids = []
+  with open(path) as f:
+    for n, line in enumerate(f, 1):
+      text = line.split('#')[0].strip()
+      if not text:
+        continue
+      try:
+        ids.append(int(text))
+      except ValueError:
+        raise DataError(f'{path}:{n}: {text!r} is not an integer class id') from None
+  if not ids:
+    raise DataError(f'class list {path!r} names no class')
+  return np.asarray(ids, np.int64)
+
+
+def restrict_classes(source: Source, class_ids: np.ndarray) -> SubsetSource:
+  """Keeps the single-label items whose class is in `class_ids`."""
+  if source.labels.ndim != 1:
+    raise DataError('a class list needs single-label data (class ids), not multi-hot labels')
+  keep = np.flatnonzero(np.isin(source.labels, class_ids))
+  missing = np.setdiff1d(class_ids, source.labels[keep])
+  if len(missing):
+    raise DataError(f'class list names class {missing[0]}, which has no item in the data')
+  return SubsetSource(source, keep)
+
+
 class TfdsSource:
   """A `tfds.data_source` (random access, no TensorFlow), images resized to `image_size`."""
 

@@ -265,6 +265,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict | HashConfig, workdir: 
   _write_json(os.path.join(workdir, 'config.json'), _config_dict(config))
 
   source = data_lib.load_source(cfg.dataset, image_size=cfg.image_size)
+  if cfg.class_list:
+    source = data_lib.restrict_classes(source, data_lib.read_class_list(cfg.class_list))
   s = cfg.split
   split = data_lib.protocol_split(
       source.labels, seed=cfg.seed, query_per_class=s.query_per_class, num_query=s.num_query,

@@ -137,14 +137,15 @@ class ResNet(nn.Module):
     return x.mean(axis=(1, 2))
 
 
-def make_backbone(name: str) -> nn.Module:
-  """Returns the backbone module called `name` (one of BACKBONES)."""
-  if name == 'small_cnn':
-    return SmallCNN()
-  if name == 'alexnet':
-    return AlexNet()
-  if name == 'resnet18':
-    return ResNet(stage_sizes=(2, 2, 2, 2), block=BasicBlock)
-  if name == 'resnet50':
-    return ResNet(stage_sizes=(3, 4, 6, 3), block=Bottleneck)
-  raise ValueError(f'unknown backbone {name!r}; accepted: {", ".join(BACKBONES)}')
+def make_backbone(backbone: str, **module_kwargs) -> nn.Module:
+  """Returns the backbone module called `backbone` (one of BACKBONES); `module_kwargs` go to its
+  constructor (e.g. `name=` for its parameter scope)."""
+  if backbone == 'small_cnn':
+    return SmallCNN(**module_kwargs)
+  if backbone == 'alexnet':
+    return AlexNet(**module_kwargs)
+  if backbone == 'resnet18':
+    return ResNet(stage_sizes=(2, 2, 2, 2), block=BasicBlock, **module_kwargs)
+  if backbone == 'resnet50':
+    return ResNet(stage_sizes=(3, 4, 6, 3), block=Bottleneck, **module_kwargs)
+  raise ValueError(f'unknown backbone {backbone!r}; accepted: {", ".join(BACKBONES)}')

@@ -14,7 +14,7 @@ class HashNet(nn.Module):
 
   `apply` returns the hash layer's pre-activation z [B, bits]. Training uses the continuation
   activation h = tanh(β·z) (`hash_activation`); retrieval uses binary codes sign(z) with
-  sign(0) = +1 (`hashjax.sign_codes`). Parameters of the hash layer live under
+  sign(0) = +1 (`hashjax.sign_codes`). Parameters live under params['backbone'] and
   params['hash_layer'] (the optimizer gives them a larger learning rate).
 
   Attributes:
@@ -25,7 +25,7 @@ class HashNet(nn.Module):
 
   @nn.compact
   def __call__(self, images_BxHxWxC: jax.Array, *, train: bool = False) -> jax.Array:
-    features_BxF = make_backbone(self.backbone)(images_BxHxWxC, train=train)
+    features_BxF = make_backbone(self.backbone, name='backbone')(images_BxHxWxC, train=train)
     return nn.Dense(self.bits, name='hash_layer')(features_BxF)
 
 

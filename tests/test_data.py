@@ -1,0 +1,108 @@
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from hashjax import data
+
+
+def test_digits_source():
+  src = data.load_source('digits')
+  assert len(src) == 1797
+  images = src.images(np.arange(5))
+  assert images.shape == (5, 8, 8, 1) and images.dtype == np.uint8 and images.max() <= 255
+  assert set(np.unique(src.labels)) == set(range(10))
+  assert data.load_source('digits', image_size=16).images(np.arange(2)).shape == (2, 16, 16, 1)
+
+
+def test_npz_source_single_and_multi_label(tmp_path):
+  path = tmp_path / 'd.npz'
+  np.savez(path, image=np.zeros((6, 5, 5), np.uint8), label=np.eye(6, 3, dtype=np.int64))
+  src = data.load_source(f'npz:{path}')
+  assert src.images(np.array([0, 1])).shape == (2, 5, 5, 1) and src.labels.shape == (6, 3)
+
+
+@pytest.mark.parametrize('arrays,match', [
+    ({'image': np.zeros((3, 4, 4), np.uint8)}, r"lacks key\(s\) \['label'\]"),
+    ({'image': np.zeros((3, 4, 4), np.float32), 'label': np.zeros(3, int)}, 'must be uint8'),
+    ({'image': np.zeros((3, 4, 4), np.uint8), 'label': np.zeros(2, int)}, '3 images but 2 labels'),
+    ({'image': np.zeros((3, 4, 4), np.uint8), 'label': np.zeros(3, float)}, 'label must be int'),
+])
+def test_malformed_npz_is_a_clear_error(tmp_path, arrays, match):
+  path = tmp_path / 'bad.npz'
+  np.savez(path, **arrays)
+  with pytest.raises(data.DataError, match=match):
+    data.load_source(f'npz:{path}')
+
+
+def test_not_an_npz_file(tmp_path):
+  path = tmp_path / 'x.npz'
+  path.write_text('hello')
+  with pytest.raises(data.DataError, match='not a readable .npz'):
+    data.load_source(f'npz:{path}')
+  with pytest.raises(data.DataError, match='unknown dataset'):
+    data.load_source('imagenet')
+
+
+def test_tfds_source_through_data_source_mock():
+  with tfds.testing.mock_data(num_examples=12):
+    src = data.load_source('tfds:mnist:train', image_size=16)
+    images = src.images(np.array([0, 3]))
+  assert images.shape == (2, 16, 16, 1) and images.dtype == np.uint8
+  assert src.labels.shape == (12,)
+
+
+def test_unprepared_tfds_dataset_says_how_to_prepare():
+  with pytest.raises(data.DataError, match='tfds build smallnorb --file_format=array_record'):
+    data.load_source('tfds:smallnorb')
+
+
+def test_protocol_split_counts_disjointness_and_determinism():
+  labels = np.repeat(np.arange(4), 25)
+  split = data.protocol_split(labels, seed=3, query_per_class=5, train_per_class=10)
+  assert len(split.query) == 20 and len(split.database) == 80 and len(split.train) == 40
+  assert not set(split.query) & set(split.database)
+  assert set(split.train) <= set(split.database)
+  assert all((labels[split.query] == c).sum() == 5 for c in range(4))
+  again = data.protocol_split(labels, seed=3, query_per_class=5, train_per_class=10)
+  np.testing.assert_array_equal(split.query, again.query)
+  other = data.protocol_split(labels, seed=4, query_per_class=5, train_per_class=10)
+  assert not np.array_equal(split.query, other.query)
+  outside = data.protocol_split(labels, seed=3, num_query=10, num_train=30, train_in_database=False)
+  assert len(outside.database) == 60 and not set(outside.train) & set(outside.database)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(query_per_class=30, train_per_class=1), 'query_per_class=30 is impossible'),
+    (dict(num_query=101, train_per_class=1), 'num_query=101 is impossible'),
+    (dict(num_query=99, num_train=1), 'leaves 1 database items'),
+    (dict(query_per_class=5, train_per_class=21), 'train_per_class=21 is impossible'),
+    (dict(query_per_class=5, num_query=3, train_per_class=1), 'exactly one of'),
+])
+def test_impossible_splits(kwargs, match):
+  with pytest.raises(data.DataError, match=match):
+    data.protocol_split(np.repeat(np.arange(4), 25), seed=0, **kwargs)
+
+
+def test_batches_are_a_function_of_seed_and_step():
+  first_epoch = np.concatenate([data.batch_indices(10, 5, s, seed=1) for s in (0, 1)])
+  assert sorted(first_epoch) == list(range(10))  # one epoch visits every example once
+  np.testing.assert_array_equal(data.batch_indices(10, 4, 7, seed=1),
+                                data.batch_indices(10, 4, 7, seed=1))
+  # A batch straddling an epoch boundary takes the tail of one permutation, head of the next.
+  straddle = data.batch_indices(10, 4, 2, seed=1)
+  assert len(straddle) == 4
+  assert not np.array_equal(data.batch_indices(10, 5, 2, seed=1), data.batch_indices(10, 5, 0, seed=1))
+
+
+def test_class_list_restricts_items(tmp_path):
+  path = tmp_path / 'classes.txt'
+  path.write_text('# two digits\n3\n7\n')
+  src = data.restrict_classes(data.load_source('digits'), data.read_class_list(str(path)))
+  assert set(np.unique(src.labels)) == {3, 7}
+  assert src.images(np.arange(3)).shape == (3, 8, 8, 1)
+  path.write_text('3\nseven\n')
+  with pytest.raises(data.DataError, match="'seven' is not an integer"):
+    data.read_class_list(str(path))
+  path.write_text('3\n42\n')
+  with pytest.raises(data.DataError, match='class 42'):
+    data.restrict_classes(data.load_source('digits'), data.read_class_list(str(path)))

@@ -1,0 +1,89 @@
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hashjax import dhn_loss, hashnet_loss
+from hashjax.losses import quantization_penalty, similarity_matrix
+
+
+def _pair_terms(h, s, alpha):
+  """Loop-by-hand reference: ℓ_ij = log(1 + e^{α⟨h_i,h_j⟩}) − α s_ij ⟨h_i,h_j⟩ over i ≠ j."""
+  terms = []
+  for i in range(len(h)):
+    for j in range(len(h)):
+      if i != j:
+        theta = alpha * float(np.dot(h[i], h[j]))
+        terms.append((math.log1p(math.exp(theta)) - s[i][j] * theta, s[i][j]))
+  return terms
+
+
+H = np.array([[0.9, -0.5, 0.2], [0.7, -0.1, 0.4], [-0.8, 0.6, -0.3], [0.1, 0.2, -0.9]])
+LABELS = np.array([0, 0, 1, 2])
+S = (LABELS[:, None] == LABELS[None, :]).astype(float)
+
+
+def test_balanced_weighting_matches_hand_computation():
+  terms = _pair_terms(H, S, alpha=0.5)
+  sim = [t for t, s in terms if s == 1]
+  dis = [t for t, s in terms if s == 0]
+  # w = |S|/|S1| and |S|/|S0|, normalised by |S|: the two class means added.
+  expected = sum(sim) / len(sim) + sum(dis) / len(dis)
+  got = hashnet_loss(jnp.array(H), jnp.array(LABELS), alpha=0.5, weighting='balanced')
+  assert float(got) == pytest.approx(expected, rel=1e-5)
+
+
+def test_fixed_weighting_matches_authors_normalisation():
+  terms = _pair_terms(H, S, alpha=0.5)
+  weights = [5.0 if s else 1.0 for _, s in terms]
+  expected = sum(w * t for w, (t, _) in zip(weights, terms)) / sum(weights)
+  got = hashnet_loss(jnp.array(H), jnp.array(LABELS), alpha=0.5, weighting='fixed', class_num=5)
+  assert float(got) == pytest.approx(expected, rel=1e-5)
+
+
+def test_no_weighting_is_plain_mean_and_alpha_defaults_to_10_over_bits():
+  terms = _pair_terms(H, S, alpha=10 / 3)
+  expected = sum(t for t, _ in terms) / len(terms)
+  assert float(hashnet_loss(jnp.array(H), jnp.array(LABELS), weighting='none')) == pytest.approx(
+      expected, rel=1e-5)
+
+
+def test_multi_hot_labels_share_any_label():
+  multi = np.array([[1, 0, 1], [0, 0, 1], [0, 1, 0], [1, 1, 0]])
+  s = similarity_matrix(jnp.array(multi))
+  expected_s = np.array([[1, 1, 0, 1], [1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 1, 1]])
+  np.testing.assert_array_equal(s, expected_s)
+  terms = _pair_terms(H, expected_s, alpha=0.5)
+  sim = [t for t, sv in terms if sv == 1]
+  dis = [t for t, sv in terms if sv == 0]
+  got = hashnet_loss(jnp.array(H), jnp.array(multi), alpha=0.5)
+  assert float(got) == pytest.approx(sum(sim) / len(sim) + sum(dis) / len(dis), rel=1e-5)
+
+
+def test_stable_for_large_inner_products():
+  h = jnp.ones((4, 64))
+  loss = hashnet_loss(h, jnp.array([0, 1, 0, 1]), alpha=100.0)
+  # dissimilar pairs with θ = 6400: softplus(θ) = θ exactly; similar pairs contribute 0.
+  assert np.isfinite(float(loss)) and float(loss) == pytest.approx(6400.0, rel=1e-6)
+
+
+def test_all_pairs_similar_has_no_empty_class_nan():
+  loss = hashnet_loss(jnp.array(H), jnp.zeros(4, jnp.int32), alpha=0.5)
+  assert np.isfinite(float(loss))
+
+
+def test_dhn_penalty_is_zero_at_binary_codes():
+  u = jnp.array([[1.0, -1.0], [-1.0, -1.0]])
+  assert float(quantization_penalty(u)) == pytest.approx(0.0, abs=1e-6)
+  pairwise = hashnet_loss(u, jnp.array([0, 1]), weighting='none')
+  assert float(dhn_loss(u, jnp.array([0, 1]))) == pytest.approx(float(pairwise), abs=1e-6)
+  half = jnp.full((2, 2), 0.5)
+  assert float(quantization_penalty(half)) == pytest.approx(math.log(math.cosh(0.5)), rel=1e-5)
+
+
+def test_bad_weighting_arguments():
+  with pytest.raises(ValueError, match="unknown weighting 'paper'"):
+    hashnet_loss(jnp.array(H), jnp.array(LABELS), weighting='paper')
+  with pytest.raises(ValueError, match='class_num'):
+    hashnet_loss(jnp.array(H), jnp.array(LABELS), weighting='fixed')

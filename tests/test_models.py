@@ -1,0 +1,57 @@
+import jax
+import jax.numpy as jnp
+import pytest
+
+from hashjax import HashNet, hash_activation
+
+
+@pytest.mark.parametrize('size', [8, 28, 32])
+def test_small_cnn_shapes(size):
+  model = HashNet(bits=24, backbone='small_cnn')
+  x = jnp.zeros((3, size, size, 1))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  assert set(variables) == {'params'} and set(variables['params']) == {'backbone', 'hash_layer'}
+  assert model.apply(variables, x).shape == (3, 24)
+
+
+@pytest.mark.parametrize('backbone,size,features', [
+    ('alexnet', 224, 4096), ('resnet18', 224, 512), ('resnet50', 224, 2048)])
+def test_large_backbones_shapes(backbone, size, features):
+  model = HashNet(bits=48, backbone=backbone)
+  x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(x.shape)))
+  assert variables['params']['hash_layer']['kernel'].shape == (features, 48)
+  assert ('batch_stats' in variables) == backbone.startswith('resnet')
+  out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros(x.shape)), variables)
+  assert out.shape == (2, 48)
+
+
+def test_resnet18_runs_and_updates_batch_stats():
+  model = HashNet(bits=16, backbone='resnet18')
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  z, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  assert z.shape == (2, 16)
+  before = variables['batch_stats']['backbone']['bn1']['mean']
+  assert not jnp.allclose(before, updates['batch_stats']['backbone']['bn1']['mean'])
+
+
+def test_alexnet_dropout_needs_rng_only_in_training():
+  model = HashNet(bits=16, backbone='alexnet')
+  x = jnp.ones((1, 64, 64, 3))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  a = model.apply(variables, x, train=True, rngs={'dropout': jax.random.PRNGKey(1)})
+  b = model.apply(variables, x, train=True, rngs={'dropout': jax.random.PRNGKey(2)})
+  assert not jnp.allclose(a, b)
+  assert jnp.allclose(model.apply(variables, x), model.apply(variables, x))
+
+
+def test_hash_activation_approaches_sign():
+  z = jnp.array([-0.3, 0.2])
+  assert jnp.allclose(hash_activation(z, 1000.0), jnp.array([-1.0, 1.0]))
+  assert jnp.allclose(hash_activation(z, 1.0), jnp.tanh(z))
+
+
+def test_unknown_backbone():
+  with pytest.raises(ValueError, match="unknown backbone 'vgg16'"):
+    HashNet(bits=8, backbone='vgg16').init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))

@@ -1,55 +1,394 @@
-"""Checkpoints in a workdir, through orbax's CheckpointManager.
+"""Disk-quota-aware checkpoints: a full disk or a quota never crashes a run or loses the last
+good checkpoint.
 
-A checkpoint is one pytree (train state, RNG key, data position, ...) saved under
-`<workdir>/checkpoints/<step>`. Restoring takes an abstract target (shapes, dtypes,
-shardings from `jax.eval_shape`), so arrays come back with the layout the job expects.
+orbax's `CheckpointManager` does the writing (asynchronously by default). Around it,
+`Checkpointer`:
+
+* before each save estimates the bytes it needs (the size of the newest complete checkpoint
+  on disk, or the state's nbytes when there is none, × `margin` + `slack_bytes`) and compares
+  them with the space really available: `statvfs().f_bavail` of the directory and, when
+  `max_bytes` is set, that byte budget minus what the directory already holds (for quotas that
+  statvfs cannot see);
+* when space is short, deletes old checkpoints oldest first — never the newest complete one,
+  never the best one when `best_metric` is set — until the save fits, else skips the save
+  with one warning (`stats['skipped']` counts skips);
+* catches a write that fails anyway (ENOSPC, EDQUOT, or orbax's `RESOURCE_EXHAUSTED ...
+  [os_error_code='28' or '122']`, raised by `save()` or by `wait_until_finished()`), removes the
+  partial `*.orbax-checkpoint-tmp*` directory, re-reads the step list, frees space by the same
+  policy and retries once, else skips. Other errors still raise;
+* on start removes stale temporary directories and reports the steps it found.
+
+The newest complete checkpoint is never touched before a newer one is complete, so a crash at
+any moment leaves a restorable checkpoint behind.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import logging
 import os
+import re
+import shutil
+import signal
+import threading
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_TMP_MARK = '.orbax-checkpoint-tmp'
+_RESOURCE_EXHAUSTED = re.compile(r"RESOURCE_EXHAUSTED.*os_error_code='?(\d+)'?", re.S)
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that must exist (the final one) could not be written."""
+
+
+def is_disk_full_error(error: BaseException) -> bool:
+  """Whether `error` (or an exception it was raised from) means 'no space' or 'over quota'."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+      return True
+    match = _RESOURCE_EXHAUSTED.search(str(error))
+    if match and int(match.group(1)) in DISK_FULL_ERRNOS:
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def directory_bytes(path: str) -> int:
+  """Bytes of all files under `path` (0 if it does not exist)."""
+  total = 0
+  for root, _, files in os.walk(path):
+    for name in files:
+      try:
+        total += os.lstat(os.path.join(root, name)).st_size
+      except FileNotFoundError:
+        pass  # deleted while we walked (a background delete)
+  return total
+
+
+def free_bytes(path: str) -> int:
+  """Bytes available to this user on the file system holding `path` (statvfs f_bavail)."""
+  st = os.statvfs(path)
+  return st.f_bavail * st.f_frsize
+
+
+def tree_nbytes(tree: Any) -> int:
+  """Total bytes of the arrays in a pytree."""
+  return int(sum(np.asarray(x).nbytes if not hasattr(x, 'nbytes') else x.nbytes
+                 for x in jax.tree.leaves(tree)))
+
+
+@dataclasses.dataclass
+class CheckpointStats:
+  """Counters for metrics.jsonl: saves attempted, completed, skipped; write failures caught;
+  checkpoints pruned to make room."""
+  attempted: int = 0
+  saved: int = 0
+  skipped: int = 0
+  failed_writes: int = 0
+  pruned: int = 0
+
+  def as_dict(self) -> dict[str, int]:
+    return {f'checkpoint_{k}': v for k, v in dataclasses.asdict(self).items()}
 
 
 class Checkpointer:
-  """Saves and restores pytrees by step; keeps the `max_to_keep` newest checkpoints.
+  """Saves and restores pytrees by step under `directory`, never failing for lack of space.
 
   Args:
     directory: where the step folders go (created if missing).
-    max_to_keep: complete checkpoints kept on disk (older ones are deleted after a save).
-    async_save: write in a background thread (the step loop goes on while it writes).
+    max_to_keep: complete checkpoints kept in normal operation (the best one, when
+      `best_metric` is set, is kept in addition).
+    max_bytes: optional byte budget for the directory (a quota statvfs cannot see).
+    margin, slack_bytes: the estimate of a save's size is last_size × margin + slack_bytes.
+    best_metric, best_mode: keep the checkpoint with the best `metrics[best_metric]`
+      ('max' or 'min') through pruning.
+    async_save: write in a background thread; errors then surface at the next save or wait
+      and are handled there.
   """
 
-  def __init__(self, directory: str, *, max_to_keep: int = 2, async_save: bool = True):
+  def __init__(self, directory: str, *, max_to_keep: int = 2, max_bytes: int | None = None,
+               margin: float = 1.25, slack_bytes: int = 256 * 1024,
+               best_metric: str | None = None, best_mode: str = 'max', async_save: bool = True):
+    if max_to_keep < 1:
+      raise ValueError(f'max_to_keep={max_to_keep} must be ≥ 1')
+    if best_mode not in ('max', 'min'):
+      raise ValueError(f"best_mode={best_mode!r}; accepted: 'max', 'min'")
     self.directory = os.path.abspath(directory)
+    self.max_to_keep, self.max_bytes = max_to_keep, max_bytes
+    self.margin, self.slack_bytes = margin, slack_bytes
+    self.best_metric, self.best_mode = best_metric, best_mode
+    self.stats = CheckpointStats()
+    self._best: tuple[float, int] | None = None
+    self._pending: tuple[int, Any, dict | None] | None = None  # an async save not yet waited
+    os.makedirs(self.directory, exist_ok=True)
+    self.stale_removed = self._remove_tmp_dirs()
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
+        max_to_keep=None, create=True, enable_async_checkpointing=async_save,
         cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+    found = self.all_steps()
+    log.info('checkpoints in %s: %s%s', self.directory, found or 'none',
+             f'; removed {len(self.stale_removed)} unfinished save(s)' if self.stale_removed else '')
+
+  # -- queries ---------------------------------------------------------------------------
+  def all_steps(self) -> list[int]:
+    """Steps of the complete checkpoints on disk, ascending (read from the directory: orbax
+    renames a step's temporary folder to the bare step number only once it is complete)."""
+    return sorted(int(name) for name in os.listdir(self.directory)
+                  if name.isdigit() and os.path.isdir(os.path.join(self.directory, name)))
 
   def latest_step(self) -> int | None:
     """The newest complete checkpoint's step, or None."""
-    return self._manager.latest_step()
-
-  def all_steps(self) -> list[int]:
-    return list(self._manager.all_steps())
-
-  def save(self, step: int, tree: Any, *, force: bool = False) -> bool:
-    """Starts saving `tree` as `step`; returns whether a save was started."""
-    return self._manager.save(step, args=ocp.args.StandardSave(tree), force=force)
+    steps = self.all_steps()
+    return steps[-1] if steps else None
 
   def restore(self, step: int, abstract_tree: Any) -> Any:
     """Restores `step` into the structure, dtypes and shardings of `abstract_tree`."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_tree)
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
+  def reached_preemption(self, step: int) -> bool:
+    """JAX's multi-host preemption sync point (through orbax)."""
+    return bool(self._manager.reached_preemption(step))
+
+  # -- saving ----------------------------------------------------------------------------
+  def save(self, step: int, tree: Any, *, metrics: dict[str, float] | None = None,
+           final: bool = False) -> bool:
+    """Saves `tree` as checkpoint `step` if the disk allows; never raises for lack of space
+    unless `final`.
+
+    Args:
+      step: training step. tree: the pytree to save. metrics: values for `best_metric`.
+      final: this checkpoint must exist — wait for it and raise `CheckpointError` (naming the
+        directory, bytes needed and bytes free) if it cannot be written.
+
+    Returns:
+      True if the save was started (and, with `final`, finished); False if skipped.
+    """
+    self._settle()
+    if step in self.all_steps():
+      return True
+    self.stats.attempted += 1
+    needed = self._estimate(tree)
+    if not self._make_room(needed):
+      return self._skip(step, needed, final, 'not enough space')
+    for attempt in (1, 2):
+      try:
+        self._manager.save(step, args=ocp.args.StandardSave(tree), force=True)
+        self._pending = (step, needed, metrics)
+        if final:
+          self._settle(raise_on_failure=True)
+        return True
+      except (OSError, ValueError, RuntimeError) as e:  # orbax's forms of a failed write
+        if not is_disk_full_error(e):
+          raise
+        self._pending = None
+        self._after_failed_write(step, e)
+        if attempt == 1 and self._make_room(needed):
+          continue
+        return self._skip(step, needed, final, f'the write failed ({_short(e)})')
+    return False
+
   def wait(self):
-    """Blocks until a background save has finished."""
-    self._manager.wait_until_finished()
+    """Blocks until a background save has finished (a disk-full failure is handled, not
+    raised)."""
+    self._settle()
 
   def close(self):
-    self._manager.wait_until_finished()
+    self._settle()
     self._manager.close()
+
+  # -- internals -------------------------------------------------------------------------
+  def _settle(self, raise_on_failure: bool = False):
+    """Waits for the pending async save; on success applies retention, on a disk-full
+    failure cleans up (and raises CheckpointError if `raise_on_failure`)."""
+    try:
+      self._manager.wait_until_finished()
+    except (OSError, ValueError, RuntimeError) as e:  # orbax's forms of a failed write
+      if not is_disk_full_error(e):
+        raise
+      step, needed, _ = self._pending or (None, 0, None)
+      self._pending = None
+      self._after_failed_write(step, e)
+      if raise_on_failure:
+        raise CheckpointError(self._final_message(step, needed, _short(e))) from None
+      self.stats.skipped += 1
+      log.warning('checkpoint %s was not written: %s; training continues', step, _short(e))
+      return
+    if self._pending is not None:
+      step, _, metrics = self._pending
+      self._pending = None
+      self.stats.saved += 1
+      self._record_best(step, metrics)
+      self._apply_retention()
+
+  def _after_failed_write(self, step, error):
+    self.stats.failed_writes += 1
+    self._remove_tmp_dirs()
+    self._manager.reload()
+    log.warning('checkpoint write for step %s failed: %s', step, _short(error))
+
+  def _skip(self, step, needed, final, why) -> bool:
+    if final:
+      raise CheckpointError(self._final_message(step, needed, why))
+    self.stats.skipped += 1
+    log.warning('skipping checkpoint at step %d: %s (needs ~%d bytes, %d available in %s); '
+                'training continues', step, why, needed, self._available(), self.directory)
+    return False
+
+  def _final_message(self, step, needed, why) -> str:
+    return (f'the final checkpoint (step {step}) could not be written to {self.directory}: '
+            f'{why}; it needs about {needed} bytes and {self._available()} are free')
+
+  def _estimate(self, tree) -> int:
+    steps = self.all_steps()
+    last = directory_bytes(self._step_dir(steps[-1])) if steps else tree_nbytes(tree)
+    return int(last * self.margin) + self.slack_bytes
+
+  def _available(self) -> int:
+    available = free_bytes(self.directory)
+    if self.max_bytes is not None:
+      available = min(available, self.max_bytes - directory_bytes(self.directory))
+    return available
+
+  def _protected(self, steps: list[int]) -> set[int]:
+    keep = {steps[-1]} if steps else set()
+    if self._best is not None and self._best[1] in steps:
+      keep.add(self._best[1])
+    return keep
+
+  def _make_room(self, needed: int) -> bool:
+    """Deletes old checkpoints (oldest first, never protected ones) until `needed` fits."""
+    while self._available() < needed:
+      steps = self.all_steps()
+      victims = [s for s in steps if s not in self._protected(steps)]
+      if not victims:
+        return False
+      self._delete(victims[0], reason='to make room')
+    return True
+
+  def _apply_retention(self):
+    steps = self.all_steps()
+    protected = self._protected(steps)
+    newest = set(steps[-self.max_to_keep:])
+    for s in steps:
+      if s not in newest and s not in protected:
+        self._delete(s, reason=None)
+
+  def _delete(self, step: int, reason: str | None):
+    self._manager.delete(step)
+    if os.path.exists(self._step_dir(step)):
+      shutil.rmtree(self._step_dir(step), ignore_errors=True)
+    self._manager.reload()
+    if reason:
+      self.stats.pruned += 1
+      log.warning('deleted checkpoint %d %s', step, reason)
+
+  def _record_best(self, step, metrics):
+    if self.best_metric is None or not metrics or self.best_metric not in metrics:
+      return
+    value = float(metrics[self.best_metric])
+    better = (self._best is None or
+              (value > self._best[0] if self.best_mode == 'max' else value < self._best[0]))
+    if better:
+      self._best = (value, step)
+
+  def _step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def _remove_tmp_dirs(self) -> list[str]:
+    removed = []
+    if not os.path.isdir(self.directory):
+      return removed
+    for name in os.listdir(self.directory):
+      if _TMP_MARK in name:
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        removed.append(name)
+    return removed
+
+
+def write_or_warn(path: str, write) -> bool:
+  """Runs `write(tmp_path)` and moves the file into place; a full disk or quota gives a
+  warning (and False) instead of an exception, and never leaves a half-written `path`."""
+  tmp = f'{path}.tmp{os.getpid()}'
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+    return True
+  except OSError as e:
+    if not is_disk_full_error(e):
+      raise
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    log.warning('could not write %s: %s; training continues', path, _short(e))
+    return False
+
+
+def append_or_warn(path: str, text: str) -> bool:
+  """Appends `text` to `path`; a full disk gives a warning (and False), not an exception,
+  and a partly written append is cut off again, so the file holds only whole lines."""
+  size = os.path.getsize(path) if os.path.exists(path) else 0
+  try:
+    with open(path, 'a') as f:
+      f.write(text)
+    return True
+  except OSError as e:
+    if not is_disk_full_error(e):
+      raise
+    with open(path, 'r+') as f:
+      f.truncate(size)
+    log.warning('could not append to %s: %s', path, _short(e))
+    return False
+
+
+def _short(error: BaseException) -> str:
+  text = ' '.join(str(error).split())
+  return text if len(text) <= 200 else text[:200] + '…'
+
+
+class PreemptionGuard:
+  """Turns SIGTERM / SIGINT into a request to stop after the current step.
+
+  Single process: a signal handler sets a flag. Multi-process (jax.process_count() > 1):
+  orbax's `reached_preemption(step)`, JAX's preemption sync point, which answers the same on
+  every host, so all hosts stop (and save) at the same step. Use as a context manager; the
+  old handlers come back on exit.
+  """
+
+  def __init__(self, checkpointer: Checkpointer | None = None):
+    self._checkpointer = checkpointer
+    self._requested = threading.Event()
+    self._old = {}
+    self.signal_name: str | None = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._old[sig] = signal.signal(sig, self._handler)
+    return self
+
+  def __exit__(self, *exc):
+    for sig, handler in self._old.items():
+      signal.signal(sig, handler)
+    return False
+
+  def _handler(self, signum, frame):
+    del frame
+    self.signal_name = signal.Signals(signum).name
+    self._requested.set()
+
+  def should_stop(self, step: int) -> bool:
+    """Whether to save and stop after `step` (same answer on every host)."""
+    if jax.process_count() > 1 and self._checkpointer is not None:
+      return self._checkpointer.reached_preemption(step)
+    return self._requested.is_set()

@@ -12,6 +12,7 @@ from absl import flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
+from hashjax.checkpoint import CheckpointError
 from hashjax.config import ConfigError
 from hashjax.data import DataError
 
@@ -65,6 +66,18 @@ class ProgressReporter:
       self._bar.close()
 
 
+def _log_to_stderr():
+  """hashjax's log records (resume, checkpoint warnings) as `LEVEL message` lines on stderr;
+  absl's root handler would drop INFO."""
+  logger = logging.getLogger('hashjax')
+  if not logger.handlers:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter('%(levelname)s %(message)s'))
+    logger.addHandler(handler)
+  logger.setLevel(logging.INFO)
+  logger.propagate = False
+
+
 def run_job(prog: str, argv: list[str], default_config: str,
             job: Callable[[Any, str], Any]) -> int:
   """The common CLI of the jobs: --config (an ml_collections config file, locked so a typo in
@@ -91,9 +104,12 @@ def run_job(prog: str, argv: list[str], default_config: str,
   except (flags.Error, KeyError, AttributeError, ValueError, TypeError, OSError) as e:
     return fail(prog, _one_line(e))
   workdir = workdir_flag.value or default_workdir(config_path)
-  logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')
+  _log_to_stderr()
   try:
     job(config, workdir)
   except USER_ERRORS as e:
     return fail(prog, str(e))
+  except CheckpointError as e:  # the final checkpoint could not be written
+    print(f'{prog}: error: {e}', file=sys.stderr)
+    return 1
   return 0

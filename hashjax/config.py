@@ -52,6 +52,9 @@ class SplitConfig:
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
   max_to_keep: int = 2
+  max_bytes: int | None = None
+  best_metric: str | None = None
+  async_save: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +149,8 @@ def hash_config(config) -> HashConfig:
            f'image_size={cfg.image_size!r} must be an integer ≥ 8 or None (native size)')
   _require(cfg.loss.alpha is None or cfg.loss.alpha > 0,
            f'loss.alpha={cfg.loss.alpha!r} must be > 0 or None (10 / bits)')
+  _require(cfg.checkpoint.max_bytes is None or cfg.checkpoint.max_bytes > 0,
+           f'checkpoint.max_bytes={cfg.checkpoint.max_bytes!r} must be > 0 or None (no budget)')
   if cfg.loss.weighting == 'fixed':
     _require(cfg.loss.class_num is not None and cfg.loss.class_num > 0,
              f"loss.weighting='fixed' needs loss.class_num > 0, got {cfg.loss.class_num!r}")

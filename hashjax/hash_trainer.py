@@ -25,8 +25,9 @@ from flax import struct
 from hashjax import codes as codes_lib
 from hashjax import data as data_lib
 from hashjax import losses, metrics, schedules
-from hashjax.checkpoint import Checkpointer
-from hashjax.config import HashConfig, hash_config
+from hashjax.checkpoint import (Checkpointer, PreemptionGuard, append_or_warn,
+                                write_or_warn)
+from hashjax.config import ConfigError, HashConfig, hash_config
 from hashjax.models import HashNet, hash_activation
 
 log = logging.getLogger(__name__)
@@ -223,28 +224,88 @@ class SilentReporter:
     pass
 
 
-def _write_json(path: str, obj) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write('\n')
-  os.replace(tmp, path)
+def _write_json(path: str, obj) -> bool:
+  def write(tmp):
+    with open(tmp, 'w') as f:
+      json.dump(obj, f, indent=2, sort_keys=True)
+      f.write('\n')
+  return write_or_warn(path, write)
 
 
 def _truncate_metrics(path: str, last_step: int) -> None:
-  """Drops rows written after `last_step`: a resumed run rewrites them."""
+  """Drops rows written after `last_step`: a resumed run writes them again."""
   if not os.path.exists(path):
     return
   with open(path) as f:
     rows = [line for line in f if line.strip() and json.loads(line)['step'] <= last_step]
-  with open(path, 'w') as f:
-    f.writelines(rows)
+
+  def write(tmp):
+    with open(tmp, 'w') as f:
+      f.writelines(rows)
+  write_or_warn(path, write)
 
 
-def _fetch_row(step: int, metrics_dev, examples_per_sec: float) -> dict[str, Any]:
+def _save_codes(path: str, cfg: HashConfig, source, split, codes) -> bool:
+  def write(tmp):
+    with open(tmp, 'wb') as f:
+      np.savez(f, db_codes=codes_lib.pack_codes(codes['database']),
+               db_labels=source.labels[split.database], db_indices=split.database,
+               query_codes=codes_lib.pack_codes(codes['query']),
+               query_labels=source.labels[split.query], query_indices=split.query,
+               bits=np.int64(cfg.bits), dataset=np.str_(cfg.dataset))
+  return write_or_warn(path, write)
+
+
+def _checkpoint_tree(state: TrainState, rng: jax.Array, cfg: HashConfig) -> dict[str, Any]:
+  """What a checkpoint holds: the train state (step, params, batch_stats, optimizer state),
+  the RNG key, and the data position (examples seen; batches and β are functions of
+  (seed, step), so this restores them exactly)."""
+  return {'state': state, 'rng': rng,
+          'examples_seen': np.asarray(int(state.step) * cfg.batch_size, np.int64)}
+
+
+def _restore_or_init(cfg: HashConfig, ckpt: Checkpointer, image_shape, workdir
+                     ) -> tuple[TrainState, jax.Array]:
+  init_rng, step_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
+  state = create_train_state(cfg, image_shape, init_rng)
+  latest = ckpt.latest_step()
+  if latest is None:
+    return state, step_rng
+  restored = ckpt.restore(latest, _checkpoint_tree(state, step_rng, cfg))
+  state, step_rng = restored['state'], restored['rng']
+  seen, step = int(restored['examples_seen']), int(restored['state'].step)
+  if seen != step * cfg.batch_size:
+    raise ConfigError(f'batch_size={cfg.batch_size} differs from the run in {workdir} '
+                      f'({seen} examples in {step} steps); resume with its batch size or '
+                      'use a new --workdir')
+  log.info('resuming from checkpoint step %d in %s', step, ckpt.directory)
+  return state, step_rng
+
+
+def _fetch_row(step: int, metrics_dev, examples_per_sec: float, extra) -> dict[str, Any]:
   row = {k: float(v) for k, v in jax.device_get(metrics_dev).items()}
-  row.update(step=step, examples_per_sec=examples_per_sec)
+  row.update(step=step, examples_per_sec=examples_per_sec, **extra)
   return row
+
+
+class _MetricsLog:
+  """metrics.jsonl rows, each fetched from the device one step after it was computed."""
+
+  def __init__(self, path: str, reporter: Reporter, ckpt: Checkpointer):
+    self._path, self._reporter, self._ckpt = path, reporter, ckpt
+    self._pending = None
+
+  def push(self, step: int, metrics_dev, examples_per_sec: float):
+    self.flush()
+    self._pending = (step, metrics_dev, examples_per_sec)
+
+  def flush(self):
+    if self._pending is None:
+      return
+    row = _fetch_row(*self._pending, self._ckpt.stats.as_dict())
+    self._pending = None
+    append_or_warn(self._path, json.dumps(row) + '\n')
+    self._reporter.log(row)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict | HashConfig, workdir: str, *,
@@ -257,7 +318,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict | HashConfig, workdir: 
     reporter: receives progress (None: silent).
 
   Returns:
-    The final evaluation results (also written to `<workdir>/eval.json`).
+    The final evaluation results (also written to `<workdir>/eval.json`), or, when SIGTERM
+    or SIGINT stopped the run, {'preempted_at_step': step, 'signal': name} after a checkpoint
+    of that step was written.
   """
   cfg = config if isinstance(config, HashConfig) else hash_config(config)
   reporter = reporter or SilentReporter()
@@ -274,59 +337,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict | HashConfig, workdir: 
       train_in_database=s.train_in_database)
   image_shape = source.images(split.train[:1]).shape[1:]
 
-  rng = jax.random.PRNGKey(cfg.seed)
-  init_rng, step_rng = jax.random.split(rng)
-  state = create_train_state(cfg, image_shape, init_rng)
   ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'),
-                      max_to_keep=cfg.checkpoint.max_to_keep)
-  first_step = 0
-  latest = ckpt.latest_step()
-  if latest is not None:
-    restored = ckpt.restore(latest, {'state': state, 'rng': step_rng})
-    state, step_rng = restored['state'], restored['rng']
-    first_step = int(state.step)
-    log.info('resuming from checkpoint step %d in %s', first_step, ckpt.directory)
+                      max_to_keep=cfg.checkpoint.max_to_keep, max_bytes=cfg.checkpoint.max_bytes,
+                      best_metric=cfg.checkpoint.best_metric,
+                      async_save=cfg.checkpoint.async_save)
+  state, step_rng = _restore_or_init(cfg, ckpt, image_shape, workdir)
+  first_step = int(state.step)
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
   _truncate_metrics(metrics_path, first_step)
+  metrics_log = _MetricsLog(metrics_path, reporter, ckpt)
 
   step_fn = make_train_step(cfg)
   reporter.start(cfg.num_steps, first_step)
-  pending = None  # (step, device metrics, examples/sec): fetched one step late
   last_time, last_step = time.perf_counter(), first_step
-  with open(metrics_path, 'a') as metrics_file:
+  with PreemptionGuard(ckpt) as guard:
     for step in range(first_step, cfg.num_steps):
       positions = data_lib.batch_indices(len(split.train), cfg.batch_size, step, cfg.seed)
       idx = split.train[positions]
       batch = {'image': data_lib.to_float(source.images(idx)), 'label': source.labels[idx]}
       state, step_metrics = step_fn(state, batch, step_rng)
-      if pending is not None:
-        row = _fetch_row(*pending)
-        metrics_file.write(json.dumps(row) + '\n')
-        metrics_file.flush()
-        reporter.log(row)
-        pending = None
+      metrics_log.flush()
       done = step + 1
       if done % cfg.log_every == 0 or done == cfg.num_steps:
         now = time.perf_counter()
-        pending = (done, step_metrics, (done - last_step) * cfg.batch_size / (now - last_time))
+        metrics_log.push(done, step_metrics, (done - last_step) * cfg.batch_size / (now - last_time))
         last_time, last_step = now, done
+      eval_results = None
       if done % cfg.eval_every == 0 and done != cfg.num_steps:
-        reporter.evaluated(evaluate(state, cfg, source, split)[0])
-      if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
-        ckpt.save(done, {'state': state, 'rng': step_rng})
-    if pending is not None:
-      row = _fetch_row(*pending)
-      metrics_file.write(json.dumps(row) + '\n')
-      reporter.log(row)
-  ckpt.close()
-
+        eval_results = evaluate(state, cfg, source, split)[0]
+        reporter.evaluated(eval_results)
+      if done == cfg.num_steps:
+        break
+      if guard.should_stop(done):
+        metrics_log.flush()
+        ckpt.save(done, _checkpoint_tree(state, step_rng, cfg), final=True)
+        ckpt.close()
+        reporter.close()
+        log.warning('%s received: saved step %d in %s; rerun to resume', guard.signal_name,
+                    done, ckpt.directory)
+        return {'preempted_at_step': done, 'signal': guard.signal_name}
+      if done % cfg.checkpoint_every == 0:
+        ckpt.save(done, _checkpoint_tree(state, step_rng, cfg), metrics=eval_results)
+  metrics_log.flush()
   results, codes = evaluate(state, cfg, source, split)
+  ckpt.save(int(state.step), _checkpoint_tree(state, step_rng, cfg), metrics=results,
+            final=True)
+  ckpt.close()
   _write_json(os.path.join(workdir, 'eval.json'), results)
-  np.savez(os.path.join(workdir, 'codes.npz'),
-           db_codes=codes_lib.pack_codes(codes['database']), db_labels=source.labels[split.database],
-           db_indices=split.database, query_codes=codes_lib.pack_codes(codes['query']),
-           query_labels=source.labels[split.query], query_indices=split.query,
-           bits=np.int64(cfg.bits), dataset=np.str_(cfg.dataset))
+  _save_codes(os.path.join(workdir, 'codes.npz'), cfg, source, split, codes)
   reporter.evaluated(results)
   reporter.close()
   return results
@@ -336,4 +394,3 @@ def _config_dict(config) -> dict[str, Any]:
   if isinstance(config, HashConfig):
     return dataclasses.asdict(config)
   return config.to_dict()
-

@@ -1,0 +1,280 @@
+"""Disk-aware checkpoints on real file systems (a tmpfs), with fault injection for the
+failures a tmpfs cannot produce on demand (EDQUOT, failures surfacing only at wait)."""
+
+import errno
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hashjax import checkpoint as ckpt_lib
+from hashjax import hash_trainer
+from hashjax.checkpoint import CheckpointError, Checkpointer, is_disk_full_error
+from test_hash_trainer import _get_test_config, _params_at
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ORBAX_ENOSPC = ("RESOURCE_EXHAUSTED: Error writing local file \"/x/_sharding\": Failed to write "
+                "83 bytes to file 11: No space left on device [os_error_code='28']")
+
+
+def _tree(seed=0, n=100_000):
+  # Random values: orbax compresses, so constant arrays would take almost no space.
+  return {'w': jnp.asarray(np.random.default_rng(seed).standard_normal(n), jnp.float32)}
+
+
+@pytest.mark.parametrize('error,expected', [
+    (OSError(errno.ENOSPC, 'No space left on device'), True),
+    (OSError(errno.EDQUOT, 'Disk quota exceeded'), True),
+    (ValueError(ORBAX_ENOSPC), True),
+    (ValueError(ORBAX_ENOSPC.replace("'28'", "'122'")), True),
+    (ValueError(ORBAX_ENOSPC.replace("'28'", "'5'")), False),
+    (OSError(errno.EACCES, 'Permission denied'), False),
+    (ValueError('shapes do not match'), False),
+])
+def test_is_disk_full_error(error, expected):
+  assert is_disk_full_error(error) is expected
+  try:
+    try:
+      raise error
+    except (OSError, ValueError) as inner:
+      raise RuntimeError('wrapped') from inner
+  except RuntimeError as outer:
+    assert is_disk_full_error(outer) is expected
+
+
+def test_retention_and_restore(tmp_path):
+  c = Checkpointer(str(tmp_path), max_to_keep=2)
+  for step in (1, 2, 3):
+    assert c.save(step, _tree(step))
+  c.wait()
+  assert c.all_steps() == [2, 3]
+  np.testing.assert_array_equal(c.restore(3, _tree(0))['w'], _tree(3)['w'])
+  c.close()
+
+
+def test_budget_prunes_oldest_keeps_latest_and_best(tmp_path):
+  probe = Checkpointer(str(tmp_path / 'probe'), max_to_keep=1)
+  probe.save(0, _tree())
+  probe.close()
+  size = ckpt_lib.directory_bytes(str(tmp_path / 'probe'))
+  # Room for the newest and the best checkpoint plus one save's estimate (size × 1.25 + slack).
+  budget = 2 * size + int(size * 1.25) + 256 * 1024 + 4096
+  c = Checkpointer(str(tmp_path / 'run'), max_to_keep=10, max_bytes=budget, best_metric='map')
+  for step in range(1, 9):
+    c.save(step, _tree(step), metrics={'map': 0.9 if step == 2 else 0.1 * step / 10})
+    c.wait()
+    assert ckpt_lib.directory_bytes(c.directory) <= budget
+  steps = c.all_steps()
+  assert 2 in steps and 8 in steps  # the best and the newest survive
+  assert c.stats.pruned > 0 and c.stats.skipped == 0
+  c.close()
+
+
+def test_edquot_from_save_is_retried_once_then_skipped(tmp_path, monkeypatch):
+  c = Checkpointer(str(tmp_path), async_save=False)
+  real_save = c._manager.save
+  failures = {'left': 1}
+
+  def flaky_save(*args, **kwargs):
+    if failures['left']:
+      failures['left'] -= 1
+      os.makedirs(os.path.join(c.directory, '7.orbax-checkpoint-tmp-123'), exist_ok=True)
+      raise OSError(errno.EDQUOT, 'Disk quota exceeded')
+    return real_save(*args, **kwargs)
+
+  monkeypatch.setattr(c._manager, 'save', flaky_save)
+  assert c.save(7, _tree())  # the retry succeeds
+  c.wait()
+  assert c.all_steps() == [7] and c.stats.failed_writes == 1
+  assert not [n for n in os.listdir(c.directory) if 'tmp' in n]
+  failures['left'] = 2  # fails again on retry: skipped, no exception
+  assert not c.save(8, _tree())
+  assert c.stats.skipped == 1 and c.all_steps() == [7]
+  c.close()
+
+
+def test_failure_that_surfaces_only_at_wait(tmp_path, monkeypatch):
+  c = Checkpointer(str(tmp_path), async_save=True)
+  c.save(1, _tree(1))
+  c.wait()
+  real_wait = c._manager.wait_until_finished
+  state = {'fail': True}
+
+  def wait_then_fail():
+    real_wait()
+    if state['fail'] and c._pending is not None:
+      # What a failed async write leaves: the step only as an unfinished temporary folder.
+      state['fail'] = False
+      step = c._pending[0]
+      os.rename(os.path.join(c.directory, str(step)),
+                os.path.join(c.directory, f'{step}.orbax-checkpoint-tmp-1'))
+      raise ValueError(ORBAX_ENOSPC)
+
+  monkeypatch.setattr(c._manager, 'wait_until_finished', wait_then_fail)
+  assert c.save(2, _tree(2))  # returns normally, as orbax's async save does
+  assert c.save(3, _tree(3))  # the failure of 2 is handled here, 3 is written
+  c.wait()
+  assert c.stats.failed_writes == 1 and c.stats.skipped == 1
+  assert c.all_steps() == [1, 3]
+  c.close()
+
+
+def test_final_checkpoint_that_cannot_fit_raises_with_the_numbers(tmp_path):
+  c = Checkpointer(str(tmp_path), max_bytes=1000)
+  with pytest.raises(CheckpointError, match=r'could not be written to .*needs about \d+ bytes '
+                                            r'and -?\d+ are free'):
+    c.save(5, _tree(), final=True)
+  assert not c.save(5, _tree())  # a non-final save is skipped instead
+  c.close()
+
+
+def test_stale_tmp_dirs_are_removed_on_start(tmp_path):
+  os.makedirs(tmp_path / '4.orbax-checkpoint-tmp-99' / 'x')
+  c = Checkpointer(str(tmp_path))
+  assert c.stale_removed == ['4.orbax-checkpoint-tmp-99'] and os.listdir(tmp_path) == []
+  c.close()
+
+
+def test_writes_besides_checkpoints_warn_instead_of_crashing(tmp_path, monkeypatch):
+  path = str(tmp_path / 'metrics.jsonl')
+  assert ckpt_lib.append_or_warn(path, '{"step": 1}\n')
+
+  def full(tmp):
+    with open(tmp, 'w') as f:
+      f.write('partial')
+    raise OSError(errno.ENOSPC, 'No space left on device')
+
+  assert not ckpt_lib.write_or_warn(str(tmp_path / 'eval.json'), full)
+  assert os.listdir(tmp_path) == ['metrics.jsonl']
+
+
+# -- a real small file system -------------------------------------------------------------
+
+def _mount_tmpfs(path, size):
+  return subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(path)],
+                        capture_output=True).returncode == 0
+
+
+def test_training_on_a_tmpfs_sized_for_two_checkpoints(tmp_path):
+  if os.environ.get('HASHJAX_IN_USERNS') != '1' and os.geteuid() != 0:
+    # Not root: rerun this test in a private user + mount namespace, where mount works.
+    proc = subprocess.run(['unshare', '-rm', sys.executable, '-m', 'pytest', '-q', '-p',
+                           'no:cacheprovider', f'{__file__}::{test_training_on_a_tmpfs_sized_for_two_checkpoints.__name__}'],
+                          env={**os.environ, 'HASHJAX_IN_USERNS': '1'}, capture_output=True,
+                          text=True, cwd=ROOT)
+    if proc.returncode != 0 and 'unshare' in proc.stderr:
+      pytest.skip(f'cannot mount a tmpfs: not root and unshare -rm failed: {proc.stderr[-200:]}')
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return
+  mnt = tmp_path / 'small'
+  mnt.mkdir()
+  # One checkpoint of the test model (params + Adam moments) is ~1.7 MB on disk.
+  if not _mount_tmpfs(mnt, '5m'):
+    pytest.skip('mount -t tmpfs failed although running as root')
+  try:
+    workdir = str(mnt / 'run')
+    cfg = _get_test_config(num_steps=40, checkpoint_every=2, eval_every=1000,
+                           **{'checkpoint.max_to_keep': 5})
+    results = hash_trainer.train_and_evaluate(cfg, workdir)
+    assert results['step'] == 40
+    rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+    stats = rows[-1]
+    assert stats['checkpoint_pruned'] > 0  # the disk forced pruning below max_to_keep
+    steps = sorted(int(n) for n in os.listdir(os.path.join(workdir, 'checkpoints')))
+    assert steps[-1] == 40  # within one interval of the end (here: the final step itself)
+    assert not [n for n in os.listdir(os.path.join(workdir, 'checkpoints')) if 'tmp' in n]
+    state = _params_at(workdir, 40, cfg)
+    assert int(state.step) == 40
+  finally:
+    subprocess.run(['umount', '-l', str(mnt)], check=False)
+
+
+# -- processes killed, signalled, resumed ---------------------------------------------------
+
+TINY = ['--config.bits=16', '--config.batch_size=32', '--config.split.query_per_class=5',
+        '--config.split.train_per_class=20', '--config.eval_every=100000',
+        '--config.log_every=5']
+
+
+def _train_proc(workdir, *args):
+  return subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py'), f'--workdir={workdir}',
+                           *TINY, *args], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('straight'))
+  cfg = _get_test_config(num_steps=240, checkpoint_every=3, eval_every=100000, log_every=5)
+  results = hash_trainer.train_and_evaluate(cfg, workdir)
+  return workdir, cfg, results
+
+
+def _same_state(workdir_a, workdir_b, step, cfg):
+  a, b = _params_at(workdir_a, step, cfg), _params_at(workdir_b, step, cfg)
+  for x, y in zip(jax.tree.leaves((a.params, a.opt_state)), jax.tree.leaves((b.params, b.opt_state))):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _rows(path):
+  # Rows past the last checkpoint are dropped on resume, so count the newest step instead.
+  if not os.path.exists(path):
+    return (0, 0)
+  lines = open(path).read().splitlines()
+  return (os.stat(path).st_mtime_ns, len(lines))
+
+
+def test_kill_9_at_random_moments_always_resumes(tmp_path, uninterrupted):
+  straight, cfg, straight_results = uninterrupted
+  workdir = str(tmp_path / 'killed')
+  rng = random.Random(1234)
+  args = ['--config.num_steps=240', '--config.checkpoint_every=3']
+  metrics = os.path.join(workdir, 'metrics.jsonl')
+  for trial in range(3):
+    before = set(os.listdir(os.path.join(workdir, 'checkpoints'))) if trial else set()
+    rows_before = _rows(metrics)
+    proc = _train_proc(workdir, *args)
+    deadline = time.time() + 120  # wait until this process trains, then kill it at random
+    while time.time() < deadline and _rows(metrics) == rows_before and proc.poll() is None:
+      time.sleep(0.02)
+    time.sleep(rng.uniform(0.0, 2.0))
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate()
+    match = re.search(r'resuming from checkpoint step (\d+)', err)
+    if trial:  # every restart resumes from a checkpoint that was complete on disk
+      assert match is not None and match.group(1) in before, err[-2000:]
+    assert proc.returncode == -signal.SIGKILL, 'the run ended before it was killed'
+  proc = _train_proc(workdir, *args)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-2000:]
+  resumed = json.load(open(os.path.join(workdir, 'eval.json')))
+  assert resumed['map'] == straight_results['map']
+  _same_state(straight, workdir, 240, cfg)
+
+
+def test_sigterm_saves_exits_0_and_resumes_bit_identically(tmp_path, uninterrupted):
+  straight, cfg, _ = uninterrupted
+  workdir = str(tmp_path / 'term')
+  proc = _train_proc(workdir, '--config.num_steps=240', '--config.checkpoint_every=1000')
+  metrics = os.path.join(workdir, 'metrics.jsonl')
+  deadline = time.time() + 120
+  while time.time() < deadline and not (os.path.exists(metrics) and os.path.getsize(metrics)):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-2000:]
+  saved = re.search(r'SIGTERM received: saved step (\d+)', err)
+  assert saved, err[-2000:]
+  step = int(saved.group(1))
+  assert 0 < step < 240 and str(step) in os.listdir(os.path.join(workdir, 'checkpoints'))
+  hash_trainer.train_and_evaluate(cfg, workdir)
+  _same_state(straight, workdir, 240, cfg)

@@ -6,15 +6,28 @@ pure functions on arrays.
 
 from hashjax.codes import hamming_distance, pack_codes, sign_codes, unpack_codes
 from hashjax.losses import dhn_loss, hashnet_loss
-from hashjax.metrics import (average_precision, mean_average_precision, precision_at_radius,
-                             recall_at_radius)
+from hashjax.metrics import (average_precision, map_tie_summary, mean_average_precision,
+                             precision_at_n, precision_at_radius, precision_recall_curve,
+                             recall_at_radius, retrieval_report)
 from hashjax.models import HashNet, hash_activation
 from hashjax.schedules import beta_schedule, constant_beta
 
 __version__ = '0.1.0'
 
+# Loaded on first use, so `python -m hashjax.search` does not import its own module twice.
+_SEARCH_NAMES = ('HammingIndex', 'hamming_topk')
+
+
+def __getattr__(name):
+  if name in _SEARCH_NAMES:
+    from hashjax import search  # pylint: disable=g-import-not-at-top
+    return getattr(search, name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
 __all__ = [
-    'HashNet', 'average_precision', 'beta_schedule', 'constant_beta', 'dhn_loss',
-    'hamming_distance', 'hash_activation', 'hashnet_loss', 'mean_average_precision',
-    'pack_codes', 'precision_at_radius', 'recall_at_radius', 'sign_codes', 'unpack_codes',
+    'HammingIndex', 'HashNet', 'average_precision', 'beta_schedule', 'constant_beta',
+    'dhn_loss', 'hamming_distance', 'hamming_topk', 'hash_activation', 'hashnet_loss',
+    'map_tie_summary', 'mean_average_precision', 'pack_codes', 'precision_at_n',
+    'precision_at_radius', 'precision_recall_curve', 'recall_at_radius', 'retrieval_report',
+    'sign_codes', 'unpack_codes',
 ]

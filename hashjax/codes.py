@@ -76,3 +76,188 @@ def hamming_distance(query_QxK: jax.Array, db_NxK: jax.Array) -> jax.Array:
   # ±1 entries make the float32 inner product exact for any K < 2**24.
   inner_QxN = jnp.dot(query.astype(jnp.float32), db.astype(jnp.float32).T)
   return ((bits - inner_QxN) // 2).astype(jnp.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact Hamming ranking without sorting whole rows.
+#
+# Distances are small integers 0..bits, so the k nearest items of a query are: every item
+# closer than a threshold distance t, then the first (in database index order) items at
+# distance exactly t. t comes from a binary search on counts (ceil(log2(bits + 1)) passes over
+# uint8 distances); the items are gathered in index order with a word-level prefix count
+# (32 items per uint32 word, popcount select); only those ≤ k items are sorted.
+# ---------------------------------------------------------------------------------------------
+
+ALIGN = 256  # database rows are padded to a multiple of this (word packing, uint8 block sums)
+
+
+def code_words(codes) -> np.ndarray:
+  """±1 codes [N, K] or packed uint8 [N, B] → uint32 words [N, ceil(B / 4)], zero padded.
+
+  Zero padding is the same in every row, so it never changes a Hamming distance.
+  """
+  codes = np.asarray(codes)
+  if codes.ndim != 2:
+    raise ValueError(f'codes must have shape [N, K] or packed [N, B], got shape {codes.shape}')
+  packed = codes if codes.dtype == np.uint8 else pack_codes(codes)
+  pad = (-packed.shape[1]) % 4
+  if pad:
+    packed = np.concatenate([packed, np.zeros((len(packed), pad), np.uint8)], axis=1)
+  return np.ascontiguousarray(packed).view(np.uint32)
+
+
+def code_bits(codes) -> int:
+  """Number of bits of ±1 codes [N, K] (K) or packed uint8 codes [N, B] (8·B)."""
+  codes = np.asarray(codes)
+  return 8 * codes.shape[1] if codes.dtype == np.uint8 else codes.shape[1]
+
+
+def distance_dtype(bits: int):
+  """uint8 while every distance and the padding sentinel (dtype max) fit, else uint16."""
+  return jnp.uint8 if bits < 255 else jnp.uint16
+
+
+def pad_rows(array, multiple: int = ALIGN, value=0) -> np.ndarray:
+  """Pads axis 0 of a host array to a multiple of `multiple` with `value`."""
+  array = np.asarray(array)
+  pad = (-len(array)) % multiple
+  if not pad:
+    return array
+  fill = np.full((pad,) + array.shape[1:], value, array.dtype)
+  return np.concatenate([array, fill])
+
+
+def word_distances(query_QxW: jax.Array, db_NxW: jax.Array, num_valid: int,
+                   bits: int) -> jax.Array:
+  """Hamming distances [Q, N] between uint32 word codes (see `code_words`), traceable.
+
+  Rows of the database at or after `num_valid` (padding) get the dtype's max, a sentinel
+  larger than any real distance.
+  """
+  dtype = distance_dtype(bits)
+  dist_QxN = jnp.zeros((query_QxW.shape[0], db_NxW.shape[0]), dtype)
+  for w in range(query_QxW.shape[1]):
+    xor_QxN = jnp.bitwise_xor(query_QxW[:, w, None], db_NxW[None, :, w])
+    dist_QxN = dist_QxN + jax.lax.population_count(xor_QxN).astype(dtype)
+  if num_valid < db_NxW.shape[0]:
+    valid_N = jnp.arange(db_NxW.shape[0]) < num_valid
+    dist_QxN = jnp.where(valid_N[None, :], dist_QxN, jnp.iinfo(dtype).max)
+  return dist_QxN
+
+
+def _count_at_most(dist_QxN: jax.Array, t_Q: jax.Array) -> jax.Array:
+  """#items with distance ≤ t per query, int32 [Q]; uint8 partial sums over blocks of 128."""
+  q, n = dist_QxN.shape
+  le = (dist_QxN.reshape(q, n // 128, 128) <= t_Q.astype(dist_QxN.dtype)[:, None, None])
+  return jnp.sum(jnp.sum(le.astype(jnp.uint8), axis=2, dtype=jnp.uint8).astype(jnp.int32), 1)
+
+
+def threshold_distance(dist_QxN: jax.Array, k: int, bits: int) -> jax.Array:
+  """Smallest t with #{distance ≤ t} ≥ k per query (int32 [Q]); needs k ≤ valid items."""
+  lo_Q = jnp.zeros(dist_QxN.shape[:1], jnp.int32)
+  hi_Q = jnp.full(dist_QxN.shape[:1], bits, jnp.int32)
+
+  def halve(_, bounds):
+    lo_Q, hi_Q = bounds
+    mid_Q = (lo_Q + hi_Q) // 2
+    enough_Q = _count_at_most(dist_QxN, mid_Q) >= k
+    return jnp.where(enough_Q, lo_Q, mid_Q + 1), jnp.where(enough_Q, mid_Q, hi_Q)
+
+  steps = int(np.ceil(np.log2(bits + 1)))
+  return jax.lax.fori_loop(0, steps, halve, (lo_Q, hi_Q))[1]
+
+
+def select_first(mask_QxN: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+  """Indices of the first k True entries of each row, in index order.
+
+  Returns (indices int32 [Q, k], valid bool [Q, k]); slots past the row's count are invalid.
+  N must be a multiple of 32. Cost O(N) per row plus O(k log N): a prefix count over uint32
+  words of 32 flags, then a binary search per slot and a popcount select inside the word.
+  """
+  q, n = mask_QxN.shape
+  shifts = jnp.arange(32, dtype=jnp.uint32)
+  flags_QxWx32 = mask_QxN.reshape(q, n // 32, 32).astype(jnp.uint32) << shifts
+  words_QxW = jnp.sum(flags_QxWx32, axis=2, dtype=jnp.uint32)  # distinct bits: sum == or
+  count_QxW = jax.lax.population_count(words_QxW).astype(jnp.int32)
+  upto_QxW = jnp.cumsum(count_QxW, axis=1)
+  slots_K = jnp.arange(k, dtype=jnp.int32)
+  word_QxK = jax.vmap(lambda upto_W: jnp.searchsorted(upto_W, slots_K, side='right'))(upto_QxW)
+  word_QxK = jnp.minimum(word_QxK, n // 32 - 1).astype(jnp.int32)
+  bits_QxK = jnp.take_along_axis(words_QxW, word_QxK, axis=1)
+  rank_QxK = (slots_K - jnp.take_along_axis(upto_QxW - count_QxW, word_QxK, axis=1))
+  rank_QxK = rank_QxK.astype(jnp.uint32)
+  # The bit of the rank-th set flag: the largest p with popcount(bits below p) ≤ rank.
+  pos_QxK = jnp.zeros_like(rank_QxK)
+  for step in (16, 8, 4, 2, 1):
+    cand_QxK = pos_QxK + step
+    below = jax.lax.population_count(bits_QxK & ((jnp.uint32(1) << cand_QxK) - 1))
+    pos_QxK = jnp.where(below <= rank_QxK, cand_QxK, pos_QxK)
+  valid_QxK = slots_K[None, :] < upto_QxW[:, -1:]
+  return word_QxK * 32 + pos_QxK.astype(jnp.int32), valid_QxK
+
+
+def topk_from_distances(dist_QxN: jax.Array, k: int, bits: int) -> tuple[jax.Array, jax.Array]:
+  """The k nearest items per row, ascending distance, ties by index; int32 ([Q, k], [Q, k]).
+
+  Needs k ≤ number of valid (non-sentinel) items and N a multiple of 32.
+  """
+  q, n = dist_QxN.shape
+  t_Q = threshold_distance(dist_QxN, k, bits)
+  t_Qx1 = t_Q.astype(dist_QxN.dtype)[:, None]
+  closer_QxK, closer_valid_QxK = select_first(dist_QxN < t_Qx1, k)
+  at_t_QxK, _ = select_first(dist_QxN == t_Qx1, k)
+  num_closer_Q = jnp.sum(closer_valid_QxK, axis=1, dtype=jnp.int32)
+  closer_dist_QxK = jnp.take_along_axis(dist_QxN, closer_QxK, axis=1).astype(jnp.int32)
+  closer_dist_QxK = jnp.where(closer_valid_QxK, closer_dist_QxK, bits + 1)
+  if (bits + 2) * n < 2**31:
+    key_QxK = jnp.sort(closer_dist_QxK * n + closer_QxK, axis=1)
+    closer_dist_QxK, closer_QxK = key_QxK // n, key_QxK % n
+  else:
+    closer_dist_QxK, closer_QxK = jax.lax.sort((closer_dist_QxK, closer_QxK), dimension=1,
+                                                num_keys=2)
+  slots_K = jnp.arange(k, dtype=jnp.int32)
+  from_t_QxK = jnp.take_along_axis(
+      at_t_QxK, jnp.clip(slots_K[None, :] - num_closer_Q[:, None], 0, k - 1), axis=1)
+  is_closer_QxK = slots_K[None, :] < num_closer_Q[:, None]
+  return (jnp.where(is_closer_QxK, closer_dist_QxK, t_Q[:, None]),
+          jnp.where(is_closer_QxK, closer_QxK, from_t_QxK))
+
+
+def data_mesh() -> jax.sharding.Mesh:
+  """A 1-D mesh over every device, axis 'data' (queries are split on it)."""
+  return jax.sharding.Mesh(np.array(jax.devices()), ('data',))
+
+
+def query_sharded_jit(fn, num_query_args: int, num_db_args: int):
+  """jit `fn(*query_args, *db_args)` with query args split on 'data', database replicated.
+
+  Every output must have the query axis first; it comes back split the same way.
+  """
+  mesh = data_mesh()
+  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.jit(fn, in_shardings=(rows,) * num_query_args + (whole,) * num_db_args,
+                 out_shardings=rows)
+
+
+def query_chunk_size(num_db: int, chunk_size: int | None = None) -> int:
+  """Queries per step: a multiple of the device count, ~2**24 query·item pairs per device."""
+  devices = len(jax.devices())
+  if chunk_size is None:
+    per_device = int(np.clip(2**24 // max(num_db, 1), 1, 256))
+  else:
+    per_device = max(1, -(-int(chunk_size) // devices))
+  return per_device * devices
+
+
+def query_chunks(num_query: int, chunk: int):
+  """(start, stop) of each chunk; every chunk is later padded to `chunk` rows."""
+  return [(s, min(s + chunk, num_query)) for s in range(0, num_query, chunk)]
+
+
+def pad_chunk(array, chunk: int) -> np.ndarray:
+  """Pads a query chunk to `chunk` rows by repeating its last row (one compiled shape)."""
+  array = np.asarray(array)
+  if len(array) == chunk:
+    return array
+  return np.concatenate([array, np.repeat(array[-1:], chunk - len(array), axis=0)])

@@ -177,18 +177,20 @@ def evaluate(state: TrainState, cfg: HashConfig, source: data_lib.Source,
   """Encodes queries and database, binarises with sign, and scores Hamming retrieval.
 
   Returns:
-    (results, codes): results has map (at cfg.map_topk), precision_at_radius_2,
-    recall_at_radius_2, ...; codes holds the ±1 query and database codes.
+    (results, codes): results has map (at cfg.map_topk, ties by index), map_interval
+    ([worst, best] over the orders of tied items), map_expected (uniformly random tie order),
+    precision_at_radius_2, recall_at_radius_2, ...; codes holds the ±1 query and database
+    codes.
   """
   query_codes = np.asarray(codes_lib.sign_codes(
       encode(state, source, split.query, cfg.eval_batch_size)))
   db_codes = np.asarray(codes_lib.sign_codes(
       encode(state, source, split.database, cfg.eval_batch_size)))
   q_labels, db_labels = source.labels[split.query], source.labels[split.database]
+  # map (ties by index), map_interval [worst, best] over tie orders, map_expected.
   results = {
       'step': int(state.step),
-      'map': metrics.mean_average_precision(query_codes, db_codes, q_labels, db_labels,
-                                            topk=cfg.map_topk),
+      **metrics.map_tie_summary(query_codes, db_codes, q_labels, db_labels, topk=cfg.map_topk),
       'map_topk': cfg.map_topk,
       'precision_at_radius_2': metrics.precision_at_radius(query_codes, db_codes, q_labels,
                                                            db_labels, radius=2),

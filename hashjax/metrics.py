@@ -26,10 +26,12 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.special import gammaln
 
+from hashjax import codes as codes_lib
 from hashjax.codes import hamming_distance
 
-TIES = ('index',)
+TIES = ('index', 'best', 'worst', 'expected')
 
 
 def relevance(query_labels, db_labels) -> jax.Array:
@@ -53,6 +55,9 @@ def _check_inputs(query_codes, db_codes, query_labels, db_labels):
   if len(query_labels) != len(query_codes) or len(db_labels) != len(db_codes):
     raise ValueError(f'{len(query_codes)} query codes but {len(query_labels)} query labels, '
                      f'{len(db_codes)} database codes but {len(db_labels)} database labels')
+  if query_labels.ndim != db_labels.ndim or query_labels.ndim not in (1, 2):
+    raise ValueError('labels must both be class ids [N] or both multi-hot [N, L]; got shapes '
+                     f'{query_labels.shape} and {db_labels.shape}')
   return query_codes, db_codes, query_labels, db_labels
 
 
@@ -70,54 +75,227 @@ def _query_chunks(query_codes, query_labels, chunk_size):
     yield codes, labels, valid
 
 
-@functools.partial(jax.jit, static_argnames=('topk',))
-def _average_precision_chunk(query_codes, db_codes, query_labels, db_labels, topk):
-  dist_QxN = hamming_distance(query_codes, db_codes)
-  rel_QxN = relevance(query_labels, db_labels)
-  if topk is None:
-    order_QxN = jnp.argsort(dist_QxN, axis=1, stable=True)
-  else:
-    # lax.top_k returns equal values lower index first: index tie-breaking, no full sort.
-    _, order_QxN = jax.lax.top_k(-dist_QxN, topk)
-  rel_QxK = jnp.take_along_axis(rel_QxN, order_QxN, axis=1)
-  hits_QxK = jnp.cumsum(rel_QxK, axis=1)
-  ranks_K = jnp.arange(1, rel_QxK.shape[1] + 1, dtype=jnp.float32)
-  num_relevant_Q = hits_QxK[:, -1]
-  ap_sum_Q = jnp.sum(rel_QxK * hits_QxK / ranks_K, axis=1)
-  return jnp.where(num_relevant_Q > 0, ap_sum_Q / jnp.maximum(num_relevant_Q, 1.0), 0.0)
+# ---------------------------------------------------------------------------------------------
+# Device part: per query chunk, the index-ordered top-kmax relevance and/or the per-distance
+# histograms of all and relevant items. Host part (float64): every metric from those.
+# ---------------------------------------------------------------------------------------------
+
+
+def _relevance_u8(query_labels, db_labels) -> jax.Array:
+  if query_labels.ndim == 1:
+    return (query_labels[:, None] == db_labels[None, :]).astype(jnp.uint8)
+  inner = query_labels.astype(jnp.float32) @ db_labels.astype(jnp.float32).T
+  return (inner > 0).astype(jnp.uint8)
+
+
+@functools.lru_cache(maxsize=None)
+def _stats_step(kmax: int, histogram: bool, full_index: bool, num_valid: int, bits: int):
+  """Jitted chunk function (query words, query labels, db words, db labels) → dict of [C, ...]."""
+
+  def step(query_QxW, query_labels, db_NxW, db_labels):
+    dist_QxN = codes_lib.word_distances(query_QxW, db_NxW, num_valid, bits)
+    valid_N = jnp.arange(db_NxW.shape[0]) < num_valid
+    rel_QxN = _relevance_u8(query_labels, db_labels) * valid_N.astype(jnp.uint8)
+    out = {'num_relevant': jnp.sum(rel_QxN, axis=1, dtype=jnp.int32)}
+    if kmax:
+      _, index_QxK = codes_lib.topk_from_distances(dist_QxN, kmax, bits)
+      out['rel_topk'] = jnp.take_along_axis(rel_QxN, index_QxK, axis=1)
+    if histogram:
+      bins = bits + 2  # the last bin collects padding rows (sentinel distance)
+      key_QxN = (jnp.minimum(dist_QxN, bits + 1).astype(jnp.int32)
+                 + bins * rel_QxN.astype(jnp.int32))
+      hist_Qx2D = jax.vmap(lambda key_N: jnp.bincount(key_N, length=2 * bins))(key_QxN)
+      relcount_QxD = hist_Qx2D[:, bins:bins + bits + 1]
+      out['count'] = hist_Qx2D[:, :bits + 1] + relcount_QxD
+      out['relcount'] = relcount_QxD
+    if full_index:
+      # Whole-database ranking under index ties: a stable sort of each row.
+      order_QxN = jnp.argsort(dist_QxN, axis=1, stable=True)
+      rel_ranked = jnp.take_along_axis(rel_QxN, order_QxN, axis=1).astype(jnp.float32)
+      hits_QxN = jnp.cumsum(rel_ranked, axis=1)
+      ranks_N = jnp.arange(1, rel_ranked.shape[1] + 1, dtype=jnp.float32)
+      ap_sum_Q = jnp.sum(rel_ranked * hits_QxN / ranks_N, axis=1)
+      num_Q = hits_QxN[:, -1]
+      out['ap_full'] = jnp.where(num_Q > 0, ap_sum_Q / jnp.maximum(num_Q, 1.0), 0.0)
+    return out
+
+  return codes_lib.query_sharded_jit(step, 2, 2)
+
+
+def _harmonic(n: int) -> np.ndarray:
+  """H[0..n] in float64: H[i] = Σ_{j≤i} 1/j."""
+  return np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, n + 1))])
+
+
+def _log_choose(n, k):
+  return gammaln(n + 1.0) - gammaln(k + 1.0) - gammaln(n - k + 1.0)
+
+
+def _tie_aware(count_QxD, relcount_QxD, k: int, harmonic) -> dict[str, np.ndarray]:
+  """AP@k and P@k per query for ties 'best', 'worst', 'expected' (float64 [Q] each).
+
+  Let t be the distance bucket that the cutoff k falls in, m of its n items inside the top k,
+  x of them relevant (r relevant in the bucket). Buckets before t are whole; their tie order
+  only moves relevant items within them, so relevant first (last) maximises (minimises) their
+  sum Σ P@i·rel_i. Within t, AP@k = (S + s_t(x)) / (R_prior + x): 'best' is the maximum over
+  every feasible x with the x relevant items first, 'worst' the minimum with them last, and
+  'expected' the exact mean over uniformly random orders of every bucket: X is
+  hypergeometric(n, r, m) and the in-bucket sums follow McSherry & Najork (2008), eq. for
+  tied groups: E[Σ_{p≤n} rel_p·hits_p/(b+p)] = αβn + α(a + 1 − β(b + 1))(H[b+n] − H[b]),
+  α = r/n, β = (r−1)/(n−1), b items (a relevant) ranked before the group.
+  """
+  H = harmonic
+  count = count_QxD.astype(np.int64)
+  relcount = relcount_QxD.astype(np.int64)
+  upto = np.cumsum(count, axis=1)
+  before, rel_before = upto - count, np.cumsum(relcount, axis=1) - relcount
+
+  def group_sums(n, r, b, a):
+    best = r - (b - a) * (H[b + r] - H[b])
+    worst = r - (b + n - r - a) * (H[b + n] - H[b + n - r])
+    alpha = r / np.maximum(n, 1)
+    beta = np.where(n > 1, (r - 1) / np.maximum(n - 1, 1), 0.0)
+    expected = alpha * beta * n + alpha * (a + 1 - beta * (b + 1)) * (H[b + n] - H[b])
+    return best, worst, expected
+
+  t_Q = np.argmax(upto >= k, axis=1)
+  prior_QxD = np.arange(count.shape[1])[None, :] < t_Q[:, None]
+  sums = [np.sum(np.where(prior_QxD, s, 0.0), axis=1)
+          for s in group_sums(count, relcount, before, rel_before)]
+  take = lambda a: np.take_along_axis(a, t_Q[:, None], axis=1)  # [Q, 1]
+  b, a, n, r = take(before), take(rel_before), take(count), take(relcount)
+  m = k - b
+  x_lo, x_hi = np.maximum(0, m - (n - r)), np.minimum(m, r)
+  x = np.arange(int(x_hi.max()) + 1)[None, :]
+  feasible = (x >= x_lo) & (x <= x_hi)
+  xs = np.where(feasible, x, x_lo)  # keeps every index below in range
+  denom = a + xs
+  safe = lambda num: np.where(denom > 0, num / np.maximum(denom, 1), 0.0)
+  best_x = safe(sums[0][:, None] + xs - (b - a) * (H[b + xs] - H[b]))
+  worst_x = safe(sums[1][:, None] + xs - (b + m - xs - a) * (H[b + m] - H[b + m - xs]))
+  alpha = xs / np.maximum(m, 1)
+  beta = np.where(m > 1, (xs - 1) / np.maximum(m - 1, 1), 0.0)
+  in_group = alpha * beta * m + alpha * (a + 1 - beta * (b + 1)) * (H[b + m] - H[b])
+  expected_x = safe(sums[2][:, None] + in_group)
+  log_p = _log_choose(r, xs) + _log_choose(n - r, m - xs) - _log_choose(n, m)
+  p_x = np.where(feasible, np.exp(log_p), 0.0)
+  return {
+      'ap_best': np.max(np.where(feasible, best_x, -np.inf), axis=1),
+      'ap_worst': np.min(np.where(feasible, worst_x, np.inf), axis=1),
+      'ap_expected': np.sum(p_x * expected_x, axis=1) / np.sum(p_x, axis=1),
+      'p_best': (a + x_hi)[:, 0] / k,
+      'p_worst': (a + x_lo)[:, 0] / k,
+      'p_expected': (a + m * r / np.maximum(n, 1))[:, 0] / k,
+  }
+
+
+def _index_ap(rel_QxK: np.ndarray, k: int) -> np.ndarray:
+  rel = rel_QxK[:, :k].astype(np.float64)
+  hits = np.cumsum(rel, axis=1)
+  ap_sum = np.sum(rel * hits / np.arange(1, k + 1), axis=1)
+  return np.where(hits[:, -1] > 0, ap_sum / np.maximum(hits[:, -1], 1.0), 0.0)
+
+
+def _check_modes(ties) -> tuple[str, ...]:
+  modes = (ties,) if isinstance(ties, str) else tuple(ties)
+  for mode in modes:
+    if mode not in TIES:
+      raise ValueError(f'unknown ties mode {mode!r}; accepted: {", ".join(TIES)}')
+  return modes
+
+
+def _check_cutoff(value, what: str):
+  if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+    raise ValueError(f'{what}={value!r} must be a positive integer or None (whole database)')
+
+
+def _per_query(query_codes, db_codes, query_labels, db_labels, *, topks=(), precision_at=(),
+               ties=('index',), pr_curve=False, chunk_size=None) -> dict[str, np.ndarray]:
+  """Every requested per-query metric in one pass over the query chunks.
+
+  Keys: f'ap@{K}:{mode}' and f'p@{n}:{mode}' (float64 [Q]; K is the int or 'all'),
+  'precision_R' and 'recall_R' (float64 [Q, bits+1]) when pr_curve.
+  """
+  modes = _check_modes(ties)
+  for k in topks:
+    _check_cutoff(k, 'topk')
+  for n in precision_at:
+    if n is None:
+      raise ValueError('precision_at needs integer cutoffs, got None')
+    _check_cutoff(n, 'precision_at')
+  query_codes, db_codes, query_labels, db_labels = _check_inputs(
+      query_codes, db_codes, query_labels, db_labels)
+  query_QxW, db_NxW = codes_lib.code_words(query_codes), codes_lib.code_words(db_codes)
+  num_db, bits = len(db_NxW), 32 * db_NxW.shape[1]
+  curve_bits = codes_lib.code_bits(db_codes)
+  cut = lambda k: num_db if k is None else min(int(k), num_db)
+  index_cuts = sorted({cut(k) for k in topks} | {cut(n) for n in precision_at})
+  kmax = max([c for c in index_cuts if c < num_db] or [0]) if 'index' in modes else 0
+  full_index = 'index' in modes and any(cut(k) == num_db for k in topks)
+  histogram = pr_curve or any(mode != 'index' for mode in modes)
+  step = _stats_step(kmax, histogram, full_index, num_db, bits)
+  pad_label = 0 if db_labels.ndim == 2 else -1
+  db_dev = (jax.device_put(codes_lib.pad_rows(db_NxW)),
+            jax.device_put(codes_lib.pad_rows(db_labels, value=pad_label)))
+  harmonic = _harmonic(num_db) if histogram else None
+  chunk = codes_lib.query_chunk_size(num_db, chunk_size)
+  results: dict[str, list] = {}
+  add = lambda key, value: results.setdefault(key, []).append(np.asarray(value, np.float64))
+  for start, stop in codes_lib.query_chunks(len(query_QxW), chunk):
+    out = step(codes_lib.pad_chunk(query_QxW[start:stop], chunk),
+               codes_lib.pad_chunk(query_labels[start:stop], chunk), *db_dev)
+    out = {key: np.asarray(value)[:stop - start] for key, value in out.items()}
+    num_relevant = out['num_relevant'].astype(np.float64)
+    for k in topks:
+      name = 'all' if k is None else int(k)
+      for mode in modes:
+        if mode == 'index':
+          ap = out['ap_full'] if cut(k) == num_db else _index_ap(out['rel_topk'], cut(k))
+          add(f'ap@{name}:index', ap)
+        else:
+          add(f'ap@{name}:{mode}',
+              _tie_aware(out['count'], out['relcount'], cut(k), harmonic)[f'ap_{mode}'])
+    for n in precision_at:
+      for mode in modes:
+        if cut(n) == num_db:
+          add(f'p@{int(n)}:{mode}', num_relevant / num_db)
+        elif mode == 'index':
+          add(f'p@{int(n)}:index', out['rel_topk'][:, :cut(n)].sum(1) / cut(n))
+        else:
+          add(f'p@{int(n)}:{mode}',
+              _tie_aware(out['count'], out['relcount'], cut(n), harmonic)[f'p_{mode}'])
+    if pr_curve:
+      retrieved = np.cumsum(out['count'], axis=1)[:, :curve_bits + 1].astype(np.float64)
+      hits = np.cumsum(out['relcount'], axis=1)[:, :curve_bits + 1].astype(np.float64)
+      add('precision_R', np.where(retrieved > 0, hits / np.maximum(retrieved, 1), 0.0))
+      add('recall_R', np.where(num_relevant[:, None] > 0,
+                               hits / np.maximum(num_relevant[:, None], 1), 0.0))
+  return {key: np.concatenate(parts) for key, parts in results.items()}
 
 
 def average_precision(query_codes, db_codes, query_labels, db_labels, *, topk=None,
-                      ties: str = 'index', chunk_size: int = 256) -> np.ndarray:
+                      ties: str = 'index', chunk_size: int | None = None) -> np.ndarray:
   """Per-query AP@topk over Hamming ranking (see the module docstring for conventions).
 
   Args:
     query_codes: [Q, K] ±1 or packed uint8. db_codes: [N, K] of the same kind.
     query_labels, db_labels: class ids [Q], [N] or multi-hot [Q, L], [N, L].
     topk: cutoff K (None or ≥ N: the whole database).
-    ties: how equal distances are ordered; 'index' (by database index).
-    chunk_size: queries evaluated at once (memory ∝ chunk_size · N).
+    ties: how equal distances are ordered: 'index', 'best', 'worst' or 'expected'.
+    chunk_size: queries evaluated at once (default: ~2**24 query·item pairs per device).
 
   Returns:
     float64 numpy array [Q] of AP values in [0, 1].
   """
-  if ties not in TIES:
-    raise ValueError(f'unknown ties mode {ties!r}; accepted: {", ".join(TIES)}')
-  query_codes, db_codes, query_labels, db_labels = _check_inputs(
-      query_codes, db_codes, query_labels, db_labels)
-  if topk is not None and (not isinstance(topk, (int, np.integer)) or topk < 1):
-    raise ValueError(f'topk={topk!r} must be a positive integer or None (whole database)')
-  k = None if topk is None or topk >= len(db_codes) else int(topk)
-  db_codes_dev, db_labels_dev = jnp.asarray(db_codes), jnp.asarray(db_labels)
-  aps = []
-  for codes, labels, valid in _query_chunks(query_codes, query_labels, chunk_size):
-    ap = _average_precision_chunk(codes, db_codes_dev, labels, db_labels_dev, k)
-    aps.append(np.asarray(ap)[:valid])
-  return np.concatenate(aps).astype(np.float64)
+  _check_modes(ties)
+  _check_cutoff(topk, 'topk')
+  name = 'all' if topk is None else int(topk)
+  return _per_query(query_codes, db_codes, query_labels, db_labels, topks=(topk,),
+                    ties=(ties,), chunk_size=chunk_size)[f'ap@{name}:{ties}']
 
 
 def mean_average_precision(query_codes, db_codes, query_labels, db_labels, *, topk=None,
-                           ties: str = 'index', chunk_size: int = 256) -> float:
+                           ties: str = 'index', chunk_size: int | None = None) -> float:
   """mAP@topk: the mean over all queries of `average_precision` (same arguments).
 
   Example:
@@ -127,6 +305,77 @@ def mean_average_precision(query_codes, db_codes, query_labels, db_labels, *, to
   """
   return float(np.mean(average_precision(query_codes, db_codes, query_labels, db_labels,
                                          topk=topk, ties=ties, chunk_size=chunk_size)))
+
+
+def precision_at_n(query_codes, db_codes, query_labels, db_labels, *, ns=(10, 100),
+                   ties: str = 'index', chunk_size: int | None = None) -> np.ndarray:
+  """Mean precision of the top n items, for each n in `ns`; float64 [len(ns)].
+
+  n ≥ N gives the fraction of relevant items in the database.
+  """
+  values = _per_query(query_codes, db_codes, query_labels, db_labels, precision_at=tuple(ns),
+                      ties=(ties,), chunk_size=chunk_size)
+  return np.array([values[f'p@{int(n)}:{ties}'].mean() for n in ns])
+
+
+def precision_recall_curve(query_codes, db_codes, query_labels, db_labels, *,
+                           chunk_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Mean precision and recall within Hamming radius r for every r = 0..bits, one pass.
+
+  Returns:
+    (precision [bits+1], recall [bits+1]) float64; entry r equals `precision_at_radius` /
+    `recall_at_radius` with radius=r (empty ball: precision 0). bits is K for ±1 codes and
+    8·B for packed codes.
+  """
+  values = _per_query(query_codes, db_codes, query_labels, db_labels, pr_curve=True,
+                      chunk_size=chunk_size)
+  return values['precision_R'].mean(0), values['recall_R'].mean(0)
+
+
+def retrieval_report(query_codes, db_codes, query_labels, db_labels, *, topks=(None,),
+                     precision_at=(), ties=('index',), pr_curve: bool = False,
+                     chunk_size: int | None = None) -> dict:
+  """Several metrics in one pass; a flat JSON-ready dict.
+
+  Keys: 'map@K' (K an int, or 'all' for None), 'precision@n', each suffixed with
+  '_<mode>' for ties modes other than 'index'; 'pr_precision' and 'pr_recall' (lists of
+  bits+1 floats) when pr_curve.
+
+  Example: retrieval_report(q, db, ql, dl, topks=(100, 1000, None), precision_at=(10, 100),
+  ties=('index', 'expected'))
+  """
+  modes = _check_modes(ties)
+  values = _per_query(query_codes, db_codes, query_labels, db_labels, topks=tuple(topks),
+                      precision_at=tuple(precision_at), ties=modes, pr_curve=pr_curve,
+                      chunk_size=chunk_size)
+  suffix = lambda mode: '' if mode == 'index' else f'_{mode}'
+  report = {}
+  for k in topks:
+    name = 'all' if k is None else int(k)
+    for mode in modes:
+      report[f'map@{name}{suffix(mode)}'] = float(values[f'ap@{name}:{mode}'].mean())
+  for n in precision_at:
+    for mode in modes:
+      report[f'precision@{int(n)}{suffix(mode)}'] = float(values[f'p@{int(n)}:{mode}'].mean())
+  if pr_curve:
+    report['pr_precision'] = values['precision_R'].mean(0).tolist()
+    report['pr_recall'] = values['recall_R'].mean(0).tolist()
+  return report
+
+
+def map_tie_summary(query_codes, db_codes, query_labels, db_labels, *, topk=None,
+                    chunk_size: int | None = None) -> dict:
+  """For eval.json: {'map' (index ties), 'map_interval' [worst, best], 'map_expected'}.
+
+  All at cutoff `topk` from a single pass; worst ≤ expected ≤ best always holds, and the
+  width of the interval shows how much the tie order alone can move the number.
+  """
+  values = _per_query(query_codes, db_codes, query_labels, db_labels, topks=(topk,),
+                      ties=TIES, chunk_size=chunk_size)
+  name = 'all' if topk is None else int(topk)
+  mean = lambda mode: float(values[f'ap@{name}:{mode}'].mean())
+  return {'map': mean('index'), 'map_interval': [mean('worst'), mean('best')],
+          'map_expected': mean('expected')}
 
 
 @functools.partial(jax.jit, static_argnames=('radius',))

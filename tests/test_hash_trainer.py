@@ -83,6 +83,8 @@ def test_end_to_end_writes_outputs(tmp_path):
   assert rows[-1]['examples_per_sec'] > 0
   saved = json.loads((tmp_path / 'eval.json').read_text())
   assert saved == results and 0.0 <= saved['map'] <= 1.0 and 'precision_at_radius_2' in saved
+  worst, best = saved['map_interval']
+  assert worst <= saved['map'] <= best and worst <= saved['map_expected'] <= best
   assert len(rec.evals) == 2  # step 5 and the final one
   codes = np.load(tmp_path / 'codes.npz')
   assert codes['db_codes'].dtype == np.uint8 and codes['db_codes'].shape == (1797 - 50, 2)

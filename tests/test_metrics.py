@@ -97,3 +97,174 @@ def test_metric_argument_errors():
     mean_average_precision(qc, dc, ql[:3], dl)
   with pytest.raises(ValueError, match='radius=-1'):
     precision_at_radius(qc, dc, ql, dl, radius=-1)
+
+
+# --- ties modes, one-pass report, PR curve, sharding -----------------------------------------
+
+import itertools
+import os
+import subprocess
+import sys
+
+from hashjax import metrics
+
+
+def _ap_of_order(rel_sorted, topk):
+  rel = np.asarray(rel_sorted, float)[:topk]
+  hits = np.cumsum(rel)
+  return 0.0 if hits[-1] == 0 else float(np.sum(rel * hits / np.arange(1, len(rel) + 1)) / hits[-1])
+
+
+def _tie_orders(dist, rel):
+  """Every ranking consistent with ascending distance: relevance per rank, one per tie order."""
+  groups = [rel[dist == d] for d in np.unique(dist)]
+  for perms in itertools.product(*[set(itertools.permutations(g)) for g in groups]):
+    yield np.concatenate(perms)
+
+
+def _rel_and_dist(qc, dc, ql, dl):
+  return (qc[None, :] != dc).sum(1), (dl == ql).astype(int)
+
+
+@pytest.mark.parametrize('topk', [None, 1, 2, 3, 5])
+@pytest.mark.parametrize('seed', range(4))
+def test_ties_modes_equal_exact_enumeration(seed, topk):
+  # 7 items, 2 bits: tie groups of several items; enumerate every tie order exactly.
+  qc, dc, ql, dl = _random_problem(seed, bits=2, q=3, n=7, classes=2)
+  got = {mode: average_precision(qc, dc, ql, dl, topk=topk, ties=mode) for mode in metrics.TIES}
+  for i in range(len(qc)):
+    dist, rel = _rel_and_dist(qc[i], dc, ql[i], dl)
+    aps = np.array([_ap_of_order(order, topk) for order in _tie_orders(dist, rel)])
+    assert got['best'][i] == pytest.approx(aps.max(), abs=1e-9)
+    assert got['worst'][i] == pytest.approx(aps.min(), abs=1e-9)
+    assert got['expected'][i] == pytest.approx(aps.mean(), abs=1e-9)
+
+
+def _reordered_ap(qc, dc, ql, dl, topk, relevant_first):
+  """Brute force: stable sort by (distance, relevant first or last)."""
+  aps = []
+  for c, l in zip(qc, ql):
+    dist, rel = _rel_and_dist(c, dc, l, dl)
+    order = np.lexsort((-rel if relevant_first else rel, dist))
+    aps.append(_ap_of_order(rel[order], topk))
+  return np.array(aps)
+
+
+def test_best_and_worst_full_ranking_reorder_tie_groups():
+  qc, dc, ql, dl = _random_problem(11, bits=4)
+  np.testing.assert_allclose(average_precision(qc, dc, ql, dl, ties='best'),
+                             _reordered_ap(qc, dc, ql, dl, None, True), atol=1e-9)
+  np.testing.assert_allclose(average_precision(qc, dc, ql, dl, ties='worst'),
+                             _reordered_ap(qc, dc, ql, dl, None, False), atol=1e-9)
+
+
+@pytest.mark.parametrize('topk', [None, 25])
+def test_expected_matches_monte_carlo(topk):
+  qc, dc, ql, dl = _random_problem(7, bits=4, q=20, n=40, classes=3)
+  expected = mean_average_precision(qc, dc, ql, dl, topk=topk, ties='expected')
+  rng = np.random.default_rng(0)
+  samples = 50_000
+  aps = []
+  for c, l in zip(qc, ql):
+    dist, rel = _rel_and_dist(c, dc, l, dl)
+    keys = dist[None, :] + rng.random((samples, len(dist)))  # uniform order inside ties
+    rel_sorted = rel[np.argsort(keys, axis=1)][:, :topk or len(dist)].astype(float)
+    hits = np.cumsum(rel_sorted, axis=1)
+    s = np.sum(rel_sorted * hits / np.arange(1, rel_sorted.shape[1] + 1), axis=1)
+    aps.append(np.where(hits[:, -1] > 0, s / np.maximum(hits[:, -1], 1), 0.0).mean())
+  assert expected == pytest.approx(np.mean(aps), abs=1e-3)
+
+
+@pytest.mark.parametrize('topk', [None, 10, 100])
+def test_best_ge_expected_ge_worst_and_index_inside(topk):
+  qc, dc, ql, dl = _random_problem(2, bits=6, multi=True)
+  ap = {mode: average_precision(qc, dc, ql, dl, topk=topk, ties=mode) for mode in metrics.TIES}
+  assert np.all(ap['best'] >= ap['expected'] - 1e-12)
+  assert np.all(ap['expected'] >= ap['worst'] - 1e-12)
+  assert np.all((ap['index'] <= ap['best'] + 1e-12) & (ap['index'] >= ap['worst'] - 1e-12))
+  summary = metrics.map_tie_summary(qc, dc, ql, dl, topk=topk)
+  assert summary['map'] == pytest.approx(ap['index'].mean())
+  assert summary['map_interval'] == pytest.approx([ap['worst'].mean(), ap['best'].mean()])
+  assert summary['map_expected'] == pytest.approx(ap['expected'].mean())
+
+
+def test_pr_curve_matches_bruteforce_at_every_radius():
+  qc, dc, ql, dl = _random_problem(3, bits=8)
+  precision, recall = metrics.precision_recall_curve(qc, dc, ql, dl, chunk_size=8)
+  assert precision.shape == recall.shape == (9,)
+  for radius in range(9):
+    assert precision[radius] == pytest.approx(precision_at_radius(qc, dc, ql, dl, radius=radius))
+    assert recall[radius] == pytest.approx(recall_at_radius(qc, dc, ql, dl, radius=radius))
+
+
+@pytest.mark.parametrize('ties', ['index', 'best', 'worst', 'expected'])
+def test_precision_at_n_matches_bruteforce(ties):
+  qc, dc, ql, dl = _random_problem(4, bits=5)
+  ns = (1, 10, 50, 211, 500)
+  got = metrics.precision_at_n(qc, dc, ql, dl, ns=ns, ties=ties)
+  for j, n in enumerate(ns):
+    per_query = []
+    for c, l in zip(qc, ql):
+      dist, rel = _rel_and_dist(c, dc, l, dl)
+      if ties == 'index':
+        order = np.argsort(dist, kind='stable')
+      else:  # relevant first / last bound the count; the expectation is linear
+        order = np.lexsort((-rel if ties == 'best' else rel, dist))
+      top = rel[order][:n]
+      if ties == 'expected':
+        t = np.sort(dist)[min(n, len(dist)) - 1]
+        inside, at_t = (dist < t), (dist == t)
+        m = min(n, len(dist)) - inside.sum()
+        per_query.append((rel[inside].sum() + m * rel[at_t].mean()) / min(n, len(dist)))
+      else:
+        per_query.append(top.sum() / len(top))
+    assert got[j] == pytest.approx(np.mean(per_query), abs=1e-9), n
+
+
+def test_report_agrees_with_single_metrics():
+  qc, dc, ql, dl = _random_problem(6, bits=6)
+  report = metrics.retrieval_report(qc, dc, ql, dl, topks=(10, 100, None), precision_at=(5,),
+                                    ties=('index', 'expected'), pr_curve=True, chunk_size=8)
+  for k, name in ((10, '10'), (100, '100'), (None, 'all')):
+    assert report[f'map@{name}'] == pytest.approx(mean_average_precision(qc, dc, ql, dl, topk=k))
+    assert report[f'map@{name}_expected'] == pytest.approx(
+        mean_average_precision(qc, dc, ql, dl, topk=k, ties='expected'))
+  assert report['precision@5'] == pytest.approx(metrics.precision_at_n(qc, dc, ql, dl, ns=(5,))[0])
+  assert len(report['pr_precision']) == 7
+
+
+_SHARDED = r'''
+import os, sys, json
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+import numpy as np, jax
+assert len(jax.devices()) == 8
+from hashjax import metrics, search
+rng = np.random.default_rng(0)
+qc = np.where(rng.random((37, 16)) > 0.5, 1, -1); dc = np.where(rng.random((1000, 16)) > 0.5, 1, -1)
+ql, dl = rng.integers(0, 5, 37), rng.integers(0, 5, 1000)
+r = metrics.retrieval_report(qc, dc, ql, dl, topks=(50, None), precision_at=(10,),
+                             ties=metrics.TIES, pr_curve=True, chunk_size=12)
+d, i = search.hamming_topk(np.packbits(qc > 0, 1), np.packbits(dc > 0, 1), 20, chunk_size=12)
+print(json.dumps({"report": r, "d": d.tolist(), "i": i.tolist()}))
+'''
+
+
+def test_sharded_over_8_cpu_devices_equals_unsharded():
+  import json
+  from hashjax import search
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, '-c', _SHARDED], capture_output=True, text=True,
+                       env=env, cwd=root, check=True)
+  sharded = json.loads(out.stdout.strip().splitlines()[-1])
+  rng = np.random.default_rng(0)
+  qc = np.where(rng.random((37, 16)) > 0.5, 1, -1)
+  dc = np.where(rng.random((1000, 16)) > 0.5, 1, -1)
+  ql, dl = rng.integers(0, 5, 37), rng.integers(0, 5, 1000)
+  report = metrics.retrieval_report(qc, dc, ql, dl, topks=(50, None), precision_at=(10,),
+                                    ties=metrics.TIES, pr_curve=True, chunk_size=12)
+  for key, value in report.items():
+    np.testing.assert_allclose(sharded['report'][key], value, atol=1e-6, err_msg=key)
+  d, i = search.hamming_topk(np.packbits(qc > 0, 1), np.packbits(dc > 0, 1), 20, chunk_size=12)
+  np.testing.assert_array_equal(sharded['d'], d)
+  np.testing.assert_array_equal(sharded['i'], i)

@@ -1,0 +1,138 @@
+"""Retrieval evaluation at scale: hashjax vs a per-query argsort baseline and faiss.
+
+Not part of the test suite. Examples (2-core CPU; XLA_FLAGS sets one JAX device per core):
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 python benchmarks/retrieval.py \
+      --queries=5000 --database=100000 --bits=64 --topk=1000
+  python benchmarks/retrieval.py --mode=scaling --queries=1000 --database=50000
+  python benchmarks/retrieval.py --mode=topk --queries=1000 --database=1000000 --k=100
+  python benchmarks/retrieval.py --mode=map --queries=200 --database=1000000 --no-baseline
+
+Codes are clustered like trained hash codes: 10 classes, a random center per class, each bit
+flipped with probability --flip, so many items share a distance (realistic ties).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import numpy as np
+
+
+def clustered_codes(num: int, bits: int, classes: int, flip: float, seed: int):
+  """±1 codes int8 [num, bits] and class ids [num]."""
+  rng = np.random.default_rng(seed)
+  centers = np.where(np.random.default_rng(1234).random((classes, bits)) > 0.5, 1, -1)
+  labels = rng.integers(0, classes, num)
+  flips = rng.random((num, bits)) < flip
+  return np.where(flips, -centers[labels], centers[labels]).astype(np.int8), labels
+
+
+def baseline_map(query_codes, db_codes, query_labels, db_labels, topk):
+  """The usual research-code loop: full argsort per query (stable, ties by index)."""
+  bits = db_codes.shape[1]
+  db = db_codes.astype(np.float32)
+  aps = []
+  for q, label in zip(query_codes.astype(np.float32), query_labels):
+    hamming = 0.5 * (bits - db @ q)
+    ind = np.argsort(hamming, kind='stable')[:topk]
+    rel = (db_labels[ind] == label).astype(np.float64)
+    hits = np.cumsum(rel)
+    r = rel.sum()
+    aps.append(0.0 if r == 0 else float(np.sum(rel * hits / np.arange(1, len(rel) + 1)) / r))
+  return float(np.mean(aps))
+
+
+def peak_rss_gb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def timed(fn, *args, **kwargs):
+  start = time.perf_counter()
+  value = fn(*args, **kwargs)
+  return value, time.perf_counter() - start
+
+
+def run_map(args, num_query, num_db, baseline=True):
+  from hashjax import metrics  # pylint: disable=g-import-not-at-top
+  qc, ql = clustered_codes(num_query, args.bits, 10, args.flip, 1)
+  dc, dl = clustered_codes(num_db, args.bits, 10, args.flip, 2)
+  qp, dp = np.packbits(qc > 0, 1), np.packbits(dc > 0, 1)
+  metrics.mean_average_precision(qp[:8], dp, ql[:8], dl, topk=args.topk)  # compile
+  ours, t_ours = timed(metrics.mean_average_precision, qp, dp, ql, dl, topk=args.topk)
+  line = f'Q={num_query} N={num_db} bits={args.bits} K={args.topk}: hashjax {t_ours:.2f}s'
+  line += f' mAP={ours:.6f}'
+  if baseline:
+    nb = min(args.baseline_queries or num_query, num_query)
+    base, t_base = timed(baseline_map, qc[:nb], dc, ql[:nb], dl, args.topk)
+    t_base_all = t_base * num_query / nb
+    ours_nb = metrics.mean_average_precision(qp[:nb], dp, ql[:nb], dl, topk=args.topk)
+    line += (f' | argsort baseline {t_base_all:.2f}s'
+             f'{"" if nb == num_query else f" (extrapolated from {nb} queries)"}'
+             f' ratio {t_base_all / t_ours:.1f}x |mAP diff|={abs(base - ours_nb):.2e}')
+  print(line + f' | peak RSS {peak_rss_gb():.2f} GB', flush=True)
+  return t_ours
+
+
+def run_topk(args):
+  from hashjax.search import hamming_topk  # pylint: disable=g-import-not-at-top
+  qc, _ = clustered_codes(args.queries, args.bits, 10, args.flip, 1)
+  dc, _ = clustered_codes(args.database, args.bits, 10, args.flip, 2)
+  if args.uniform:
+    rng = np.random.default_rng(0)
+    qc = np.where(rng.random(qc.shape) > 0.5, 1, -1)
+    dc = np.where(rng.random(dc.shape) > 0.5, 1, -1)
+  qp, dp = np.packbits(qc > 0, 1), np.packbits(dc > 0, 1)
+  hamming_topk(qp[:8], dp, args.k)  # compile
+  (dist, idx), t_ours = timed(hamming_topk, qp, dp, args.k)
+  print(f'hamming_topk Q={args.queries} N={args.database} bits={args.bits} k={args.k}: '
+        f'{t_ours:.2f}s ({args.queries / t_ours:.0f} queries/s)', flush=True)
+  try:
+    import faiss  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    print('faiss not installed (pip install faiss-cpu): no comparison')
+    return
+  for threads in (1, 2):
+    faiss.omp_set_num_threads(threads)
+    index = faiss.IndexBinaryFlat(8 * dp.shape[1])
+    index.add(dp)
+    (fdist, fidx), t_faiss = timed(index.search, qp, args.k)
+    print(f'faiss IndexBinaryFlat {threads} thread(s): {t_faiss:.2f}s; hashjax throughput = '
+          f'{t_faiss / t_ours:.2f} x faiss; same distances {np.array_equal(fdist, dist)}, '
+          f'same neighbours {np.array_equal(fidx, idx)}', flush=True)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--mode', choices=('map', 'scaling', 'topk'), default='map')
+  parser.add_argument('--queries', type=int, default=5000)
+  parser.add_argument('--database', type=int, default=100_000)
+  parser.add_argument('--bits', type=int, default=64)
+  parser.add_argument('--topk', type=int, default=1000, help='K of mAP@K')
+  parser.add_argument('--k', type=int, default=100, help='neighbours for --mode=topk')
+  parser.add_argument('--flip', type=float, default=0.2, help='bit flip probability')
+  parser.add_argument('--uniform', action='store_true', help='topk: uniform random codes')
+  parser.add_argument('--baseline-queries', type=int, default=0,
+                      help='time the baseline on this many queries and extrapolate (0: all)')
+  parser.add_argument('--no-baseline', action='store_true')
+  args = parser.parse_args()
+  import jax  # pylint: disable=g-import-not-at-top
+  print(f'devices: {jax.devices()}', flush=True)
+  if args.mode == 'map':
+    run_map(args, args.queries, args.database, baseline=not args.no_baseline)
+  elif args.mode == 'topk':
+    run_topk(args)
+  else:
+    times = {}
+    for q_scale, n_scale in ((1, 1), (2, 1), (4, 1), (1, 2), (1, 4)):
+      times[q_scale, n_scale] = run_map(args, args.queries * q_scale, args.database * n_scale,
+                                        baseline=False)
+    base = times[1, 1]
+    print('time / time(Q, N): ' + ', '.join(f'{q}Q×{n}N: {t / base:.2f}'
+                                            for (q, n), t in times.items()))
+
+
+if __name__ == '__main__':
+  main()

@@ -83,8 +83,7 @@ def free_bytes(path: str) -> int:
 
 def tree_nbytes(tree: Any) -> int:
   """Total bytes of the arrays in a pytree."""
-  return int(sum(np.asarray(x).nbytes if not hasattr(x, 'nbytes') else x.nbytes
-                 for x in jax.tree.leaves(tree)))
+  return int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(tree)))
 
 
 @dataclasses.dataclass

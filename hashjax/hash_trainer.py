@@ -187,15 +187,19 @@ def evaluate(state: TrainState, cfg: HashConfig, source: data_lib.Source,
   db_codes = np.asarray(codes_lib.sign_codes(
       encode(state, source, split.database, cfg.eval_batch_size)))
   q_labels, db_labels = source.labels[split.query], source.labels[split.database]
-  # map (ties by index), map_interval [worst, best] over tie orders, map_expected.
+  # One pass over the distances gives every number: AP under each tie order and the
+  # precision–recall curve over Hamming radii.
+  report = metrics.retrieval_report(query_codes, db_codes, q_labels, db_labels,
+                                    topks=(cfg.map_topk,), ties=metrics.TIES, pr_curve=True)
+  name = 'all' if cfg.map_topk is None else cfg.map_topk
   results = {
       'step': int(state.step),
-      **metrics.map_tie_summary(query_codes, db_codes, q_labels, db_labels, topk=cfg.map_topk),
+      'map': report[f'map@{name}'],
+      'map_interval': [report[f'map@{name}_worst'], report[f'map@{name}_best']],
+      'map_expected': report[f'map@{name}_expected'],
       'map_topk': cfg.map_topk,
-      'precision_at_radius_2': metrics.precision_at_radius(query_codes, db_codes, q_labels,
-                                                           db_labels, radius=2),
-      'recall_at_radius_2': metrics.recall_at_radius(query_codes, db_codes, q_labels,
-                                                     db_labels, radius=2),
+      'precision_at_radius_2': report['pr_precision'][min(2, cfg.bits)],
+      'recall_at_radius_2': report['pr_recall'][min(2, cfg.bits)],
       'bits': cfg.bits,
       'num_query': len(split.query),
       'num_database': len(split.database),
@@ -258,12 +262,14 @@ def _save_codes(path: str, cfg: HashConfig, source, split, codes) -> bool:
   return write_or_warn(path, write)
 
 
-def _checkpoint_tree(state: TrainState, rng: jax.Array, cfg: HashConfig) -> dict[str, Any]:
+def _checkpoint_tree(state: TrainState, rng: jax.Array, step: int, cfg: HashConfig
+                     ) -> dict[str, Any]:
   """What a checkpoint holds: the train state (step, params, batch_stats, optimizer state),
   the RNG key, and the data position (examples seen; batches and β are functions of
-  (seed, step), so this restores them exactly)."""
+  (seed, step), so this restores them exactly). `step` is passed in, not read from the
+  device, so saving does not wait for the step in flight."""
   return {'state': state, 'rng': rng,
-          'examples_seen': np.asarray(int(state.step) * cfg.batch_size, np.int64)}
+          'examples_seen': np.asarray(step * cfg.batch_size, np.int64)}
 
 
 def _restore_or_init(cfg: HashConfig, ckpt: Checkpointer, image_shape, workdir
@@ -273,7 +279,7 @@ def _restore_or_init(cfg: HashConfig, ckpt: Checkpointer, image_shape, workdir
   latest = ckpt.latest_step()
   if latest is None:
     return state, step_rng
-  restored = ckpt.restore(latest, _checkpoint_tree(state, step_rng, cfg))
+  restored = ckpt.restore(latest, _checkpoint_tree(state, step_rng, 0, cfg))
   state, step_rng = restored['state'], restored['rng']
   seen, step = int(restored['examples_seen']), int(restored['state'].step)
   if seen != step * cfg.batch_size:
@@ -372,18 +378,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict | HashConfig, workdir: 
         break
       if guard.should_stop(done):
         metrics_log.flush()
-        ckpt.save(done, _checkpoint_tree(state, step_rng, cfg), final=True)
+        ckpt.save(done, _checkpoint_tree(state, step_rng, done, cfg), final=True)
         ckpt.close()
         reporter.close()
         log.warning('%s received: saved step %d in %s; rerun to resume', guard.signal_name,
                     done, ckpt.directory)
         return {'preempted_at_step': done, 'signal': guard.signal_name}
       if done % cfg.checkpoint_every == 0:
-        ckpt.save(done, _checkpoint_tree(state, step_rng, cfg), metrics=eval_results)
+        ckpt.save(done, _checkpoint_tree(state, step_rng, done, cfg), metrics=eval_results)
   metrics_log.flush()
   results, codes = evaluate(state, cfg, source, split)
-  ckpt.save(int(state.step), _checkpoint_tree(state, step_rng, cfg), metrics=results,
-            final=True)
+  ckpt.save(results['step'], _checkpoint_tree(state, step_rng, results['step'], cfg),
+            metrics=results, final=True)
   ckpt.close()
   _write_json(os.path.join(workdir, 'eval.json'), results)
   _save_codes(os.path.join(workdir, 'codes.npz'), cfg, source, split, codes)

@@ -29,21 +29,8 @@ import numpy as np
 from scipy.special import gammaln
 
 from hashjax import codes as codes_lib
-from hashjax.codes import hamming_distance
 
 TIES = ('index', 'best', 'worst', 'expected')
-
-
-def relevance(query_labels, db_labels) -> jax.Array:
-  """1.0 where query q and database item i share a label; float32 [Q, N]."""
-  query_labels, db_labels = jnp.asarray(query_labels), jnp.asarray(db_labels)
-  if query_labels.ndim != db_labels.ndim or query_labels.ndim not in (1, 2):
-    raise ValueError('labels must both be class ids [N] or both multi-hot [N, L]; got shapes '
-                     f'{query_labels.shape} and {db_labels.shape}')
-  if query_labels.ndim == 1:
-    return (query_labels[:, None] == db_labels[None, :]).astype(jnp.float32)
-  inner = query_labels.astype(jnp.float32) @ db_labels.astype(jnp.float32).T
-  return (inner > 0).astype(jnp.float32)
 
 
 def _check_inputs(query_codes, db_codes, query_labels, db_labels):
@@ -59,20 +46,6 @@ def _check_inputs(query_codes, db_codes, query_labels, db_labels):
     raise ValueError('labels must both be class ids [N] or both multi-hot [N, L]; got shapes '
                      f'{query_labels.shape} and {db_labels.shape}')
   return query_codes, db_codes, query_labels, db_labels
-
-
-def _query_chunks(query_codes, query_labels, chunk_size):
-  """Yields (codes, labels, n_valid) chunks padded to chunk_size (one compiled shape)."""
-  n = len(query_codes)
-  chunk = min(chunk_size, n)
-  for start in range(0, n, chunk):
-    codes, labels = query_codes[start:start + chunk], query_labels[start:start + chunk]
-    valid = len(codes)
-    if valid < chunk:
-      pad = chunk - valid
-      codes = np.concatenate([codes, np.repeat(codes[-1:], pad, 0)])
-      labels = np.concatenate([labels, np.repeat(labels[-1:], pad, 0)])
-    yield codes, labels, valid
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,34 +351,17 @@ def map_tie_summary(query_codes, db_codes, query_labels, db_labels, *, topk=None
           'map_expected': mean('expected')}
 
 
-@functools.partial(jax.jit, static_argnames=('radius',))
-def _radius_chunk(query_codes, db_codes, query_labels, db_labels, radius):
-  in_ball_QxN = (hamming_distance(query_codes, db_codes) <= radius).astype(jnp.float32)
-  rel_QxN = relevance(query_labels, db_labels)
-  retrieved_Q = in_ball_QxN.sum(1)
-  hits_Q = (in_ball_QxN * rel_QxN).sum(1)
-  relevant_Q = rel_QxN.sum(1)
-  precision_Q = jnp.where(retrieved_Q > 0, hits_Q / jnp.maximum(retrieved_Q, 1.0), 0.0)
-  recall_Q = jnp.where(relevant_Q > 0, hits_Q / jnp.maximum(relevant_Q, 1.0), 0.0)
-  return precision_Q, recall_Q
-
-
 def _radius_metrics(query_codes, db_codes, query_labels, db_labels, radius, chunk_size):
   if not isinstance(radius, (int, np.integer)) or radius < 0:
     raise ValueError(f'radius={radius!r} must be a non-negative integer number of bits')
-  query_codes, db_codes, query_labels, db_labels = _check_inputs(
-      query_codes, db_codes, query_labels, db_labels)
-  db_codes_dev, db_labels_dev = jnp.asarray(db_codes), jnp.asarray(db_labels)
-  precision, recall = [], []
-  for codes, labels, valid in _query_chunks(query_codes, query_labels, chunk_size):
-    p, r = _radius_chunk(codes, db_codes_dev, labels, db_labels_dev, int(radius))
-    precision.append(np.asarray(p)[:valid])
-    recall.append(np.asarray(r)[:valid])
-  return float(np.mean(np.concatenate(precision))), float(np.mean(np.concatenate(recall)))
+  precision_R, recall_R = precision_recall_curve(query_codes, db_codes, query_labels,
+                                                 db_labels, chunk_size=chunk_size)
+  r = min(int(radius), len(precision_R) - 1)  # a ball wider than the code holds everything
+  return float(precision_R[r]), float(recall_R[r])
 
 
 def precision_at_radius(query_codes, db_codes, query_labels, db_labels, *, radius: int = 2,
-                        chunk_size: int = 256) -> float:
+                        chunk_size: int | None = None) -> float:
   """Mean precision of the Hamming ball of `radius` bits around each query.
 
   Args as in `average_precision`. An empty ball counts as precision 0.
@@ -417,6 +373,6 @@ def precision_at_radius(query_codes, db_codes, query_labels, db_labels, *, radiu
 
 
 def recall_at_radius(query_codes, db_codes, query_labels, db_labels, *, radius: int = 2,
-                     chunk_size: int = 256) -> float:
+                     chunk_size: int | None = None) -> float:
   """Mean recall of the Hamming ball of `radius` bits (relevant retrieved / relevant)."""
   return _radius_metrics(query_codes, db_codes, query_labels, db_labels, radius, chunk_size)[1]

@@ -96,7 +96,7 @@ def _params_at(workdir, step, template_cfg):
   cfg = hash_config(template_cfg)
   state = hash_trainer.create_train_state(cfg, (8, 8, 1), jax.random.PRNGKey(0))
   ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'))
-  restored = ckpt.restore(step, hash_trainer._checkpoint_tree(state, jax.random.PRNGKey(0), cfg))
+  restored = ckpt.restore(step, hash_trainer._checkpoint_tree(state, jax.random.PRNGKey(0), 0, cfg))
   ckpt.close()
   return restored['state']
 

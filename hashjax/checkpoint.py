@@ -130,7 +130,7 @@ class Checkpointer:
     self._best: tuple[float, int] | None = None
     self._pending: tuple[int, Any, dict | None] | None = None  # an async save not yet waited
     os.makedirs(self.directory, exist_ok=True)
-    self.stale_removed = self._remove_tmp_dirs()
+    self.stale_removed = self._remove_tmp_dirs() if jax.process_index() == 0 else []
     options = ocp.CheckpointManagerOptions(
         max_to_keep=None, create=True, enable_async_checkpointing=async_save,
         cleanup_tmp_directories=True)
@@ -179,7 +179,7 @@ class Checkpointer:
       return True
     self.stats.attempted += 1
     needed = self._estimate(tree)
-    if not self._make_room(needed):
+    if not _agree(lambda: self._make_room(needed)):
       return self._skip(step, needed, final, 'not enough space')
     for attempt in (1, 2):
       try:
@@ -233,7 +233,8 @@ class Checkpointer:
 
   def _after_failed_write(self, step, error):
     self.stats.failed_writes += 1
-    self._remove_tmp_dirs()
+    if jax.process_index() == 0:
+      self._remove_tmp_dirs()
     self._manager.reload()
     log.warning('checkpoint write for step %s failed: %s', step, _short(error))
 
@@ -286,7 +287,7 @@ class Checkpointer:
 
   def _delete(self, step: int, reason: str | None):
     self._manager.delete(step)
-    if os.path.exists(self._step_dir(step)):
+    if jax.process_index() == 0 and os.path.exists(self._step_dir(step)):
       shutil.rmtree(self._step_dir(step), ignore_errors=True)
     self._manager.reload()
     if reason:
@@ -348,6 +349,16 @@ def append_or_warn(path: str, text: str) -> bool:
       f.truncate(size)
     log.warning('could not append to %s: %s', path, _short(e))
     return False
+
+
+def _agree(decide) -> bool:
+  """Process 0 runs `decide()` (it alone deletes checkpoints) and every process gets its
+  answer, so all hosts skip or save the same step (the save is collective)."""
+  if jax.process_count() == 1:
+    return bool(decide())
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  mine = bool(decide()) if jax.process_index() == 0 else False
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(mine)))
 
 
 def _short(error: BaseException) -> str:

@@ -12,11 +12,12 @@ from absl import flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
+from hashjax import parallel
 from hashjax.checkpoint import CheckpointError
 from hashjax.config import ConfigError
 from hashjax.data import DataError
 
-USER_ERRORS = (ConfigError, DataError)
+USER_ERRORS = (ConfigError, DataError, parallel.ParallelError)
 EXIT_USAGE = 2
 
 
@@ -94,6 +95,13 @@ def run_job(prog: str, argv: list[str], default_config: str,
         lock_config=True)
     workdir_flag = flags.DEFINE_string('workdir', None,
                                        'Output directory (default: runs/<config name>).')
+    distributed = flags.DEFINE_enum(
+        'distributed', 'auto', ['auto', 'on', 'off'],
+        'Multi-process JAX: auto = on under SLURM / TPU pods or with --coordinator_address.')
+    coordinator = flags.DEFINE_string('coordinator_address', None,
+                                      'host:port of process 0 (multi-process jobs off SLURM/TPU).')
+    num_processes = flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
+    process_id = flags.DEFINE_integer('process_id', None, 'This process (0 .. num_processes-1).')
     flags.FLAGS(argv)
     config_path = flags.FLAGS['config'].config_filename.split(':')[0]
     if not os.path.isfile(config_path):
@@ -106,6 +114,9 @@ def run_job(prog: str, argv: list[str], default_config: str,
   workdir = workdir_flag.value or default_workdir(config_path)
   _log_to_stderr()
   try:
+    parallel.initialize_distributed(distributed.value, coordinator_address=coordinator.value,
+                                    num_processes=num_processes.value,
+                                    process_id=process_id.value)
     job(config, workdir)
   except USER_ERRORS as e:
     return fail(prog, str(e))

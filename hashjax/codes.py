@@ -223,26 +223,9 @@ def topk_from_distances(dist_QxN: jax.Array, k: int, bits: int) -> tuple[jax.Arr
           jnp.where(is_closer_QxK, closer_QxK, from_t_QxK))
 
 
-def data_mesh() -> jax.sharding.Mesh:
-  """A 1-D mesh over every device, axis 'data' (queries are split on it)."""
-  return jax.sharding.Mesh(np.array(jax.devices()), ('data',))
-
-
-def query_sharded_jit(fn, num_query_args: int, num_db_args: int):
-  """jit `fn(*query_args, *db_args)` with query args split on 'data', database replicated.
-
-  Every output must have the query axis first; it comes back split the same way.
-  """
-  mesh = data_mesh()
-  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
-  whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  return jax.jit(fn, in_shardings=(rows,) * num_query_args + (whole,) * num_db_args,
-                 out_shardings=rows)
-
-
 def query_chunk_size(num_db: int, chunk_size: int | None = None) -> int:
   """Queries per step: a multiple of the device count, ~2**24 query·item pairs per device."""
-  devices = len(jax.devices())
+  devices = jax.local_device_count()
   if chunk_size is None:
     per_device = int(np.clip(2**24 // max(num_db, 1), 1, 256))
   else:

@@ -21,10 +21,11 @@ import ml_collections
 import numpy as np
 import optax
 from flax import struct
+from jax.sharding import Mesh
 
 from hashjax import codes as codes_lib
 from hashjax import data as data_lib
-from hashjax import losses, metrics, schedules
+from hashjax import losses, metrics, parallel, schedules
 from hashjax.checkpoint import (Checkpointer, PreemptionGuard, append_or_warn,
                                 write_or_warn)
 from hashjax.config import ConfigError, HashConfig, hash_config
@@ -82,19 +83,28 @@ def make_model(cfg: HashConfig) -> HashNet:
   return HashNet(bits=cfg.bits, backbone=cfg.backbone)
 
 
-def create_train_state(cfg: HashConfig, image_shape: tuple[int, ...], rng: jax.Array
-                       ) -> TrainState:
-  """Initialises parameters, BatchNorm statistics and optimizer state.
-
-  Args:
-    image_shape: (H, W, C) of one input image. rng: PRNG key for initialisation.
-  """
+def _init_state(cfg: HashConfig, image_shape: tuple[int, ...], rng: jax.Array) -> TrainState:
   model, tx = make_model(cfg), make_optimizer(cfg)
   variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
   params = variables['params']
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params),
                     apply_fn=model.apply, tx=tx)
+
+
+def create_train_state(cfg: HashConfig, image_shape: tuple[int, ...], rng: jax.Array,
+                       mesh: Mesh | None = None) -> TrainState:
+  """Initialises parameters, BatchNorm statistics and optimizer state, replicated over the
+  mesh (a jitted init with output shardings: nothing is built on one device first).
+
+  Args:
+    image_shape: (H, W, C) of one input image. rng: PRNG key for initialisation.
+    mesh: the device mesh (default: all devices).
+  """
+  mesh = mesh or parallel.make_mesh()
+  init = jax.jit(functools.partial(_init_state, cfg, image_shape),
+                 out_shardings=parallel.replicated(mesh))
+  return init(parallel.replicate(rng, mesh))
 
 
 def make_loss_fn(cfg: HashConfig) -> Callable[[jax.Array, jax.Array], jax.Array]:
@@ -145,35 +155,52 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   return new_state, out
 
 
-def make_train_step(cfg: HashConfig):
-  """The jitted train step (state donated); β and the learning rate are traced, so they
-  change without recompiling."""
+def make_train_step(cfg: HashConfig, mesh: Mesh | None = None):
+  """The jitted train step over the mesh: batch sharded on 'data', state and RNG key
+  replicated, state donated. β and the learning rate are traced, so they change without
+  recompiling; XLA inserts the gathers that give the loss every pair of the global batch."""
+  mesh = mesh or parallel.make_mesh()
   step = functools.partial(train_step, loss_fn=make_loss_fn(cfg), beta_fn=make_beta_fn(cfg),
                            lr_fn=learning_rate_schedule(cfg))
-  return jax.jit(step, donate_argnums=0)
+  repl, rows = parallel.replicated(mesh), parallel.data_sharding(mesh)
+  return jax.jit(step, in_shardings=(repl, rows, repl), out_shardings=(repl, repl),
+                 donate_argnums=0)
 
 
-@jax.jit
-def _encode_batch(state: TrainState, images):
-  return state.apply_fn(state.variables(), images, train=False)
+@functools.lru_cache(maxsize=None)
+def _encode_fn(mesh: Mesh):
+  def encode_batch(state, images):
+    return state.apply_fn(state.variables(), images, train=False)
+  repl = parallel.replicated(mesh)
+  return jax.jit(encode_batch, in_shardings=(repl, parallel.data_sharding(mesh)),
+                 out_shardings=repl)
 
 
-def encode(state: TrainState, source: data_lib.Source, indices: np.ndarray,
-           batch_size: int) -> np.ndarray:
-  """Hash-layer outputs z [len(indices), bits] (float32) for source items, in batches."""
+def encode(state: TrainState, source: data_lib.Source, indices: np.ndarray, batch_size: int,
+           mesh: Mesh | None = None) -> np.ndarray:
+  """Hash-layer outputs z [len(indices), bits] (float32) for source items.
+
+  Batches (rounded up to a multiple of the devices) are sharded over the mesh's data axis;
+  each process loads only its slice of every batch, and every process gets all outputs.
+  """
+  mesh = mesh or parallel.make_mesh()
+  unit = mesh.shape[parallel.DATA] * jax.process_count()
+  batch_size = -(-batch_size // unit) * unit
+  encode_batch = _encode_fn(mesh)
+  mine = parallel.process_slice(batch_size)
   out = []
   for start in range(0, len(indices), batch_size):
     chunk = indices[start:start + batch_size]
-    images = data_lib.to_float(source.images(chunk))
-    if len(chunk) < batch_size:  # pad: one compiled shape for every batch
-      images = np.concatenate([images, np.zeros((batch_size - len(chunk), *images.shape[1:]),
-                                                images.dtype)])
-    out.append(np.asarray(_encode_batch(state, images))[:len(chunk)])
+    padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk))])
+    images = parallel.global_batch({'image': data_lib.to_float(source.images(padded[mine]))},
+                                   mesh)['image']
+    out.append(parallel.to_host(encode_batch(state, images))[:len(chunk)])
   return np.concatenate(out)
 
 
 def evaluate(state: TrainState, cfg: HashConfig, source: data_lib.Source,
-             split: data_lib.Split) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+             split: data_lib.Split, mesh: Mesh | None = None
+             ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   """Encodes queries and database, binarises with sign, and scores Hamming retrieval.
 
   Returns:
@@ -183,9 +210,9 @@ def evaluate(state: TrainState, cfg: HashConfig, source: data_lib.Source,
     codes.
   """
   query_codes = np.asarray(codes_lib.sign_codes(
-      encode(state, source, split.query, cfg.eval_batch_size)))
+      encode(state, source, split.query, cfg.eval_batch_size, mesh)))
   db_codes = np.asarray(codes_lib.sign_codes(
-      encode(state, source, split.database, cfg.eval_batch_size)))
+      encode(state, source, split.database, cfg.eval_batch_size, mesh)))
   q_labels, db_labels = source.labels[split.query], source.labels[split.database]
   # One pass over the distances gives every number: AP under each tie order and the
   # precision–recall curve over Hamming radii.
@@ -272,10 +299,12 @@ def _checkpoint_tree(state: TrainState, rng: jax.Array, step: int, cfg: HashConf
           'examples_seen': np.asarray(step * cfg.batch_size, np.int64)}
 
 
-def _restore_or_init(cfg: HashConfig, ckpt: Checkpointer, image_shape, workdir
-                     ) -> tuple[TrainState, jax.Array]:
-  init_rng, step_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
-  state = create_train_state(cfg, image_shape, init_rng)
+def _restore_or_init(cfg: HashConfig, ckpt: Checkpointer, image_shape, workdir,
+                     mesh: Mesh | None = None) -> tuple[TrainState, jax.Array]:
+  mesh = mesh or parallel.make_mesh()
+  init_rng, step_rng = np.asarray(jax.random.split(jax.random.PRNGKey(cfg.seed)))
+  state = create_train_state(cfg, image_shape, init_rng, mesh)
+  step_rng = parallel.replicate(step_rng, mesh)
   latest = ckpt.latest_step()
   if latest is None:
     return state, step_rng
@@ -297,15 +326,18 @@ def _fetch_row(step: int, metrics_dev, examples_per_sec: float, extra) -> dict[s
 
 
 class _MetricsLog:
-  """metrics.jsonl rows, each fetched from the device one step after it was computed."""
+  """metrics.jsonl rows, each fetched from the device one step after it was computed.
+  Only the main process writes (and fetches)."""
 
   def __init__(self, path: str, reporter: Reporter, ckpt: Checkpointer):
     self._path, self._reporter, self._ckpt = path, reporter, ckpt
     self._pending = None
+    self._main = parallel.is_main_process()
 
   def push(self, step: int, metrics_dev, examples_per_sec: float):
     self.flush()
-    self._pending = (step, metrics_dev, examples_per_sec)
+    if self._main:
+      self._pending = (step, metrics_dev, examples_per_sec)
 
   def flush(self):
     if self._pending is None:
@@ -316,25 +348,7 @@ class _MetricsLog:
     self._reporter.log(row)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict | HashConfig, workdir: str, *,
-                       reporter: Reporter | None = None) -> dict[str, Any]:
-  """Trains HashNet as configured, evaluating every `eval_every` steps and at the end.
-
-  Args:
-    config: a hashing ConfigDict (see configs/) or a validated `HashConfig`.
-    workdir: output directory; an existing checkpoint there is resumed.
-    reporter: receives progress (None: silent).
-
-  Returns:
-    The final evaluation results (also written to `<workdir>/eval.json`), or, when SIGTERM
-    or SIGINT stopped the run, {'preempted_at_step': step, 'signal': name} after a checkpoint
-    of that step was written.
-  """
-  cfg = config if isinstance(config, HashConfig) else hash_config(config)
-  reporter = reporter or SilentReporter()
-  os.makedirs(workdir, exist_ok=True)
-  _write_json(os.path.join(workdir, 'config.json'), _config_dict(config))
-
+def _load_data(cfg: HashConfig) -> tuple[data_lib.Source, data_lib.Split]:
   source = data_lib.load_source(cfg.dataset, image_size=cfg.image_size)
   if cfg.class_list:
     source = data_lib.restrict_classes(source, data_lib.read_class_list(cfg.class_list))
@@ -343,27 +357,64 @@ def train_and_evaluate(config: ml_collections.ConfigDict | HashConfig, workdir: 
       source.labels, seed=cfg.seed, query_per_class=s.query_per_class, num_query=s.num_query,
       train_per_class=s.train_per_class, num_train=s.num_train,
       train_in_database=s.train_in_database)
-  image_shape = source.images(split.train[:1]).shape[1:]
+  return source, split
 
+
+def _global_batch(cfg: HashConfig, source, split, step: int, mesh: Mesh) -> dict[str, jax.Array]:
+  """Batch `step` as global arrays; this process loads only its slice of the examples."""
+  positions = data_lib.batch_indices(len(split.train), cfg.batch_size, step, cfg.seed)
+  idx = split.train[positions][parallel.process_slice(cfg.batch_size)]
+  local = {'image': data_lib.to_float(source.images(idx)), 'label': source.labels[idx]}
+  return parallel.global_batch(local, mesh)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict | HashConfig, workdir: str, *,
+                       reporter: Reporter | None = None) -> dict[str, Any]:
+  """Trains HashNet as configured, evaluating every `eval_every` steps and at the end.
+
+  Runs data-parallel over every device (all processes' devices after
+  `parallel.initialize_distributed`); `batch_size` is global. Only process 0 writes
+  config.json, metrics.jsonl, eval.json and codes.npz; checkpoints are written collectively.
+
+  Args:
+    config: a hashing ConfigDict (see configs/) or a validated `HashConfig`.
+    workdir: output directory; an existing checkpoint there is resumed.
+    reporter: receives progress on process 0 (None: silent).
+
+  Returns:
+    The final evaluation results (also written to `<workdir>/eval.json`), or, when SIGTERM
+    or SIGINT stopped the run, {'preempted_at_step': step, 'signal': name} after a checkpoint
+    of that step was written.
+  """
+  cfg = config if isinstance(config, HashConfig) else hash_config(config)
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(cfg.batch_size, mesh)
+  main = parallel.is_main_process()
+  reporter = reporter if reporter is not None and main else SilentReporter()
+  os.makedirs(workdir, exist_ok=True)
+  if main:
+    _write_json(os.path.join(workdir, 'config.json'), _config_dict(config))
+
+  source, split = _load_data(cfg)
+  image_shape = source.images(split.train[:1]).shape[1:]
   ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'),
                       max_to_keep=cfg.checkpoint.max_to_keep, max_bytes=cfg.checkpoint.max_bytes,
                       best_metric=cfg.checkpoint.best_metric,
                       async_save=cfg.checkpoint.async_save)
-  state, step_rng = _restore_or_init(cfg, ckpt, image_shape, workdir)
+  state, step_rng = _restore_or_init(cfg, ckpt, image_shape, workdir, mesh)
   first_step = int(state.step)
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
-  _truncate_metrics(metrics_path, first_step)
+  if main:
+    _truncate_metrics(metrics_path, first_step)
   metrics_log = _MetricsLog(metrics_path, reporter, ckpt)
 
-  step_fn = make_train_step(cfg)
+  step_fn = make_train_step(cfg, mesh)
   reporter.start(cfg.num_steps, first_step)
   last_time, last_step = time.perf_counter(), first_step
   with PreemptionGuard(ckpt) as guard:
     for step in range(first_step, cfg.num_steps):
-      positions = data_lib.batch_indices(len(split.train), cfg.batch_size, step, cfg.seed)
-      idx = split.train[positions]
-      batch = {'image': data_lib.to_float(source.images(idx)), 'label': source.labels[idx]}
-      state, step_metrics = step_fn(state, batch, step_rng)
+      state, step_metrics = step_fn(state, _global_batch(cfg, source, split, step, mesh),
+                                    step_rng)
       metrics_log.flush()
       done = step + 1
       if done % cfg.log_every == 0 or done == cfg.num_steps:
@@ -372,7 +423,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict | HashConfig, workdir: 
         last_time, last_step = now, done
       eval_results = None
       if done % cfg.eval_every == 0 and done != cfg.num_steps:
-        eval_results = evaluate(state, cfg, source, split)[0]
+        eval_results = evaluate(state, cfg, source, split, mesh)[0]
         reporter.evaluated(eval_results)
       if done == cfg.num_steps:
         break
@@ -387,12 +438,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict | HashConfig, workdir: 
       if done % cfg.checkpoint_every == 0:
         ckpt.save(done, _checkpoint_tree(state, step_rng, done, cfg), metrics=eval_results)
   metrics_log.flush()
-  results, codes = evaluate(state, cfg, source, split)
+  results, codes = evaluate(state, cfg, source, split, mesh)
   ckpt.save(results['step'], _checkpoint_tree(state, step_rng, results['step'], cfg),
             metrics=results, final=True)
   ckpt.close()
-  _write_json(os.path.join(workdir, 'eval.json'), results)
-  _save_codes(os.path.join(workdir, 'codes.npz'), cfg, source, split, codes)
+  if main:
+    _write_json(os.path.join(workdir, 'eval.json'), results)
+    _save_codes(os.path.join(workdir, 'codes.npz'), cfg, source, split, codes)
   reporter.evaluated(results)
   reporter.close()
   return results

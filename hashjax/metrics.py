@@ -29,6 +29,7 @@ import numpy as np
 from scipy.special import gammaln
 
 from hashjax import codes as codes_lib
+from hashjax import parallel
 
 TIES = ('index', 'best', 'worst', 'expected')
 
@@ -92,7 +93,7 @@ def _stats_step(kmax: int, histogram: bool, full_index: bool, num_valid: int, bi
       out['ap_full'] = jnp.where(num_Q > 0, ap_sum_Q / jnp.maximum(num_Q, 1.0), 0.0)
     return out
 
-  return codes_lib.query_sharded_jit(step, 2, 2)
+  return parallel.local_query_jit(step, 2, 2)
 
 
 def _harmonic(n: int) -> np.ndarray:

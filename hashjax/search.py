@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from hashjax import codes as codes_lib
+from hashjax import parallel
 
 CODES_FILE = 'codes.npz'
 
@@ -35,7 +36,7 @@ def _topk_step(k: int, num_valid: int, bits: int):
   def step(query_QxW, db_NxW):
     dist_QxN = codes_lib.word_distances(query_QxW, db_NxW, num_valid, bits)
     return codes_lib.topk_from_distances(dist_QxN, k, bits)
-  return codes_lib.query_sharded_jit(step, 1, 1)
+  return parallel.local_query_jit(step, 1, 1)
 
 
 def hamming_topk(query_codes, db_codes, k: int, *,

@@ -411,10 +411,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict | HashConfig, workdir: 
   step_fn = make_train_step(cfg, mesh)
   reporter.start(cfg.num_steps, first_step)
   last_time, last_step = time.perf_counter(), first_step
+  step_metrics = None
   with PreemptionGuard(ckpt) as guard:
     for step in range(first_step, cfg.num_steps):
+      previous = step_metrics
       state, step_metrics = step_fn(state, _global_batch(cfg, source, split, step, mesh),
                                     step_rng)
+      # At most two steps in flight: the device never idles, and XLA:CPU's collectives over
+      # many simulated devices cannot starve (their rendezvous times out with a deep queue).
+      jax.block_until_ready(previous)
       metrics_log.flush()
       done = step + 1
       if done % cfg.log_every == 0 or done == cfg.num_steps:

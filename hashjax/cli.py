@@ -16,6 +16,7 @@ from hashjax import parallel
 from hashjax.checkpoint import CheckpointError
 from hashjax.config import ConfigError
 from hashjax.data import DataError
+from hashjax.training import DivergedError
 
 USER_ERRORS = (ConfigError, DataError, parallel.ParallelError)
 EXIT_USAGE = 2
@@ -120,7 +121,7 @@ def run_job(prog: str, argv: list[str], default_config: str,
     job(config, workdir)
   except USER_ERRORS as e:
     return fail(prog, str(e))
-  except CheckpointError as e:  # the final checkpoint could not be written
+  except (CheckpointError, DivergedError) as e:  # no final checkpoint; a NaN/inf loss
     print(f'{prog}: error: {e}', file=sys.stderr)
     return 1
   return 0

@@ -155,3 +155,53 @@ def hash_config(config) -> HashConfig:
     _require(cfg.loss.class_num is not None and cfg.loss.class_num > 0,
              f"loss.weighting='fixed' needs loss.class_num > 0, got {cfg.loss.class_num!r}")
   return cfg
+
+
+GAN_LOSSES = ('non_saturating', 'minimax')
+
+
+@dataclasses.dataclass(frozen=True)
+class GanConfig:
+  """Everything `gan_trainer.train_and_evaluate` needs (see configs/dcgan_digits.py)."""
+  dataset: str
+  image_size: int
+  nz: int
+  ngf: int
+  ndf: int
+  conditional: bool
+  batch_size: int
+  num_steps: int
+  learning_rate: float
+  beta1: float
+  beta2: float
+  gan_loss: str
+  label_smoothing: float
+  n_critic: int
+  ema_decay: float
+  seed: int
+  log_every: int
+  eval_every: int
+  checkpoint_every: int
+  sample_every: int
+  num_samples: int
+  checkpoint: CheckpointConfig
+
+
+def gan_config(config) -> GanConfig:
+  """Validates a GAN ConfigDict (or plain dict) and returns a frozen `GanConfig`."""
+  values = dict(config.to_dict() if hasattr(config, 'to_dict') else config)
+  values['checkpoint'] = _build(CheckpointConfig, dict(values.get('checkpoint') or {}),
+                                prefix='checkpoint.')
+  cfg = _build(GanConfig, values)
+  _one_of('image_size', cfg.image_size, (32, 64))
+  _one_of('gan_loss', cfg.gan_loss, GAN_LOSSES)
+  for name in ('nz', 'ngf', 'ndf', 'num_steps', 'n_critic', 'log_every', 'eval_every',
+               'checkpoint_every', 'sample_every', 'num_samples'):
+    _positive_int(name, getattr(cfg, name))
+  _positive_int('batch_size', cfg.batch_size, 2)
+  _require(cfg.learning_rate > 0, f'learning_rate={cfg.learning_rate!r} must be > 0')
+  for name in ('beta1', 'beta2', 'ema_decay'):
+    _require(0 <= getattr(cfg, name) < 1, f'{name}={getattr(cfg, name)!r} must be in [0, 1)')
+  _require(0 <= cfg.label_smoothing < 1,
+           f'label_smoothing={cfg.label_smoothing!r} must be in [0, 1)')
+  return cfg

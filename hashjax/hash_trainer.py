@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import os
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -25,9 +24,8 @@ from jax.sharding import Mesh
 
 from hashjax import codes as codes_lib
 from hashjax import data as data_lib
-from hashjax import losses, metrics, parallel, schedules
-from hashjax.checkpoint import (Checkpointer, PreemptionGuard, append_or_warn,
-                                write_or_warn)
+from hashjax import losses, metrics, parallel, schedules, training
+from hashjax.checkpoint import Checkpointer, PreemptionGuard, write_or_warn
 from hashjax.config import ConfigError, HashConfig, hash_config
 from hashjax.models import HashNet, hash_activation
 
@@ -234,50 +232,6 @@ def evaluate(state: TrainState, cfg: HashConfig, source: data_lib.Source,
   return results, {'query': query_codes, 'database': db_codes}
 
 
-class Reporter(Protocol):
-  """What the loop tells its caller (the CLI shows it; tests may record it)."""
-
-  def start(self, total_steps: int, first_step: int) -> None: ...
-  def log(self, row: dict[str, Any]) -> None: ...
-  def evaluated(self, results: dict[str, Any]) -> None: ...
-  def close(self) -> None: ...
-
-
-class SilentReporter:
-  def start(self, total_steps, first_step):
-    pass
-
-  def log(self, row):
-    pass
-
-  def evaluated(self, results):
-    pass
-
-  def close(self):
-    pass
-
-
-def _write_json(path: str, obj) -> bool:
-  def write(tmp):
-    with open(tmp, 'w') as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
-      f.write('\n')
-  return write_or_warn(path, write)
-
-
-def _truncate_metrics(path: str, last_step: int) -> None:
-  """Drops rows written after `last_step`: a resumed run writes them again."""
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    rows = [line for line in f if line.strip() and json.loads(line)['step'] <= last_step]
-
-  def write(tmp):
-    with open(tmp, 'w') as f:
-      f.writelines(rows)
-  write_or_warn(path, write)
-
-
 def _save_codes(path: str, cfg: HashConfig, source, split, codes) -> bool:
   def write(tmp):
     with open(tmp, 'wb') as f:
@@ -319,35 +273,6 @@ def _restore_or_init(cfg: HashConfig, ckpt: Checkpointer, image_shape, workdir,
   return state, step_rng
 
 
-def _fetch_row(step: int, metrics_dev, examples_per_sec: float, extra) -> dict[str, Any]:
-  row = {k: float(v) for k, v in jax.device_get(metrics_dev).items()}
-  row.update(step=step, examples_per_sec=examples_per_sec, **extra)
-  return row
-
-
-class _MetricsLog:
-  """metrics.jsonl rows, each fetched from the device one step after it was computed.
-  Only the main process writes (and fetches)."""
-
-  def __init__(self, path: str, reporter: Reporter, ckpt: Checkpointer):
-    self._path, self._reporter, self._ckpt = path, reporter, ckpt
-    self._pending = None
-    self._main = parallel.is_main_process()
-
-  def push(self, step: int, metrics_dev, examples_per_sec: float):
-    self.flush()
-    if self._main:
-      self._pending = (step, metrics_dev, examples_per_sec)
-
-  def flush(self):
-    if self._pending is None:
-      return
-    row = _fetch_row(*self._pending, self._ckpt.stats.as_dict())
-    self._pending = None
-    append_or_warn(self._path, json.dumps(row) + '\n')
-    self._reporter.log(row)
-
-
 def _load_data(cfg: HashConfig) -> tuple[data_lib.Source, data_lib.Split]:
   source = data_lib.load_source(cfg.dataset, image_size=cfg.image_size)
   if cfg.class_list:
@@ -369,7 +294,7 @@ def _global_batch(cfg: HashConfig, source, split, step: int, mesh: Mesh) -> dict
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict | HashConfig, workdir: str, *,
-                       reporter: Reporter | None = None) -> dict[str, Any]:
+                       reporter: training.Reporter | None = None) -> dict[str, Any]:
   """Trains HashNet as configured, evaluating every `eval_every` steps and at the end.
 
   Runs data-parallel over every device (all processes' devices after
@@ -390,10 +315,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict | HashConfig, workdir: 
   mesh = parallel.make_mesh()
   parallel.check_batch_size(cfg.batch_size, mesh)
   main = parallel.is_main_process()
-  reporter = reporter if reporter is not None and main else SilentReporter()
+  reporter = reporter if reporter is not None and main else training.SilentReporter()
   os.makedirs(workdir, exist_ok=True)
   if main:
-    _write_json(os.path.join(workdir, 'config.json'), _config_dict(config))
+    training.write_json(os.path.join(workdir, 'config.json'), _config_dict(config))
 
   source, split = _load_data(cfg)
   image_shape = source.images(split.train[:1]).shape[1:]
@@ -405,8 +330,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict | HashConfig, workdir: 
   first_step = int(state.step)
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
   if main:
-    _truncate_metrics(metrics_path, first_step)
-  metrics_log = _MetricsLog(metrics_path, reporter, ckpt)
+    training.truncate_metrics(metrics_path, first_step)
+  metrics_log = training.MetricsLog(metrics_path, reporter, ckpt.stats.as_dict)
 
   step_fn = make_train_step(cfg, mesh)
   reporter.start(cfg.num_steps, first_step)
@@ -448,7 +373,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict | HashConfig, workdir: 
             metrics=results, final=True)
   ckpt.close()
   if main:
-    _write_json(os.path.join(workdir, 'eval.json'), results)
+    training.write_json(os.path.join(workdir, 'eval.json'), results)
     _save_codes(os.path.join(workdir, 'codes.npz'), cfg, source, split, codes)
   reporter.evaluated(results)
   reporter.close()

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from hashjax import codes as codes_lib
+from hashjax import images as images_lib
 from hashjax import parallel
 
 CODES_FILE = 'codes.npz'
@@ -135,24 +136,8 @@ def _label_text(label) -> str:
   return str(int(label)) if label.ndim == 0 else ','.join(map(str, np.flatnonzero(label)))
 
 
-def _image_grid(images_NxHxWxC: np.ndarray, scale: int) -> np.ndarray:
-  """One row: the query, a gap, then the results; uint8 [H·scale, width, 3]."""
-  images = images_NxHxWxC
-  if images.shape[-1] == 1:
-    images = np.repeat(images, 3, axis=-1)
-  images = images.repeat(scale, axis=1).repeat(scale, axis=2)
-  n, h, w, _ = images.shape
-  gap = max(2, w // 8)
-  grid = np.full((h, n * w + n * gap + gap, 3), 255, np.uint8)
-  for i, image in enumerate(images):
-    x = i * (w + gap) + (gap if i else 0)
-    grid[:, x:x + w] = image
-  return grid
-
-
 def _write_grid(index: HammingIndex, query_index: int, neighbours_K: np.ndarray,
                 out: str) -> None:
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   from hashjax import data as data_lib  # pylint: disable=g-import-not-at-top
   for name in ('dataset', 'db_indices', 'query_indices'):
     if name not in index.extras:
@@ -162,7 +147,10 @@ def _write_grid(index: HammingIndex, query_index: int, neighbours_K: np.ndarray,
                         index.extras['db_indices'][neighbours_K]])
   images = np.asarray(source.images(ids))
   scale = max(1, 64 // images.shape[1])
-  Image.fromarray(_image_grid(images, scale)).save(out)
+  grid = images_lib.make_grid(images, ncol=len(images), gap=max(2, images.shape[2] // 8),
+                              scale=scale)
+  if not images_lib.save_png(out, grid):
+    raise SearchError(f'could not write {out}: the disk is full')
 
 
 def _parse(argv):

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -106,3 +108,47 @@ def test_class_list_restricts_items(tmp_path):
   path.write_text('3\n42\n')
   with pytest.raises(data.DataError, match='class 42'):
     data.restrict_classes(data.load_source('digits'), data.read_class_list(str(path)))
+
+
+def _folder(tmp_path):
+  from PIL import Image
+  root = tmp_path / 'faces'
+  for cls, color in (('cats', (255, 0, 0)), ('dogs', (0, 0, 255))):
+    (root / cls).mkdir(parents=True)
+    for i in range(3):
+      Image.new('RGB', (40 + i, 30), color).save(root / cls / f'{i}.png')
+  Image.new('RGB', (20, 20), (0, 255, 0)).save(root / 'dogs' / 'x.jpg')
+  (root / 'dogs' / 'broken.jpg').write_bytes(b'not a jpeg at all')
+  (root / 'notes.txt').write_text('not an image')
+  return root
+
+
+def test_folder_source_skips_corrupt_files_and_labels_subfolders(tmp_path, caplog):
+  root = _folder(tmp_path)
+  with caplog.at_level('WARNING'):
+    src = data.load_source(f'folder:{root}', image_size=16, cache_dir=str(tmp_path / 'cache'))
+  assert 'skipped 1 of 8 files' in caplog.text and 'broken.jpg' in caplog.text
+  assert len(src) == 7 and src.images(np.arange(7)).shape == (7, 16, 16, 3)
+  np.testing.assert_array_equal(src.labels, [0, 0, 0, 1, 1, 1, 1])
+  assert tuple(src.images(np.array([0]))[0, 8, 8]) == (255, 0, 0)
+  assert len(os.listdir(tmp_path / 'cache')) == 1
+  again = data.load_source(f'folder:{root}', image_size=16, cache_dir=str(tmp_path / 'cache'))
+  np.testing.assert_array_equal(again.images(np.arange(7)), src.images(np.arange(7)))
+
+
+def test_folder_source_errors(tmp_path):
+  (tmp_path / 'empty').mkdir()
+  (tmp_path / 'empty' / 'readme.txt').write_text('x')
+  with pytest.raises(data.DataError, match='holds no image file'):
+    data.load_source(f'folder:{tmp_path / "empty"}', image_size=32)
+  with pytest.raises(data.DataError, match='does not exist'):
+    data.load_source(f'folder:{tmp_path / "nope"}', image_size=32)
+  with pytest.raises(data.DataError, match='needs image_size'):
+    data.load_source(f'folder:{tmp_path / "empty"}')
+
+
+def test_fit_to_size_pads_28_to_32_and_resizes_8():
+  images = np.full((2, 28, 28, 1), 200, np.uint8)
+  padded = data.fit_to_size(images, 32)
+  assert padded.shape == (2, 32, 32, 1) and padded[0, 0, 0, 0] == 0 and padded[0, 2, 2, 0] == 200
+  assert data.fit_to_size(np.zeros((1, 8, 8, 1), np.uint8), 32).shape == (1, 32, 32, 1)

@@ -1,0 +1,36 @@
+"""Trains a DCGAN, or samples from a trained one; flags and outputs are described in README.md.
+
+  python gan.py                                          # configs/dcgan_digits.py
+  python gan.py --mode=sample --workdir=runs/dcgan_digits --num=64
+"""
+
+import os
+import sys
+
+from absl import flags
+
+from hashjax import cli, gan_trainer
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs',
+                              'dcgan_digits.py')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'sample'],
+                          'train, or write a sample grid from the newest checkpoint.')
+_NUM = flags.DEFINE_integer('num', 64, 'Samples in the grid (--mode=sample).')
+_OUT = flags.DEFINE_string('out', None, 'PNG path for --mode=sample '
+                           '(default <workdir>/samples/sample_<step>.png).')
+
+
+def _run(config, workdir):
+  if _MODE.value == 'sample':
+    print(f'wrote {gan_trainer.sample(config, workdir, _NUM.value, _OUT.value)}')
+    return None
+  reporter = cli.ProgressReporter(keys=('d_loss', 'g_loss', 'jsd_lower_bound'))
+  return gan_trainer.train_and_evaluate(config, workdir, reporter=reporter)
+
+
+def main(argv):
+  return cli.run_job('gan.py', argv, DEFAULT_CONFIG, _run)
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv))

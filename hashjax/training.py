@@ -1,0 +1,105 @@
+"""Loop plumbing shared by the training jobs (hash_trainer, gan_trainer): progress reporting,
+metrics.jsonl rows read back one step late, and disk-aware JSON files. Knows nothing about
+either model."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Protocol
+
+import jax
+
+from hashjax import parallel
+from hashjax.checkpoint import append_or_warn, write_or_warn
+
+
+class DivergedError(RuntimeError):
+  """A loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+def check_finite(row: dict[str, Any], keys: tuple[str, ...], last_checkpoint: str) -> None:
+  """Raises `DivergedError` if any of `keys` in a metrics row is NaN or infinite."""
+  import math  # pylint: disable=g-import-not-at-top
+  bad = {k: row[k] for k in keys if k in row and not math.isfinite(row[k])}
+  if bad:
+    shown = ', '.join(f'{k}={v}' for k, v in bad.items())
+    raise DivergedError(f'non-finite loss at step {row["step"]} ({shown}); the last good '
+                        f'checkpoint is {last_checkpoint}; resume from it with a lower '
+                        'learning rate')
+
+
+class Reporter(Protocol):
+  """What the loop tells its caller (the CLI shows it; tests may record it)."""
+
+  def start(self, total_steps: int, first_step: int) -> None: ...
+  def log(self, row: dict[str, Any]) -> None: ...
+  def evaluated(self, results: dict[str, Any]) -> None: ...
+  def close(self) -> None: ...
+
+
+class SilentReporter:
+  def start(self, total_steps, first_step):
+    pass
+
+  def log(self, row):
+    pass
+
+  def evaluated(self, results):
+    pass
+
+  def close(self):
+    pass
+
+
+def write_json(path: str, obj) -> bool:
+  def write(tmp):
+    with open(tmp, 'w') as f:
+      json.dump(obj, f, indent=2, sort_keys=True)
+      f.write('\n')
+  return write_or_warn(path, write)
+
+
+def truncate_metrics(path: str, last_step: int) -> None:
+  """Drops rows written after `last_step`: a resumed run writes them again."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    rows = [line for line in f if line.strip() and json.loads(line)['step'] <= last_step]
+
+  def write(tmp):
+    with open(tmp, 'w') as f:
+      f.writelines(rows)
+  write_or_warn(path, write)
+
+
+def fetch_row(step: int, metrics_dev, examples_per_sec: float, extra) -> dict[str, Any]:
+  row = {k: float(v) for k, v in jax.device_get(metrics_dev).items()}
+  row.update(step=step, examples_per_sec=examples_per_sec, **extra)
+  return row
+
+
+class MetricsLog:
+  """metrics.jsonl rows, each fetched from the device one step after it was computed (the
+  device never waits for logging). `extra()` adds host values (e.g. checkpoint counters).
+  Only the main process writes (and fetches)."""
+
+  def __init__(self, path: str, reporter: Reporter, extra: Callable[[], dict[str, Any]]):
+    self._path, self._reporter, self._extra = path, reporter, extra
+    self._pending = None
+    self._main = parallel.is_main_process()
+
+  def push(self, step: int, metrics_dev, examples_per_sec: float):
+    self.flush()
+    if self._main:
+      self._pending = (step, metrics_dev, examples_per_sec)
+
+  def flush(self) -> dict[str, Any] | None:
+    """Writes the pending row, if any, and returns it."""
+    if self._pending is None:
+      return None
+    row = fetch_row(*self._pending, self._extra())
+    self._pending = None
+    append_or_warn(self._path, json.dumps(row) + '\n')
+    self._reporter.log(row)
+    return row

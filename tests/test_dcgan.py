@@ -1,0 +1,65 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hashjax.models.dcgan import Discriminator, Generator, SubpixelConvTranspose
+
+
+@pytest.mark.parametrize('shape,features', [((2, 4, 4, 3), 5), ((1, 8, 6, 16), 8), ((3, 1, 1, 2), 1)])
+def test_subpixel_equals_conv_transpose_with_the_same_kernel(shape, features):
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  reference = nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)))
+  variables = reference.init(jax.random.PRNGKey(1), x)
+  ours = SubpixelConvTranspose(features)
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(2), x)) == jax.tree.map(
+      jnp.shape, variables)  # same parameter names and kernel layout: interchangeable
+  y_ref, y = reference.apply(variables, x), ours.apply(variables, x)
+  assert y.shape == (shape[0], 2 * shape[1], 2 * shape[2], features)
+  np.testing.assert_allclose(y, y_ref, atol=2e-6)
+  # ... and the same gradients with respect to the kernel and the input.
+  loss = lambda m: lambda v, x: jnp.sum(jnp.sin(m.apply(v, x)))
+  g_ref = jax.grad(loss(reference), argnums=(0, 1))(variables, x)
+  g = jax.grad(loss(ours), argnums=(0, 1))(variables, x)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize('size', [32, 64])
+@pytest.mark.parametrize('classes', [0, 10])
+def test_generator_and_discriminator_shapes(size, classes):
+  g = Generator(image_size=size, nz=16, ngf=8, channels=3, num_classes=classes)
+  d = Discriminator(image_size=size, ndf=8, num_classes=classes)
+  z = jax.random.normal(jax.random.PRNGKey(0), (4, 16))
+  labels = jnp.arange(4) if classes else None
+  g_vars = g.init(jax.random.PRNGKey(1), z, labels)
+  images = g.apply(g_vars, z, labels)
+  assert images.shape == (4, size, size, 3)
+  assert float(jnp.abs(images).max()) <= 1.0
+  d_vars = d.init(jax.random.PRNGKey(2), images, labels)
+  assert d.apply(d_vars, images, labels).shape == (4,)
+  # No BatchNorm on D's first layer; one after every later conv.
+  assert len(d_vars['batch_stats']) == {32: 2, 64: 3}[size]
+  assert 'BatchNorm_0' in d_vars['batch_stats'] and 'Conv_0' in d_vars['params']
+
+
+def test_conditional_generator_depends_on_the_class():
+  g = Generator(image_size=32, nz=8, ngf=8, channels=1, num_classes=3)
+  z = jnp.ones((1, 8))
+  v = g.init(jax.random.PRNGKey(0), z, jnp.array([0]))
+  assert not np.allclose(g.apply(v, z, jnp.array([0])), g.apply(v, z, jnp.array([2])))
+
+
+def test_initialisation_scales():
+  g = Generator(image_size=64, nz=100, ngf=64, channels=3)
+  v = g.init(jax.random.PRNGKey(0), jnp.zeros((1, 100)))
+  kernel = v['params']['SubpixelConvTranspose_0']['kernel']
+  assert abs(float(kernel.std()) - 0.02) < 0.002
+  scale = v['params']['BatchNorm_0']['scale']
+  assert abs(float(scale.mean()) - 1.0) < 0.01 and 0.01 < float(scale.std()) < 0.03
+
+
+def test_unsupported_resolution():
+  with pytest.raises(ValueError, match='image_size=48 is not supported'):
+    Generator(image_size=48).init(jax.random.PRNGKey(0), jnp.zeros((1, 100)))

@@ -1,0 +1,124 @@
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import dcgan_digits
+from hashjax import gan_trainer, losses, training
+from hashjax.config import ConfigError, gan_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _get_test_config(**overrides):
+  c = dcgan_digits.get_config()
+  c.nz, c.ngf, c.ndf = 16, 8, 8
+  c.batch_size = 16
+  c.num_steps = 6
+  c.log_every = 2
+  c.sample_every = 3
+  c.checkpoint_every = 3
+  c.num_samples = 8
+  for key, value in overrides.items():
+    c[key] = value
+  return c
+
+
+SPEC = gan_trainer.DataSpec(channels=1, num_classes=10)
+
+
+def _batch(n=16):
+  images = jax.random.uniform(jax.random.PRNGKey(3), (n, 32, 32, 1), minval=-1, maxval=1)
+  return {'image': images, 'label': jnp.arange(n) % 10}
+
+
+@pytest.mark.parametrize('conditional', [False, True])
+def test_one_step_changes_both_networks_and_stays_finite(conditional):
+  cfg = gan_config(_get_test_config(conditional=conditional))
+  state = gan_trainer.create_state(cfg, SPEC, jax.random.PRNGKey(0))
+  before = jax.tree.map(np.asarray, (state.g_params, state.d_params))
+  step = gan_trainer.make_train_step(cfg, SPEC.num_classes)
+  state, metrics = step(state, _batch(), jax.random.PRNGKey(1))
+  after = jax.tree.map(np.asarray, (state.g_params, state.d_params))
+  for name, b, a in zip(('G', 'D'), before, after):
+    assert any(not np.allclose(x, y) for x, y in zip(jax.tree.leaves(b), jax.tree.leaves(a))), name
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(a)), name
+  for key in ('d_loss', 'g_loss', 'd_real', 'd_fake', 'jsd_lower_bound'):
+    assert np.isfinite(float(metrics[key])), key
+  assert int(state.step) == 1
+
+
+def test_real_and_fake_batch_statistics_never_mix():
+  cfg = gan_config(_get_test_config())
+  state = gan_trainer.create_state(cfg, SPEC, jax.random.PRNGKey(0))
+  real = _batch()['image']
+  fake = jax.random.normal(jax.random.PRNGKey(5), real.shape) * 0.1 + 0.5  # other statistics
+  _, stats, *_ = gan_trainer.discriminator_update(
+      state, state.d_params, state.d_stats, state.d_opt, real, None, fake, None,
+      label_smoothing=0.0)
+
+  def bn_pass(stats, images):
+    _, upd = state.d_apply({'params': state.d_params, 'batch_stats': stats}, images,
+                           train=True, mutable=['batch_stats'])
+    return upd['batch_stats']
+
+  separate = bn_pass(bn_pass(state.d_stats, real), fake)
+  mixed = bn_pass(state.d_stats, jnp.concatenate([real, fake]))
+  for got, want, wrong in zip(jax.tree.leaves(stats), jax.tree.leaves(separate),
+                              jax.tree.leaves(mixed)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert any(not np.allclose(g, w, atol=1e-4) for g, w in zip(jax.tree.leaves(stats),
+                                                               jax.tree.leaves(mixed)))
+
+
+class Recorder(training.SilentReporter):
+  def __init__(self):
+    self.first_step = None
+
+  def start(self, total_steps, first_step):
+    self.first_step = first_step
+
+
+def test_end_to_end_writes_samples_and_resumes(tmp_path):
+  results = gan_trainer.train_and_evaluate(_get_test_config(num_steps=3), str(tmp_path))
+  assert results['step'] == 3
+  rec = Recorder()
+  results = gan_trainer.train_and_evaluate(_get_test_config(), str(tmp_path), reporter=rec)
+  assert rec.first_step == 3 and results['step'] == 6
+  assert sorted(os.listdir(tmp_path / 'samples')) == ['step_000003.png', 'step_000006.png']
+  rows = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  assert [r['step'] for r in rows] == [2, 3, 4, 6]  # each step once; 3 ended the first run
+  assert {'d_loss', 'g_loss', 'jsd_lower_bound', 'examples_per_sec'} <= set(rows[-1])
+  assert json.load(open(tmp_path / 'eval.json'))['step'] == 6
+  path = gan_trainer.sample(_get_test_config(), str(tmp_path), num=5)
+  assert path.endswith('sample_000006.png') and os.path.exists(path)
+
+
+def test_nan_loss_stops_with_the_step_and_last_good_checkpoint(tmp_path, monkeypatch):
+  gan_trainer.train_and_evaluate(_get_test_config(num_steps=3), str(tmp_path))
+  monkeypatch.setattr(losses, 'generator_loss', lambda logits, kind: jnp.nan * jnp.sum(logits))
+  with pytest.raises(training.DivergedError, match=r'non-finite loss at step 4 \(g_loss=nan\); '
+                                                   r'the last good checkpoint is step 3 in '):
+    gan_trainer.train_and_evaluate(_get_test_config(), str(tmp_path))
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3']  # nothing non-finite was saved
+
+
+def test_config_errors():
+  with pytest.raises(ConfigError, match='image_size=48 is not accepted; use one of: 32, 64'):
+    gan_config(_get_test_config(image_size=48))
+  with pytest.raises(ConfigError, match="gan_loss='hinge'"):
+    gan_config(_get_test_config(gan_loss='hinge'))
+  with pytest.raises(ConfigError, match='ema_decay=1.0'):
+    gan_config(_get_test_config(ema_decay=1.0))
+
+
+def test_gan_cli_sample_without_checkpoint_is_one_line_exit_2(tmp_path):
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'gan.py'), '--mode=sample',
+                         f'--workdir={tmp_path}'], capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith('gan.py: error: no checkpoint in ')

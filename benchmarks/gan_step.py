@@ -1,0 +1,130 @@
+"""Examples/sec of one DCGAN train step (D on real + fake, then G; Adam), hashjax vs PyTorch.
+
+  python benchmarks/gan_step.py [--image-size=64] [--batch=64] [--steps=10]
+
+Same architecture in both (the reference DCGAN: ngf = ndf = 64, nz = 100, 3 channels), same
+losses (BCE, non-saturating G), same optimizers. PyTorch is measured when `torch` is
+installed (`pip install torch==2.13.0`); the ratio printed is hashjax / PyTorch. Also times
+hashjax with flax's `nn.ConvTranspose` generator (lax.conv_transpose), to show what the
+sub-pixel formulation buys on this machine.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+from configs import dcgan_digits
+from hashjax import gan_trainer
+from hashjax.config import gan_config
+from hashjax.models import dcgan
+
+
+def _time(fn, steps):
+  fn()
+  fn()  # compile / warm up
+  start = time.perf_counter()
+  for _ in range(steps):
+    fn()
+  return (time.perf_counter() - start) / steps
+
+
+def hashjax_step_time(size, batch, steps, conv_transpose=False):
+  c = dcgan_digits.get_config()
+  c.image_size, c.ngf, c.ndf, c.batch_size = size, 64, 64, batch
+  cfg = gan_config(c)
+  spec = gan_trainer.DataSpec(channels=3, num_classes=0)
+  original = dcgan.SubpixelConvTranspose
+  if conv_transpose:  # the straightforward generator, for comparison
+    import flax.linen as nn  # pylint: disable=g-import-not-at-top
+    dcgan.SubpixelConvTranspose = lambda f, use_bias=True: nn.ConvTranspose(
+        f, (4, 4), (2, 2), padding=((2, 2), (2, 2)), use_bias=use_bias,
+        kernel_init=dcgan.conv_init)
+  try:
+    state = gan_trainer.create_state(cfg, spec, jax.random.PRNGKey(0))
+    step = gan_trainer.make_train_step(cfg, 0)
+    batch = {'image': np.random.default_rng(0).uniform(-1, 1, (batch, size, size, 3)).astype(np.float32),
+             'label': np.zeros(batch, np.int32)}
+    rng = jax.random.PRNGKey(1)
+    holder = {'state': state}
+
+    def run():
+      holder['state'], metrics = step(holder['state'], batch, rng)
+      jax.block_until_ready(metrics)
+    return _time(run, steps)
+  finally:
+    dcgan.SubpixelConvTranspose = original
+
+
+def torch_step_time(size, batch, steps):
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch import nn  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  stages = {32: 3, 64: 4}[size]
+  ngf = ndf = 64
+  g_layers, width = [], ngf * 2 ** (stages - 1)
+  g_layers += [nn.ConvTranspose2d(100, width, 4, 1, 0, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)]
+  for _ in range(stages - 1):
+    g_layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),
+                 nn.BatchNorm2d(width // 2), nn.ReLU(True)]
+    width //= 2
+  g_layers += [nn.ConvTranspose2d(width, 3, 4, 2, 1, bias=False), nn.Tanh()]
+  d_layers = [nn.Conv2d(3, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
+  for i in range(1, stages):
+    d_layers += [nn.Conv2d(ndf * 2 ** (i - 1), ndf * 2 ** i, 4, 2, 1, bias=False),
+                 nn.BatchNorm2d(ndf * 2 ** i), nn.LeakyReLU(0.2, True)]
+  d_layers += [nn.Conv2d(ndf * 2 ** (stages - 1), 1, 4, 1, 0, bias=False)]
+  g, d = nn.Sequential(*g_layers), nn.Sequential(*d_layers)
+  opt_g = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
+  opt_d = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999))
+  bce = nn.BCEWithLogitsLoss()
+  real = torch.rand(batch, 3, size, size) * 2 - 1
+  ones, zeros = torch.ones(batch), torch.zeros(batch)
+
+  def run():
+    d.zero_grad()
+    fake = g(torch.randn(batch, 100, 1, 1))
+    loss_d = bce(d(real).view(-1), ones) + bce(d(fake.detach()).view(-1), zeros)
+    loss_d.backward()
+    opt_d.step()
+    g.zero_grad()
+    loss_g = bce(d(fake).view(-1), ones)
+    loss_g.backward()
+    opt_g.step()
+  return _time(run, steps)
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--image-size', type=int, default=64)
+  parser.add_argument('--batch', type=int, default=64)
+  parser.add_argument('--steps', type=int, default=10)
+  parser.add_argument('--skip-conv-transpose', action='store_true')
+  args = parser.parse_args()
+  size, batch = args.image_size, args.batch
+  print(f'DCGAN {size}x{size}, batch {batch}, D+G step, devices: {jax.devices()}')
+  t = hashjax_step_time(size, batch, args.steps)
+  print(f'hashjax (sub-pixel G):         {batch / t:8.1f} examples/s ({t * 1e3:.0f} ms/step)')
+  if not args.skip_conv_transpose:
+    t_ct = hashjax_step_time(size, batch, max(2, args.steps // 5), conv_transpose=True)
+    print(f'hashjax (nn.ConvTranspose G):  {batch / t_ct:8.1f} examples/s; sub-pixel is '
+          f'{t_ct / t:.1f}x faster')
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    print('PyTorch not installed: pip install torch==2.13.0 to compare')
+    return
+  torch.set_num_threads(os.cpu_count())
+  t_torch = torch_step_time(size, batch, args.steps)
+  print(f'PyTorch {torch.__version__}: {batch / t_torch:8.1f} examples/s ({t_torch * 1e3:.0f} ms/step, '
+        f'{torch.get_num_threads()} threads)')
+  print(f'ratio hashjax / PyTorch: {t_torch / t:.2f}x')
+
+
+if __name__ == '__main__':
+  main()

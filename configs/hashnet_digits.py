@@ -31,6 +31,7 @@ def get_config() -> config_dict.ConfigDict:
   c.checkpoint_every = 500
   c.map_topk = config_dict.placeholder(int)  # None: the whole database
   c.eval_batch_size = 256
+  c.compute_dtype = 'float32'  # 'bfloat16': bf16 compute, f32 params (GPU/TPU)
 
   c.beta = config_dict.ConfigDict()
   c.beta.schedule = 'hashnet'  # or 'constant'

@@ -80,6 +80,7 @@ class HashConfig:
   checkpoint_every: int
   map_topk: int | None
   eval_batch_size: int
+  compute_dtype: str
   beta: BetaConfig
   loss: LossConfig
   split: SplitConfig
@@ -129,6 +130,7 @@ def hash_config(config) -> HashConfig:
   _one_of('loss.name', cfg.loss.name, LOSSES)
   _one_of('loss.weighting', cfg.loss.weighting, WEIGHTINGS)
   _one_of('beta.schedule', cfg.beta.schedule, SCHEDULES)
+  _one_of('compute_dtype', cfg.compute_dtype, ('float32', 'bfloat16'))
   _require(isinstance(cfg.bits, int) and 8 <= cfg.bits <= 1024,
            f'bits={cfg.bits!r} is out of range; accepted: integers 8..1024')
   _positive_int('batch_size', cfg.batch_size, 2)
@@ -158,6 +160,8 @@ def hash_config(config) -> HashConfig:
 
 
 GAN_LOSSES = ('non_saturating', 'minimax')
+GAN_MODELS = ('dcgan', 'mlp')
+TOY_DATASETS = ('ring8', 'grid25')  # 2-D mixtures (hashjax.toy2d), for model='mlp'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +189,9 @@ class GanConfig:
   sample_every: int
   num_samples: int
   checkpoint: CheckpointConfig
+  model: str = 'dcgan'  # or 'mlp' (2-D toy data; ngf / ndf are the hidden widths)
+  eval_holdout: int = 0  # real examples kept out of training for the JSD estimate; 0: none
+  eval_steps: int = 300  # training steps of the estimator's fresh classifier
 
 
 def gan_config(config) -> GanConfig:
@@ -204,4 +211,14 @@ def gan_config(config) -> GanConfig:
     _require(0 <= getattr(cfg, name) < 1, f'{name}={getattr(cfg, name)!r} must be in [0, 1)')
   _require(0 <= cfg.label_smoothing < 1,
            f'label_smoothing={cfg.label_smoothing!r} must be in [0, 1)')
+  _one_of('model', cfg.model, GAN_MODELS)
+  _positive_int('eval_holdout', cfg.eval_holdout, 0)
+  _positive_int('eval_steps', cfg.eval_steps)
+  _require(cfg.eval_holdout == 0 or cfg.eval_holdout >= 16,
+           f'eval_holdout={cfg.eval_holdout} must be 0 (no JSD estimate) or ≥ 16')
+  toy = cfg.dataset in TOY_DATASETS
+  _require(toy == (cfg.model == 'mlp'),
+           f"model={cfg.model!r} does not fit dataset={cfg.dataset!r}: model='mlp' trains on "
+           f"the 2-D datasets {', '.join(TOY_DATASETS)}, model='dcgan' on images")
+  _require(not (toy and cfg.conditional), f'conditional=True needs classes; {cfg.dataset} has none')
   return cfg

@@ -78,7 +78,7 @@ def make_optimizer(cfg: HashConfig) -> optax.GradientTransformation:
 
 
 def make_model(cfg: HashConfig) -> HashNet:
-  return HashNet(bits=cfg.bits, backbone=cfg.backbone)
+  return HashNet(bits=cfg.bits, backbone=cfg.backbone, dtype=jnp.dtype(cfg.compute_dtype))
 
 
 def _init_state(cfg: HashConfig, image_shape: tuple[int, ...], rng: jax.Array) -> TrainState:
@@ -338,10 +338,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict | HashConfig, workdir: 
   last_time, last_step = time.perf_counter(), first_step
   step_metrics = None
   with PreemptionGuard(ckpt) as guard:
-    for step in range(first_step, cfg.num_steps):
+    batches = training.prefetch(lambda t: _global_batch(cfg, source, split, t, mesh),
+                                range(first_step, cfg.num_steps))
+    for step, batch in zip(range(first_step, cfg.num_steps), batches):
       previous = step_metrics
-      state, step_metrics = step_fn(state, _global_batch(cfg, source, split, step, mesh),
-                                    step_rng)
+      if step == first_step:
+        compile_start = time.perf_counter()
+        state, step_metrics = step_fn(state, batch, step_rng)  # compiles synchronously
+        log.info('compiled the train step in %.1f s', time.perf_counter() - compile_start)
+      else:
+        state, step_metrics = step_fn(state, batch, step_rng)
       # At most two steps in flight: the device never idles, and XLA:CPU's collectives over
       # many simulated devices cannot starve (their rendezvous times out with a deep queue).
       jax.block_until_ready(previous)

@@ -103,3 +103,24 @@ class MetricsLog:
     append_or_warn(self._path, json.dumps(row) + '\n')
     self._reporter.log(row)
     return row
+
+
+def prefetch(make_batch: Callable[[int], Any], steps: range, depth: int = 2):
+  """Yields make_batch(step) for each step, preparing the next `depth` batches in a
+  background thread while the device runs the current step (loading, decoding and the
+  host→device copy overlap with compute)."""
+  import collections  # pylint: disable=g-import-not-at-top
+  import concurrent.futures  # pylint: disable=g-import-not-at-top
+  with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+    queue = collections.deque()
+    it = iter(steps)
+    for step in it:
+      queue.append(pool.submit(make_batch, step))
+      if len(queue) > depth:
+        break
+    while queue:
+      batch = queue.popleft().result()
+      nxt = next(it, None)
+      if nxt is not None:
+        queue.append(pool.submit(make_batch, nxt))
+      yield batch

@@ -55,3 +55,13 @@ def test_hash_activation_approaches_sign():
 def test_unknown_backbone():
   with pytest.raises(ValueError, match="unknown backbone 'vgg16'"):
     HashNet(bits=8, backbone='vgg16').init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
+
+
+def test_bfloat16_compute_keeps_float32_params_and_outputs():
+  model = HashNet(bits=16, backbone='small_cnn', dtype=jnp.bfloat16)
+  x = jnp.ones((2, 8, 8, 1))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
+  z = model.apply(variables, x)
+  z32 = HashNet(bits=16, backbone='small_cnn').apply(variables, x)
+  assert z.dtype == jnp.float32 and jnp.allclose(z, z32, atol=0.05)

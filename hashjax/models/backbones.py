@@ -18,7 +18,7 @@ features [B, F]. `train` switches dropout and BatchNorm batch statistics.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -29,16 +29,17 @@ BACKBONES = ('small_cnn', 'alexnet', 'resnet18', 'resnet50')
 class SmallCNN(nn.Module):
   """Four 3×3 convolutions and one dense layer, for small images (≤ 32 px)."""
   features: int = 256
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     del train
     for width in (32, 64):
-      x = nn.relu(nn.Conv(width, (3, 3))(x))
-      x = nn.relu(nn.Conv(width, (3, 3))(x))
+      x = nn.relu(nn.Conv(width, (3, 3), dtype=self.dtype)(x))
+      x = nn.relu(nn.Conv(width, (3, 3), dtype=self.dtype)(x))
       x = nn.max_pool(x, (2, 2), (2, 2))
     x = x.reshape(x.shape[0], -1)
-    return nn.relu(nn.Dense(self.features)(x))
+    return nn.relu(nn.Dense(self.features, dtype=self.dtype)(x))
 
 
 def adaptive_avg_pool(x, output_size: tuple[int, int]):
@@ -61,39 +62,43 @@ def adaptive_avg_pool(x, output_size: tuple[int, int]):
 class AlexNet(nn.Module):
   """torchvision.models.alexnet without its last (classification) layer."""
   dropout_rate: float = 0.5
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     pool = functools.partial(nn.max_pool, window_shape=(3, 3), strides=(2, 2))
-    x = pool(nn.relu(nn.Conv(64, (11, 11), (4, 4), padding=2)(x)))
-    x = pool(nn.relu(nn.Conv(192, (5, 5), padding=2)(x)))
-    x = nn.relu(nn.Conv(384, (3, 3), padding=1)(x))
-    x = nn.relu(nn.Conv(256, (3, 3), padding=1)(x))
-    x = pool(nn.relu(nn.Conv(256, (3, 3), padding=1)(x)))
+    conv = functools.partial(nn.Conv, dtype=self.dtype)
+    x = pool(nn.relu(conv(64, (11, 11), (4, 4), padding=2)(x)))
+    x = pool(nn.relu(conv(192, (5, 5), padding=2)(x)))
+    x = nn.relu(conv(384, (3, 3), padding=1)(x))
+    x = nn.relu(conv(256, (3, 3), padding=1)(x))
+    x = pool(nn.relu(conv(256, (3, 3), padding=1)(x)))
     x = adaptive_avg_pool(x, (6, 6))
     # torchvision flattens NCHW; transposing keeps its fc weights usable in this layout.
     x = x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
     for _ in range(2):
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-      x = nn.relu(nn.Dense(4096)(x))
+      x = nn.relu(nn.Dense(4096, dtype=self.dtype)(x))
     return x
 
 
 class BasicBlock(nn.Module):
   filters: int
   strides: int = 1
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                             dtype=self.dtype)
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
     residual = x
-    y = nn.Conv(self.filters, (3, 3), self.strides, padding=1, use_bias=False)(x)
+    y = conv(self.filters, (3, 3), self.strides, padding=1)(x)
     y = nn.relu(norm()(y))
-    y = nn.Conv(self.filters, (3, 3), padding=1, use_bias=False)(y)
+    y = conv(self.filters, (3, 3), padding=1)(y)
     y = norm(scale_init=nn.initializers.zeros)(y)
     if residual.shape != y.shape:
-      residual = nn.Conv(self.filters, (1, 1), self.strides, use_bias=False,
-                         name='downsample_conv')(x)
+      residual = conv(self.filters, (1, 1), self.strides, name='downsample_conv')(x)
       residual = norm(name='downsample_bn')(residual)
     return nn.relu(y + residual)
 
@@ -102,19 +107,22 @@ class Bottleneck(nn.Module):
   filters: int
   strides: int = 1
   expansion: int = 4
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                             dtype=self.dtype)
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
     residual = x
-    y = nn.relu(norm()(nn.Conv(self.filters, (1, 1), use_bias=False)(x)))
-    y = nn.Conv(self.filters, (3, 3), self.strides, padding=1, use_bias=False)(y)
+    y = nn.relu(norm()(conv(self.filters, (1, 1))(x)))
+    y = conv(self.filters, (3, 3), self.strides, padding=1)(y)
     y = nn.relu(norm()(y))
-    y = nn.Conv(self.filters * self.expansion, (1, 1), use_bias=False)(y)
+    y = conv(self.filters * self.expansion, (1, 1))(y)
     y = norm(scale_init=nn.initializers.zeros)(y)
     if residual.shape != y.shape:
-      residual = nn.Conv(self.filters * self.expansion, (1, 1), self.strides, use_bias=False,
-                         name='downsample_conv')(x)
+      residual = conv(self.filters * self.expansion, (1, 1), self.strides,
+                      name='downsample_conv')(x)
       residual = norm(name='downsample_bn')(residual)
     return nn.relu(y + residual)
 
@@ -123,17 +131,21 @@ class ResNet(nn.Module):
   """torchvision ResNet (v1.5) trunk; BatchNorm momentum 0.9 equals PyTorch's 0.1."""
   stage_sizes: Sequence[int]
   block: type[nn.Module]
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
-    x = nn.Conv(64, (7, 7), (2, 2), padding=3, use_bias=False, name='conv1')(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name='bn1')(x)
+    x = nn.Conv(64, (7, 7), (2, 2), padding=3, use_bias=False, dtype=self.dtype,
+                name='conv1')(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
+                     name='bn1')(x)
     x = nn.relu(x)
     x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     for stage, num_blocks in enumerate(self.stage_sizes):
       for b in range(num_blocks):
         strides = 2 if stage > 0 and b == 0 else 1
-        x = self.block(64 * 2**stage, strides, name=f'layer{stage + 1}_{b}')(x, train=train)
+        x = self.block(64 * 2**stage, strides, dtype=self.dtype,
+                       name=f'layer{stage + 1}_{b}')(x, train=train)
     return x.mean(axis=(1, 2))
 
 

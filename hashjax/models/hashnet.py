@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -19,14 +21,19 @@ class HashNet(nn.Module):
 
   Attributes:
     bits: code length K. backbone: one of `hashjax.models.BACKBONES`.
+    dtype: computation dtype (bfloat16 on GPU/TPU halves memory traffic); parameters stay
+      float32 and z is returned as float32, so the loss is computed in float32.
   """
   bits: int
   backbone: str = 'small_cnn'
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images_BxHxWxC: jax.Array, *, train: bool = False) -> jax.Array:
-    features_BxF = make_backbone(self.backbone, name='backbone')(images_BxHxWxC, train=train)
-    return nn.Dense(self.bits, name='hash_layer')(features_BxF)
+    backbone = make_backbone(self.backbone, dtype=self.dtype, name='backbone')
+    features_BxF = backbone(images_BxHxWxC.astype(self.dtype), train=train)
+    z_BxK = nn.Dense(self.bits, dtype=self.dtype, name='hash_layer')(features_BxF)
+    return z_BxK.astype(jnp.float32)
 
 
 def hash_activation(z_BxK: jax.Array, beta) -> jax.Array:

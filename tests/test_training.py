@@ -1,0 +1,33 @@
+import pytest
+
+from hashjax import training
+
+
+def test_prefetch_keeps_order_and_runs_ahead():
+  calls = []
+
+  def make(step):
+    calls.append(step)
+    return step * 10
+
+  out = []
+  for value in training.prefetch(make, range(3, 9), depth=2):
+    out.append(value)
+  assert out == [30, 40, 50, 60, 70, 80] and sorted(calls) == list(range(3, 9))
+
+
+def test_prefetch_reraises_errors_from_the_worker():
+  def make(step):
+    if step == 2:
+      raise ValueError('bad batch 2')
+    return step
+
+  with pytest.raises(ValueError, match='bad batch 2'):
+    list(training.prefetch(make, range(5)))
+
+
+def test_check_finite_names_step_and_checkpoint():
+  training.check_finite({'step': 3, 'loss': 1.0}, ('loss',), 'step 2')
+  with pytest.raises(training.DivergedError, match=r'non-finite loss at step 4 \(loss=inf\); '
+                                                   r'the last good checkpoint is step 2'):
+    training.check_finite({'step': 4, 'loss': float('inf')}, ('loss',), 'step 2')

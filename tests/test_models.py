@@ -65,3 +65,18 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
   z = model.apply(variables, x)
   z32 = HashNet(bits=16, backbone='small_cnn').apply(variables, x)
   assert z.dtype == jnp.float32 and jnp.allclose(z, z32, atol=0.05)
+
+
+@pytest.mark.parametrize('shape,window,stride,padding', [
+    ((2, 8, 8, 3), 2, 2, 0), ((2, 7, 9, 4), 2, 2, 0), ((1, 55, 55, 2), 3, 2, 0),
+    ((2, 16, 16, 3), 3, 2, 1)])
+def test_max_pool_equals_flax_max_pool(shape, window, stride, padding):
+  import flax.linen as nn
+  from hashjax.models.backbones import max_pool
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  ref = lambda x: nn.max_pool(x, (window,) * 2, (stride,) * 2, padding=((padding,) * 2,) * 2)
+  ours = lambda x: max_pool(x, window, stride, padding)
+  assert jnp.array_equal(ours(x), ref(x))
+  # Distinct random values: no ties, so the gradients agree exactly.
+  loss = lambda f: lambda x: jnp.sum(jnp.sin(f(x)))
+  assert jnp.allclose(jax.grad(loss(ours))(x), jax.grad(loss(ref))(x))

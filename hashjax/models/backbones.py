@@ -26,6 +26,27 @@ import jax.numpy as jnp
 BACKBONES = ('small_cnn', 'alexnet', 'resnet18', 'resnet50')
 
 
+def max_pool(x_BxHxWxC, window: int, stride: int, padding: int = 0):
+  """Max pooling as the elementwise maximum of window² strided slices.
+
+  The same values as `nn.max_pool(x, (window,)*2, (stride,)*2, padding)` (padding with −inf),
+  but its gradient is a few `select`s instead of XLA's select-and-scatter, which is 3–7×
+  slower on CPU (measured for the small_cnn and AlexNet pools).
+  """
+  x = x_BxHxWxC
+  if padding:
+    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
+                constant_values=-jnp.inf)
+  _, h, w, _ = x.shape
+  oh, ow = (h - window) // stride + 1, (w - window) // stride + 1
+  out = None
+  for i in range(window):
+    for j in range(window):
+      part = x[:, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride]
+      out = part if out is None else jnp.maximum(out, part)
+  return out
+
+
 class SmallCNN(nn.Module):
   """Four 3×3 convolutions and one dense layer, for small images (≤ 32 px)."""
   features: int = 256
@@ -37,7 +58,7 @@ class SmallCNN(nn.Module):
     for width in (32, 64):
       x = nn.relu(nn.Conv(width, (3, 3), dtype=self.dtype)(x))
       x = nn.relu(nn.Conv(width, (3, 3), dtype=self.dtype)(x))
-      x = nn.max_pool(x, (2, 2), (2, 2))
+      x = max_pool(x, 2, 2)
     x = x.reshape(x.shape[0], -1)
     return nn.relu(nn.Dense(self.features, dtype=self.dtype)(x))
 
@@ -66,7 +87,7 @@ class AlexNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
-    pool = functools.partial(nn.max_pool, window_shape=(3, 3), strides=(2, 2))
+    pool = functools.partial(max_pool, window=3, stride=2)
     conv = functools.partial(nn.Conv, dtype=self.dtype)
     x = pool(nn.relu(conv(64, (11, 11), (4, 4), padding=2)(x)))
     x = pool(nn.relu(conv(192, (5, 5), padding=2)(x)))
@@ -140,7 +161,7 @@ class ResNet(nn.Module):
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
                      name='bn1')(x)
     x = nn.relu(x)
-    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    x = max_pool(x, 3, 2, padding=1)
     for stage, num_blocks in enumerate(self.stage_sizes):
       for b in range(num_blocks):
         strides = 2 if stage > 0 and b == 0 else 1

@@ -5,6 +5,7 @@ pure functions on arrays.
 """
 
 from hashjax.codes import hamming_distance, pack_codes, sign_codes, unpack_codes
+from hashjax.divergence import JSDEstimate, estimate_jsd, exact_jsd, jsd_lower_bound
 from hashjax.losses import dhn_loss, hashnet_loss
 from hashjax.metrics import (average_precision, map_tie_summary, mean_average_precision,
                              precision_at_n, precision_at_radius, precision_recall_curve,
@@ -25,9 +26,9 @@ def __getattr__(name):
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 __all__ = [
-    'HammingIndex', 'HashNet', 'average_precision', 'beta_schedule', 'constant_beta',
-    'dhn_loss', 'hamming_distance', 'hamming_topk', 'hash_activation', 'hashnet_loss',
-    'map_tie_summary', 'mean_average_precision', 'pack_codes', 'precision_at_n',
+    'HammingIndex', 'HashNet', 'JSDEstimate', 'average_precision', 'beta_schedule', 'constant_beta',
+    'dhn_loss', 'estimate_jsd', 'exact_jsd', 'hamming_distance', 'hamming_topk', 'hash_activation', 'hashnet_loss',
+    'jsd_lower_bound', 'map_tie_summary', 'mean_average_precision', 'pack_codes', 'precision_at_n',
     'precision_at_radius', 'precision_recall_curve', 'recall_at_radius', 'retrieval_report',
     'sign_codes', 'unpack_codes',
 ]

@@ -133,7 +133,9 @@ class Checkpointer:
     self.stale_removed = self._remove_tmp_dirs() if jax.process_index() == 0 else []
     options = ocp.CheckpointManagerOptions(
         max_to_keep=None, create=True, enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=True)
+        # Stale temporary folders were removed above; orbax's own cleanup runs in a thread
+        # that can outlive a short-lived manager and fail at interpreter exit.
+        cleanup_tmp_directories=False)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
     found = self.all_steps()
     log.info('checkpoints in %s: %s%s', self.directory, found or 'none',

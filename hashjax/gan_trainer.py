@@ -1,15 +1,20 @@
-"""The DCGAN minimax loop: one pure jitted train step (D then G), EMA generator, sample grids,
-disk-aware checkpoints and resume.
+"""The GAN minimax loop: one pure jitted train step (D then G), EMA generator, sample grids,
+held-out JSD estimates, disk-aware checkpoints and resume. Drives the DCGAN on images and the
+MLP GAN on the 2-D toy mixtures (config `model`).
 
 Files written to the workdir: `config.json`, `metrics.jsonl` (step, d_loss, g_loss, d_real,
 d_fake, jsd_lower_bound, examples_per_sec, checkpoint counters), `samples/step_XXXXXX.png`
-(fixed noise, EMA generator), `eval.json` and `checkpoints/<step>/`.
+(fixed noise, EMA generator; a scatter plot for 2-D data), `eval.jsonl` (every `eval_every`
+steps: `divergence.estimate_jsd` of EMA samples against held-out real data, and for 2-D data
+modes captured, high-quality fraction and the KDE JSD), `jsd_curve.png`, `eval.json` and
+`checkpoints/<step>/`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 import time
@@ -25,11 +30,12 @@ from jax.sharding import Mesh
 
 from hashjax import data as data_lib
 from hashjax import images as images_lib
-from hashjax import losses, parallel, training
-from hashjax.checkpoint import Checkpointer, PreemptionGuard
-from hashjax.config import ConfigError, GanConfig, gan_config
-from hashjax.divergence import jsd_lower_bound
+from hashjax import losses, parallel, toy2d, training
+from hashjax.checkpoint import Checkpointer, PreemptionGuard, append_or_warn, write_or_warn
+from hashjax.config import TOY_DATASETS, ConfigError, GanConfig, gan_config
+from hashjax.divergence import estimate_jsd, jsd_lower_bound
 from hashjax.models.dcgan import Discriminator, Generator
+from hashjax.models.mlp_gan import MLPDiscriminator, MLPGenerator
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +63,17 @@ class DataSpec:
   num_classes: int  # 0: unconditional
 
 
-def make_models(cfg: GanConfig, spec: DataSpec) -> tuple[Generator, Discriminator]:
+TOY_TRAIN_SIZE = 100_000  # training points drawn once from the 2-D mixture (as PacGAN)
+TOY_EVAL_SAMPLES = 2500  # generated points for modes / high quality (VEEGAN, PacGAN)
+TOY_KDE_FIT = 10_000  # generated points the KDE is fitted on (bandwidth = mode std / 2)
+ESTIMATOR_NDF = 8  # width of the estimator's fresh DCGAN discriminator on images
+ESTIMATOR_BATCH = 64  # per class, per estimator step
+
+
+def make_models(cfg: GanConfig, spec: DataSpec):
+  """(generator, discriminator) flax modules for `cfg.model`."""
+  if cfg.model == 'mlp':
+    return MLPGenerator(hidden=cfg.ngf), MLPDiscriminator(hidden=cfg.ndf)
   classes = spec.num_classes if cfg.conditional else 0
   return (Generator(image_size=cfg.image_size, nz=cfg.nz, ngf=cfg.ngf, channels=spec.channels,
                     num_classes=classes),
@@ -69,12 +85,12 @@ def _init_state(cfg: GanConfig, spec: DataSpec, rng: jax.Array) -> GANState:
   g_rng, d_rng = jax.random.split(rng)
   labels = jnp.zeros((1,), jnp.int32) if cfg.conditional else None
   g_vars = generator.init(g_rng, jnp.zeros((1, cfg.nz)), labels)
-  images = jnp.zeros((1, cfg.image_size, cfg.image_size, spec.channels))
-  d_vars = discriminator.init(d_rng, images, labels)
+  example = (2,) if cfg.model == 'mlp' else (cfg.image_size, cfg.image_size, spec.channels)
+  d_vars = discriminator.init(d_rng, jnp.zeros((1, *example)), labels)
   tx = optax.adam(cfg.learning_rate, b1=cfg.beta1, b2=cfg.beta2)
   return GANState(step=jnp.zeros((), jnp.int32), g_params=g_vars['params'],
-                  g_stats=g_vars['batch_stats'], d_params=d_vars['params'],
-                  d_stats=d_vars['batch_stats'], g_opt=tx.init(g_vars['params']),
+                  g_stats=g_vars.get('batch_stats', {}), d_params=d_vars['params'],
+                  d_stats=d_vars.get('batch_stats', {}), g_opt=tx.init(g_vars['params']),
                   d_opt=tx.init(d_vars['params']), ema_params=g_vars['params'],
                   g_apply=generator.apply, d_apply=discriminator.apply, g_tx=tx, d_tx=tx)
 
@@ -98,10 +114,11 @@ def discriminator_update(state: GANState, d_params, d_stats, d_opt, real, real_l
   def objective(params):
     logits_real, upd = state.d_apply({'params': params, 'batch_stats': d_stats}, real,
                                      real_labels, train=True, mutable=['batch_stats'])
-    logits_fake, upd = state.d_apply({'params': params, 'batch_stats': upd['batch_stats']},
+    logits_fake, upd = state.d_apply({'params': params,
+                                      'batch_stats': upd.get('batch_stats', {})},
                                      fake, fake_labels, train=True, mutable=['batch_stats'])
     loss = losses.discriminator_loss(logits_real, logits_fake, label_smoothing=label_smoothing)
-    return loss, (logits_real, logits_fake, upd['batch_stats'])
+    return loss, (logits_real, logits_fake, upd.get('batch_stats', {}))
 
   (loss, (logits_real, logits_fake, new_stats)), grads = jax.value_and_grad(
       objective, has_aux=True)(d_params)
@@ -136,7 +153,7 @@ def train_step(state: GANState, batch: dict[str, jax.Array], rng: jax.Array, *,
   def generate(g_params, g_stats, z, labels):
     fake, upd = state.g_apply({'params': g_params, 'batch_stats': g_stats}, z, labels,
                               train=True, mutable=['batch_stats'])
-    return fake, upd['batch_stats']
+    return fake, upd.get('batch_stats', {})
 
   g_stats, d_params, d_stats, d_opt = state.g_stats, state.d_params, state.d_stats, state.d_opt
   for i in range(cfg.n_critic):
@@ -197,6 +214,20 @@ def fixed_noise(cfg: GanConfig, spec: DataSpec) -> tuple[np.ndarray, np.ndarray 
   return z, labels
 
 
+def write_sample_image(path: str, state: GANState, cfg: GanConfig, spec: DataSpec, z=None,
+                       labels=None) -> bool:
+  """A grid PNG of EMA samples, or for 2-D data a scatter plot over the data's modes (2,500
+  points unless `z` is given). False when the disk is full (or, for a scatter plot,
+  matplotlib is missing)."""
+  if cfg.model != 'mlp':
+    return images_lib.save_png(path, sample_grid(state, cfg, spec, z, labels))
+  if z is None:
+    z = _eval_noise(cfg, TOY_EVAL_SAMPLES, 0)
+  points = np.asarray(parallel.to_host(generate_ema(state, z, None)))
+  return _save_scatter(path, points, toy2d.DATASETS[cfg.dataset](),
+                       f'{cfg.dataset}: {len(points)} EMA-generator samples, step {int(state.step)}')
+
+
 def sample_grid(state: GANState, cfg: GanConfig, spec: DataSpec, z=None, labels=None
                 ) -> np.ndarray:
   """uint8 grid image of EMA-generator samples (one class per column when conditional)."""
@@ -222,6 +253,125 @@ def load_images(cfg: GanConfig, cache_dir: str | None) -> tuple[np.ndarray, np.n
     raise ConfigError(f'conditional=True needs at least 2 classes; {cfg.dataset} has {classes}')
   return images, labels.astype(np.int32), DataSpec(channels=images.shape[-1],
                                                    num_classes=classes)
+
+
+def load_data(cfg: GanConfig, cache_dir: str | None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, DataSpec]:
+  """(train examples, train labels, held-out examples, held-out labels, spec).
+
+  Images stay uint8 [N, S, S, C]; `eval_holdout` of them, drawn from (seed), are kept out of
+  training for the JSD estimate. 2-D data: 100,000 float32 training points [N, 2] drawn from
+  the mixture, and `eval_holdout` fresh ones.
+  """
+  if cfg.dataset in TOY_DATASETS:
+    mixture = toy2d.DATASETS[cfg.dataset]()
+    points = toy2d.sample(mixture, TOY_TRAIN_SIZE, cfg.seed)
+    holdout = toy2d.sample(mixture, cfg.eval_holdout, cfg.seed + 1)
+    return (points, np.zeros(len(points), np.int32), holdout,
+            np.zeros(len(holdout), np.int32), DataSpec(channels=0, num_classes=0))
+  images, labels, spec = load_images(cfg, cache_dir)
+  if cfg.eval_holdout > len(images) // 2:
+    raise ConfigError(f'eval_holdout={cfg.eval_holdout} is more than half of the '
+                      f'{len(images)} examples of {cfg.dataset}; lower it (0 disables)')
+  perm = np.random.default_rng(cfg.seed + 1).permutation(len(images))
+  held, kept = np.sort(perm[:cfg.eval_holdout]), np.sort(perm[cfg.eval_holdout:])
+  return images[kept], labels[kept], images[held], labels[held], spec
+
+
+def _as_float(examples: np.ndarray) -> np.ndarray:
+  return data_lib.to_float(examples) if examples.dtype == np.uint8 else examples
+
+
+def _eval_noise(cfg: GanConfig, n: int, salt: int) -> np.ndarray:
+  return np.asarray(jax.random.normal(jax.random.PRNGKey(cfg.seed + 31337 + salt), (n, cfg.nz)))
+
+
+def evaluate_jsd(state: GANState, cfg: GanConfig, holdout: np.ndarray,
+                 holdout_labels: np.ndarray) -> dict[str, Any]:
+  """One eval.jsonl row: `estimate_jsd` of EMA samples against the held-out real data (nats;
+  `jsd`, `jsd_ci_low`, `jsd_ci_high`, `jsd_accuracy`), and for 2-D data `modes`,
+  `high_quality` (on 2,500 samples) and `kde_jsd` (nats; known mixture vs a Gaussian KDE of
+  10,000 other samples, bandwidth `kde_bandwidth` = mode std / 2)."""
+  start = time.perf_counter()
+  step = int(state.step)
+  real = _as_float(holdout)
+  row: dict[str, Any] = {'step': step}
+  if cfg.model == 'mlp':
+    mixture = toy2d.DATASETS[cfg.dataset]()
+    fake = np.asarray(parallel.to_host(generate_ema(state, _eval_noise(cfg, TOY_EVAL_SAMPLES, 0),
+                                                    None)))
+    fit = np.asarray(parallel.to_host(generate_ema(state, _eval_noise(cfg, TOY_KDE_FIT, 1),
+                                                   None)))
+    stats = toy2d.mode_stats(fake, mixture)
+    bandwidth = mixture.std / 2
+    row.update(modes=stats.modes, num_modes=len(mixture.means_Kx2),
+               high_quality=stats.high_quality, kde_bandwidth=bandwidth,
+               kde_jsd=toy2d.kde_jsd(mixture, real, fit, fake, bandwidth))
+    estimate = estimate_jsd(real, fake, classifier='mlp', steps=cfg.eval_steps, seed=cfg.seed)
+  else:
+    labels = holdout_labels if cfg.conditional else None
+    fake = np.asarray(parallel.to_host(generate_ema(state, _eval_noise(cfg, len(real), 0),
+                                                    labels)))
+    estimate = estimate_jsd(real, fake, classifier='dcgan_d', steps=cfg.eval_steps,
+                            seed=cfg.seed, ndf=ESTIMATOR_NDF, batch_size=ESTIMATOR_BATCH)
+  row.update(jsd=estimate.jsd, jsd_ci_low=estimate.ci_low, jsd_ci_high=estimate.ci_high,
+             jsd_accuracy=estimate.accuracy, eval_seconds=time.perf_counter() - start)
+  return row
+
+
+def _pyplot_figure(path: str, **kwargs):
+  """A matplotlib Figure (Agg, no pyplot state), or None with a warning when matplotlib is
+  not installed (it is optional: `pip install matplotlib`)."""
+  try:
+    from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    log.warning('matplotlib is not installed, so %s is not written; pip install matplotlib',
+                path)
+    return None
+  return Figure(**kwargs)
+
+
+def _save_figure(fig, path: str) -> bool:
+  return write_or_warn(path, lambda tmp: fig.savefig(tmp, format='png', dpi=100))
+
+
+def _save_scatter(path: str, points_Nx2: np.ndarray, mixture: toy2d.Mixture, title: str) -> bool:
+  fig = _pyplot_figure(path, figsize=(5, 5))
+  if fig is None:
+    return False
+  ax = fig.subplots()
+  ax.scatter(points_Nx2[:, 0], points_Nx2[:, 1], s=2, alpha=0.5, label='generated')
+  ax.scatter(mixture.means_Kx2[:, 0], mixture.means_Kx2[:, 1], s=30, marker='x', c='red',
+             label='modes')
+  lim = np.abs(mixture.means_Kx2).max() + 1.5
+  ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect='equal', title=title)
+  ax.legend(loc='upper right', fontsize=8)
+  return _save_figure(fig, path)
+
+
+def save_jsd_curve(path: str, rows: list[dict[str, Any]], title: str) -> bool:
+  """PNG of the estimated JSD (nats) with its confidence band over training steps."""
+  fig = _pyplot_figure(path, figsize=(6, 4))
+  if fig is None or not rows:
+    return False
+  ax = fig.subplots()
+  steps = [r['step'] for r in rows]
+  ax.fill_between(steps, [r['jsd_ci_low'] for r in rows], [r['jsd_ci_high'] for r in rows],
+                  alpha=0.3, label='95% bootstrap CI')
+  ax.plot(steps, [r['jsd'] for r in rows], 'o-', label='held-out JSD lower bound')
+  if 'kde_jsd' in rows[0]:
+    ax.plot(steps, [r['kde_jsd'] for r in rows], 's--', label='exact JSD vs KDE of G')
+  ax.axhline(np.log(2), color='gray', ls=':', label='log 2')
+  ax.set(xlabel='training step', ylabel='JSD (nats)', title=title, ylim=(-0.02, 0.72))
+  ax.legend(fontsize=8)
+  return _save_figure(fig, path)
+
+
+def _read_rows(path: str) -> list[dict[str, Any]]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
 
 
 def _checkpoint_tree(state: GANState, rng, step: int, cfg: GanConfig) -> dict[str, Any]:
@@ -253,12 +403,14 @@ def _last_good(ckpt: Checkpointer) -> str:
 
 def train_and_evaluate(config: ml_collections.ConfigDict | GanConfig, workdir: str, *,
                        reporter: training.Reporter | None = None) -> dict[str, Any]:
-  """Trains the (conditional) DCGAN as configured.
+  """Trains the (conditional) DCGAN, or the MLP GAN on 2-D data, as configured.
 
   Returns:
     Final results (also `<workdir>/eval.json`): step, jsd_lower_bound of the last logged
-    step, the final sample grid's path; or {'preempted_at_step', 'signal'} after SIGTERM /
-    SIGINT saved a checkpoint.
+    step (the training D's bound on training batches), the final sample image's path, and
+    with eval_holdout > 0 the held-out estimate `jsd` (nats), `jsd_ci` [low, high],
+    `jsd_accuracy`, `jsd_curve` (PNG path) and, for 2-D data, modes / high_quality / kde_jsd;
+    or {'preempted_at_step', 'signal'} after SIGTERM / SIGINT saved a checkpoint.
   Raises:
     training.DivergedError when a loss turns NaN/inf (naming the last good checkpoint).
   """
@@ -270,7 +422,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict | GanConfig, workdir: s
   os.makedirs(os.path.join(workdir, 'samples'), exist_ok=True)
   if main:
     training.write_json(os.path.join(workdir, 'config.json'), _config_dict(config))
-  images, labels, spec = load_images(cfg, cache_dir=os.path.join(workdir, 'data_cache'))
+  images, labels, holdout, holdout_labels, spec = load_data(
+      cfg, cache_dir=os.path.join(workdir, 'data_cache'))
 
   ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'),
                       max_to_keep=cfg.checkpoint.max_to_keep, max_bytes=cfg.checkpoint.max_bytes,
@@ -278,8 +431,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict | GanConfig, workdir: s
   state, step_rng = restore_or_init(cfg, spec, ckpt, mesh, workdir)
   first_step = int(state.step)
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
+  eval_path = os.path.join(workdir, 'eval.jsonl')
   if main:
     training.truncate_metrics(metrics_path, first_step)
+    training.truncate_metrics(eval_path, first_step)
   metrics_log = training.MetricsLog(metrics_path, reporter, ckpt.stats.as_dict)
   step_fn = make_train_step(cfg, spec.num_classes, mesh)
   loss_keys = ('d_loss', 'g_loss')
@@ -291,17 +446,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict | GanConfig, workdir: s
 
   def write_samples(step):
     if main:
-      images_lib.save_png(os.path.join(workdir, 'samples', f'step_{step:06d}.png'),
-                          sample_grid(state, cfg, spec))
+      write_sample_image(os.path.join(workdir, 'samples', f'step_{step:06d}.png'), state, cfg,
+                         spec)
+
+  def evaluate():
+    if main and cfg.eval_holdout:
+      row = evaluate_jsd(state, cfg, holdout, holdout_labels)
+      append_or_warn(eval_path, json.dumps(row) + '\n')
+      reporter.evaluated(row)
 
   reporter.start(cfg.num_steps, first_step)
+  if first_step == 0:
+    evaluate()  # the untrained generator: the curve starts near log 2
   last_time, last_step, last_row = time.perf_counter(), first_step, None
   step_metrics = None
   with PreemptionGuard(ckpt) as guard:
     for step in range(first_step, cfg.num_steps):
       positions = data_lib.batch_indices(len(images), cfg.batch_size, step, cfg.seed)
       idx = positions[parallel.process_slice(cfg.batch_size)]
-      local = {'image': data_lib.to_float(images[idx]), 'label': labels[idx]}
+      local = {'image': _as_float(images[idx]), 'label': labels[idx]}
       previous = step_metrics
       state, step_metrics = step_fn(state, parallel.global_batch(local, mesh), step_rng)
       jax.block_until_ready(previous)  # at most two steps in flight
@@ -316,6 +479,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict | GanConfig, workdir: s
         last_time, last_step = now, done
       if done % cfg.sample_every == 0 or done == cfg.num_steps:
         write_samples(done)
+      if done % cfg.eval_every == 0 or done == cfg.num_steps:
+        evaluate()
       if done == cfg.num_steps:
         break
       if guard.should_stop(done):
@@ -339,11 +504,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict | GanConfig, workdir: s
   results = {'step': final_step,
              'jsd_lower_bound': None if last_row is None else last_row['jsd_lower_bound'],
              'samples': os.path.join(workdir, 'samples', f'step_{final_step:06d}.png')}
+  if main and cfg.eval_holdout:
+    results.update(_final_eval(workdir, eval_path, evaluate, final_step, cfg))
   if main:
     training.write_json(os.path.join(workdir, 'eval.json'), results)
   reporter.evaluated(results)
   reporter.close()
   return results
+
+
+def _final_eval(workdir, eval_path, evaluate, final_step, cfg) -> dict[str, Any]:
+  """The last eval.jsonl row (evaluated now if the final step has none) and the JSD curve."""
+  rows = _read_rows(eval_path)
+  if not rows or rows[-1]['step'] != final_step:
+    evaluate()
+    rows = _read_rows(eval_path)
+  last = rows[-1]
+  curve = os.path.join(workdir, 'jsd_curve.png')
+  title = f'{cfg.dataset}: JSD(data ‖ EMA generator), held-out'
+  out = {'jsd': last['jsd'], 'jsd_ci': [last['jsd_ci_low'], last['jsd_ci_high']],
+         'jsd_accuracy': last['jsd_accuracy'],
+         'jsd_curve': curve if save_jsd_curve(curve, rows, title) else None}
+  out.update({k: last[k] for k in ('modes', 'num_modes', 'high_quality', 'kde_jsd',
+                                   'kde_bandwidth') if k in last})
+  return out
 
 
 def sample(config: ml_collections.ConfigDict | GanConfig, workdir: str, num: int,
@@ -353,18 +537,22 @@ def sample(config: ml_collections.ConfigDict | GanConfig, workdir: str, num: int
   if num < 1:
     raise ConfigError(f'num={num} must be ≥ 1')
   mesh = parallel.make_mesh()
-  _, _, spec = load_images(cfg, cache_dir=os.path.join(workdir, 'data_cache'))
+  spec = load_data(cfg, cache_dir=os.path.join(workdir, 'data_cache'))[-1]
   ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'))
-  if ckpt.latest_step() is None:
-    raise ConfigError(f'no checkpoint in {ckpt.directory}; train first with the same --workdir')
-  state, _ = restore_or_init(cfg, spec, ckpt, mesh, workdir)
-  ckpt.close()
+  try:
+    if ckpt.latest_step() is None:
+      raise ConfigError(f'no checkpoint in {ckpt.directory}; train first with the same '
+                        '--workdir')
+    state, _ = restore_or_init(cfg, spec, ckpt, mesh, workdir)
+  finally:
+    ckpt.close()  # also on error: orbax's background cleanup must end before exit
   z = np.asarray(jax.random.normal(jax.random.PRNGKey(cfg.seed + 104729), (num, cfg.nz)))
   labels = (np.arange(num) % spec.num_classes).astype(np.int32) if cfg.conditional else None
   path = out or os.path.join(workdir, 'samples', f'sample_{int(state.step):06d}.png')
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  if not images_lib.save_png(path, sample_grid(state, cfg, spec, z, labels)):
-    raise ConfigError(f'could not write {path}: the disk is full')
+  if not write_sample_image(path, state, cfg, spec, z, labels):
+    raise ConfigError(f'could not write {path}: the disk is full (or, for a 2-D scatter '
+                      'plot, matplotlib is missing)')
   return path
 
 

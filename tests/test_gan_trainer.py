@@ -24,6 +24,7 @@ def _get_test_config(**overrides):
   c.sample_every = 3
   c.checkpoint_every = 3
   c.num_samples = 8
+  c.eval_holdout = 0  # the JSD estimate has its own test
   for key, value in overrides.items():
     c[key] = value
   return c
@@ -84,6 +85,16 @@ class Recorder(training.SilentReporter):
     self.first_step = first_step
 
 
+def test_holdout_is_disjoint_from_training_data():
+  cfg = gan_config(_get_test_config(eval_holdout=100))
+  train, _, held, _, _ = gan_trainer.load_data(cfg, None)
+  assert len(train) + len(held) == 1797 and len(held) == 100
+  rows = {r.tobytes() for r in train}
+  assert sum(r.tobytes() in rows for r in held) <= 5  # digits has a few exact duplicates
+  with pytest.raises(ConfigError, match='eval_holdout=1000 is more than half'):
+    gan_trainer.load_data(gan_config(_get_test_config(eval_holdout=1000)), None)
+
+
 def test_end_to_end_writes_samples_and_resumes(tmp_path):
   results = gan_trainer.train_and_evaluate(_get_test_config(num_steps=3), str(tmp_path))
   assert results['step'] == 3
@@ -97,6 +108,20 @@ def test_end_to_end_writes_samples_and_resumes(tmp_path):
   assert json.load(open(tmp_path / 'eval.json'))['step'] == 6
   path = gan_trainer.sample(_get_test_config(), str(tmp_path), num=5)
   assert path.endswith('sample_000006.png') and os.path.exists(path)
+
+
+def test_jsd_eval_is_logged_and_written(tmp_path):
+  cfg = _get_test_config(num_steps=4, eval_every=2, eval_holdout=64, eval_steps=10)
+  results = gan_trainer.train_and_evaluate(cfg, str(tmp_path))
+  rows = [json.loads(l) for l in open(tmp_path / 'eval.jsonl')]
+  assert [r['step'] for r in rows] == [0, 2, 4]
+  assert all(-0.1 < r['jsd'] <= np.log(2) + 1e-9 for r in rows)  # too few steps to mean more
+  saved = json.load(open(tmp_path / 'eval.json'))
+  for key in ('step', 'jsd_lower_bound', 'samples', 'jsd', 'jsd_ci', 'jsd_accuracy'):
+    assert key in saved, key
+  low, high = saved['jsd_ci']
+  assert low <= saved['jsd'] <= high and saved['jsd'] == results['jsd'] == rows[-1]['jsd']
+  assert os.path.exists(tmp_path / 'jsd_curve.png')
 
 
 def test_nan_loss_stops_with_the_step_and_last_good_checkpoint(tmp_path, monkeypatch):
@@ -115,6 +140,10 @@ def test_config_errors():
     gan_config(_get_test_config(gan_loss='hinge'))
   with pytest.raises(ConfigError, match='ema_decay=1.0'):
     gan_config(_get_test_config(ema_decay=1.0))
+  with pytest.raises(ConfigError, match="model='mlp' does not fit dataset='digits'"):
+    gan_config(_get_test_config(model='mlp'))
+  with pytest.raises(ConfigError, match='eval_holdout=5 must be 0'):
+    gan_config(_get_test_config(eval_holdout=5))
 
 
 def test_gan_cli_sample_without_checkpoint_is_one_line_exit_2(tmp_path):

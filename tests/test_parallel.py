@@ -86,9 +86,20 @@ def _eval(workdir):
 
 
 def _same_eval(a, b):
+  # Retrieval metrics go through sign(z): a code entry within float noise of 0 flips a bit,
+  # so they agree only to ~1e-2, while the losses agree to ~1e-3 after 20 steps (float
+  # summation order differs across devices).
   assert a['step'] == b['step'] == 20
   for key in ('map', 'map_expected', 'precision_at_radius_2', 'recall_at_radius_2'):
-    assert b[key] == pytest.approx(a[key], abs=2e-3), key
+    assert b[key] == pytest.approx(a[key], abs=1e-2), key
+
+
+def _losses(workdir):
+  return [json.loads(l)['loss'] for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+
+
+def _same_losses(a, b):
+  np.testing.assert_allclose(_losses(b), _losses(a), rtol=2e-3)
 
 
 @pytest.fixture(scope='module')
@@ -96,13 +107,14 @@ def single_device_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('one')
   proc = _train(workdir, dict(os.environ, PYTHONPATH=ROOT))
   assert proc.returncode == 0, proc.stderr[-3000:]
-  return _eval(workdir)
+  return workdir
 
 
 def test_train_py_on_8_devices_matches_1_device(tmp_path, single_device_run):
   proc = _train(tmp_path, EIGHT)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  _same_eval(single_device_run, _eval(tmp_path))
+  _same_eval(_eval(single_device_run), _eval(tmp_path))
+  _same_losses(single_device_run, tmp_path)
 
 
 def _free_port():
@@ -123,6 +135,7 @@ def test_two_processes_agree_with_one(tmp_path, single_device_run):
   for i, (p, (_, err)) in enumerate(zip(procs, outs)):
     assert p.returncode == 0, err[-3000:]
     assert f'process {i} of 2, 1 local / 2 global devices' in err, err[-3000:]
-  _same_eval(single_device_run, _eval(tmp_path))
+  _same_eval(_eval(single_device_run), _eval(tmp_path))
+  _same_losses(single_device_run, tmp_path)
   rows = [json.loads(l) for l in open(os.path.join(tmp_path, 'metrics.jsonl'))]
   assert [r['step'] for r in rows] == [5, 10, 15, 20]  # written once, by process 0

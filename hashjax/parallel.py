@@ -5,7 +5,7 @@ axis of size 1, reserved for model parallelism): the global batch is sharded on 
 parameters and optimizer state are replicated, and XLA inserts the collectives — the
 gradient all-reduce, and the all-gather that lets HashNet's pairwise loss see every pair of
 the global batch. The same program runs on 1 CPU, 8 GPUs or a multi-host TPU pod. There is
-no `jax.pmap`: it is in maintenance mode and itself implemented with jit + shard_map.
+no `pmap`: it is in maintenance mode and itself implemented with jit + shard_map.
 
 Multi-host: `initialize_distributed` calls `jax.distributed.initialize` (automatic on TPU
 pods and SLURM, explicit coordinator otherwise); each process loads only its slice of the

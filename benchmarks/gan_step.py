@@ -6,7 +6,7 @@ Same architecture in both (the reference DCGAN: ngf = ndf = 64, nz = 100, 3 chan
 losses (BCE, non-saturating G), same optimizers. PyTorch is measured when `torch` is
 installed (`pip install torch==2.13.0`); the ratio printed is hashjax / PyTorch. Also times
 hashjax with flax's `nn.ConvTranspose` generator (lax.conv_transpose), to show what the
-sub-pixel formulation buys on this machine.
+matmul + col2im formulation buys on this machine.
 """
 
 import argparse
@@ -39,10 +39,10 @@ def hashjax_step_time(size, batch, steps, conv_transpose=False):
   c.image_size, c.ngf, c.ndf, c.batch_size = size, 64, 64, batch
   cfg = gan_config(c)
   spec = gan_trainer.DataSpec(channels=3, num_classes=0)
-  original = dcgan.SubpixelConvTranspose
+  original = dcgan.StridedConvTranspose
   if conv_transpose:  # the straightforward generator, for comparison
     import flax.linen as nn  # pylint: disable=g-import-not-at-top
-    dcgan.SubpixelConvTranspose = lambda f, use_bias=True: nn.ConvTranspose(
+    dcgan.StridedConvTranspose = lambda f, use_bias=True: nn.ConvTranspose(
         f, (4, 4), (2, 2), padding=((2, 2), (2, 2)), use_bias=use_bias,
         kernel_init=dcgan.conv_init)
   try:
@@ -58,7 +58,7 @@ def hashjax_step_time(size, batch, steps, conv_transpose=False):
       jax.block_until_ready(metrics)
     return _time(run, steps)
   finally:
-    dcgan.SubpixelConvTranspose = original
+    dcgan.StridedConvTranspose = original
 
 
 def torch_step_time(size, batch, steps):
@@ -109,10 +109,10 @@ def main():
   size, batch = args.image_size, args.batch
   print(f'DCGAN {size}x{size}, batch {batch}, D+G step, devices: {jax.devices()}')
   t = hashjax_step_time(size, batch, args.steps)
-  print(f'hashjax (sub-pixel G):         {batch / t:8.1f} examples/s ({t * 1e3:.0f} ms/step)')
+  print(f'hashjax (matmul+col2im G):    {batch / t:8.1f} examples/s ({t * 1e3:.0f} ms/step)')
   if not args.skip_conv_transpose:
     t_ct = hashjax_step_time(size, batch, max(2, args.steps // 5), conv_transpose=True)
-    print(f'hashjax (nn.ConvTranspose G):  {batch / t_ct:8.1f} examples/s; sub-pixel is '
+    print(f'hashjax (nn.ConvTranspose G):  {batch / t_ct:8.1f} examples/s; col2im is '
           f'{t_ct / t:.1f}x faster')
   try:
     import torch  # pylint: disable=g-import-not-at-top

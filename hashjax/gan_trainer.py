@@ -131,6 +131,10 @@ def train_step(state: GANState, batch: dict[str, jax.Array], rng: jax.Array, *,
                cfg: GanConfig, num_classes: int) -> tuple[GANState, dict[str, jax.Array]]:
   """`n_critic` discriminator updates, then one generator update, then the EMA of G.
 
+  As in the reference PyTorch DCGAN loop, the generator update reuses the last D step's fake
+  batch (one forward pass of G per step; G's BatchNorm statistics are updated once per fake
+  batch) and scores it with the just-updated D.
+
   Args:
     batch: {'image': float32 [B, S, S, C] in [−1, 1], 'label': int [B]}.
     rng: the run's base key; this step uses fold_in(rng, state.step).
@@ -158,21 +162,23 @@ def train_step(state: GANState, batch: dict[str, jax.Array], rng: jax.Array, *,
   g_stats, d_params, d_stats, d_opt = state.g_stats, state.d_params, state.d_stats, state.d_opt
   for i in range(cfg.n_critic):
     z, fake_labels = noise(jax.random.fold_in(key, i))
-    fake, g_stats = generate(state.g_params, g_stats, z, fake_labels)
+    if i < cfg.n_critic - 1:
+      fake, g_stats = generate(state.g_params, g_stats, z, fake_labels)
+    else:  # the last fake batch is kept, with G's backward pass, for the G update
+      fake, g_vjp, g_stats = jax.vjp(lambda p: generate(p, g_stats, z, fake_labels),
+                                     state.g_params, has_aux=True)
     d_params, d_stats, d_opt, d_loss, logits_real, logits_fake = discriminator_update(
         state, d_params, d_stats, d_opt, real, real_labels, jax.lax.stop_gradient(fake),
         fake_labels, label_smoothing=cfg.label_smoothing)
 
-  z, fake_labels = noise(jax.random.fold_in(key, cfg.n_critic))
-
-  def g_objective(g_params):
-    fake, new_g_stats = generate(g_params, g_stats, z, fake_labels)
-    # D in training mode as in the reference loop; its statistics from this pass are dropped.
+  def g_objective(fake):
+    # The updated D, in training mode as in the reference loop; its statistics are dropped.
     logits, _ = state.d_apply({'params': d_params, 'batch_stats': d_stats}, fake, fake_labels,
                               train=True, mutable=['batch_stats'])
-    return losses.generator_loss(logits, kind=cfg.gan_loss), new_g_stats
+    return losses.generator_loss(logits, kind=cfg.gan_loss)
 
-  (g_loss, g_stats), grads = jax.value_and_grad(g_objective, has_aux=True)(state.g_params)
+  g_loss, d_fake = jax.value_and_grad(g_objective)(fake)
+  grads, = g_vjp(d_fake)
   updates, g_opt = state.g_tx.update(grads, state.g_opt, state.g_params)
   g_params = optax.apply_updates(state.g_params, updates)
   # EMA with warm-up: min(decay, (1 + t)/(10 + t)), so early samples are not the init.

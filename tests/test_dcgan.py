@@ -4,15 +4,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hashjax.models.dcgan import Discriminator, Generator, SubpixelConvTranspose
+from hashjax.models.dcgan import Discriminator, Generator, StridedConv, StridedConvTranspose
 
 
 @pytest.mark.parametrize('shape,features', [((2, 4, 4, 3), 5), ((1, 8, 6, 16), 8), ((3, 1, 1, 2), 1)])
-def test_subpixel_equals_conv_transpose_with_the_same_kernel(shape, features):
+def test_strided_conv_transpose_equals_conv_transpose_with_the_same_kernel(shape, features):
   x = jax.random.normal(jax.random.PRNGKey(0), shape)
   reference = nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)))
   variables = reference.init(jax.random.PRNGKey(1), x)
-  ours = SubpixelConvTranspose(features)
+  ours = StridedConvTranspose(features)
   assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(2), x)) == jax.tree.map(
       jnp.shape, variables)  # same parameter names and kernel layout: interchangeable
   y_ref, y = reference.apply(variables, x), ours.apply(variables, x)
@@ -24,6 +24,30 @@ def test_subpixel_equals_conv_transpose_with_the_same_kernel(shape, features):
   g = jax.grad(loss(ours), argnums=(0, 1))(variables, x)
   for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize('shape,features', [((2, 8, 8, 3), 5), ((1, 4, 6, 16), 8), ((3, 2, 2, 2), 1)])
+def test_strided_conv_equals_conv_with_the_same_kernel(shape, features):
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  reference = nn.Conv(features, (4, 4), strides=(2, 2), padding=1)
+  variables = reference.init(jax.random.PRNGKey(1), x)
+  ours = StridedConv(features)
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(2), x)) == jax.tree.map(
+      jnp.shape, variables)
+  y_ref, y = reference.apply(variables, x), ours.apply(variables, x)
+  assert y.shape == (shape[0], shape[1] // 2, shape[2] // 2, features)
+  np.testing.assert_allclose(y, y_ref, atol=2e-6)
+  # The hand-written backward pass gives autodiff's gradients for the kernel and the input.
+  loss = lambda m: lambda v, x: jnp.sum(jnp.sin(m.apply(v, x)))
+  g_ref = jax.grad(loss(reference), argnums=(0, 1))(variables, x)
+  g = jax.grad(loss(ours), argnums=(0, 1))(variables, x)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_strided_conv_rejects_odd_sizes():
+  with pytest.raises(ValueError, match=r'even height and width, got \(5, 4\)'):
+    StridedConv(2).init(jax.random.PRNGKey(0), jnp.zeros((1, 5, 4, 3)))
 
 
 @pytest.mark.parametrize('size', [32, 64])
@@ -41,7 +65,7 @@ def test_generator_and_discriminator_shapes(size, classes):
   assert d.apply(d_vars, images, labels).shape == (4,)
   # No BatchNorm on D's first layer; one after every later conv.
   assert len(d_vars['batch_stats']) == {32: 2, 64: 3}[size]
-  assert 'BatchNorm_0' in d_vars['batch_stats'] and 'Conv_0' in d_vars['params']
+  assert 'BatchNorm_0' in d_vars['batch_stats'] and 'StridedConv_0' in d_vars['params']
 
 
 def test_conditional_generator_depends_on_the_class():
@@ -54,7 +78,7 @@ def test_conditional_generator_depends_on_the_class():
 def test_initialisation_scales():
   g = Generator(image_size=64, nz=100, ngf=64, channels=3)
   v = g.init(jax.random.PRNGKey(0), jnp.zeros((1, 100)))
-  kernel = v['params']['SubpixelConvTranspose_0']['kernel']
+  kernel = v['params']['StridedConvTranspose_0']['kernel']
   assert abs(float(kernel.std()) - 0.02) < 0.002
   scale = v['params']['BatchNorm_0']['scale']
   assert abs(float(scale.mean()) - 1.0) < 0.01 and 0.01 < float(scale.std()) < 0.03

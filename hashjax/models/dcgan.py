@@ -9,11 +9,12 @@ the channels with BN + LeakyReLU, a 4×4 valid conv to one logit (no sigmoid). T
 conditional discriminator sees the one-hot class as extra constant input channels.
 Weights N(0, 0.02), BatchNorm scale N(1, 0.02); BN momentum 0.9 (PyTorch's 0.1).
 
-The generator's stride-2 layers are `SubpixelConvTranspose`: the same function and kernel
+The generator's stride-2 layers are `StridedConvTranspose`: the same function and kernel
 layout as `nn.ConvTranspose(features, (4, 4), (2, 2), padding=((2, 2), (2, 2)))`, computed as
-one 3×3 convolution to 4× the channels followed by depth-to-space. XLA:CPU differentiates
-`lax.conv_transpose` (an lhs-dilated convolution) pathologically slowly (jax-ml/jax#31662);
-this form only has regular convolutions and does no multiplications by inserted zeros.
+a matmul and an overlap-add. XLA:CPU differentiates `lax.conv_transpose` (an lhs-dilated
+convolution) pathologically slowly (jax-ml/jax#31662); this form has no convolution at all.
+The discriminator's stride-2 layers are `StridedConv` (the function and parameters of
+`nn.Conv(features, (4, 4), (2, 2), padding=1)`) with the backward pass written as matmuls.
 """
 
 from __future__ import annotations
@@ -29,26 +30,127 @@ def bn_scale_init(key, shape, dtype=jnp.float32):
   return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
 
 
-# For output phase a ∈ {0, 1} (even / odd rows), which of the three input rows i−1, i, i+1
-# (window position r) meets which kernel row d of the 4×4 transposed-conv kernel.
-_PHASE_TAPS = {0: ((0, 0), (1, 2)), 1: ((1, 1), (2, 3))}
+@jax.custom_vjp
+def conv_transpose_4x4_s2(x_BxHxWxI: jax.Array, kernel_4x4xIxO: jax.Array) -> jax.Array:
+  """`lax.conv_transpose(x, kernel, (2, 2), ((2, 2), (2, 2)))` in NHWC/HWIO, [B, H, W, I] →
+  [B, 2H, 2W, O], computed as one matmul and an overlap-add (col2im).
+
+  Every input pixel is multiplied by the whole kernel at once ([B·H·W, I] @ [I, 16·O]), and
+  the 4×4 output patches are summed into the stride-2 output grid with padded adds: the
+  kernel row ky = 2p + a lands in output row block i + p, phase a. The forward pass is the
+  minimum 16·I·O multiplies per input pixel, with no lhs-dilated convolution (which XLA:CPU
+  differentiates pathologically slowly, jax-ml/jax#31662) and no multiplications by inserted
+  zeros. Backward (a custom VJP, reverse mode only): dx is the stride-2 convolution of dy with
+  the flipped, transposed kernel; dkernel is a matmul of dy's 4×4 windows with x.
+  """
+  return _conv_transpose_4x4_s2(x_BxHxWxI, kernel_4x4xIxO)
 
 
-def subpixel_kernel(kernel_4x4xIxO: jax.Array) -> jax.Array:
-  """A 4×4 stride-2 transposed-conv kernel as a 3×3 conv kernel [3, 3, I, 4·O] whose output
-  channels are the four output phases (row phase, column phase, O)."""
-  _, _, fan_in, fan_out = kernel_4x4xIxO.shape
-  k = jnp.zeros((3, 3, fan_in, 2, 2, fan_out), kernel_4x4xIxO.dtype)
-  for a, row_taps in _PHASE_TAPS.items():
-    for r, d in row_taps:
-      for b, col_taps in _PHASE_TAPS.items():
-        for s, e in col_taps:
-          k = k.at[r, s, :, a, b, :].set(kernel_4x4xIxO[d, e])
-  return k.reshape(3, 3, fan_in, 4 * fan_out)
+def _conv_transpose_4x4_s2(x_BxHxWxI, kernel_4x4xIxO):
+  b, h, w, fan_in = x_BxHxWxI.shape
+  fan_out = kernel_4x4xIxO.shape[-1]
+  # flax/lax transposed conv correlates with the kernel; as a scatter it uses it flipped.
+  scatter = kernel_4x4xIxO[::-1, ::-1].transpose(2, 0, 1, 3).reshape(fan_in, 16 * fan_out)
+  cols = jnp.dot(x_BxHxWxI.reshape(-1, fan_in), scatter.astype(x_BxHxWxI.dtype))
+  cols = cols.reshape(b, h, w, 2, 2, 2, 2, fan_out)  # (p, a) rows, (q, c) columns
+  acc = 0
+  for p in range(2):
+    for q in range(2):
+      acc = acc + jnp.pad(cols[:, :, :, p, :, q], ((0, 0), (p, 1 - p), (q, 1 - q), (0, 0),
+                                                   (0, 0), (0, 0)))
+  y = acc.transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h + 2, 2 * w + 2, fan_out)
+  return y[:, 1:-1, 1:-1]
 
 
-class SubpixelConvTranspose(nn.Module):
-  """×2 upsampling transposed convolution, 4×4 kernel, as a 3×3 conv + depth-to-space.
+def _flip_transpose(kernel_4x4xAxB):
+  """The kernel of the adjoint: spatially flipped, in/out channels swapped."""
+  return kernel_4x4xAxB[::-1, ::-1].transpose(0, 1, 3, 2)
+
+
+def _conv_transpose_4x4_s2_fwd(x, kernel):
+  return _conv_transpose_4x4_s2(x, kernel), (x, kernel)
+
+
+def _conv_transpose_4x4_s2_bwd(residuals, dy_Bx2Hx2WxO):
+  x, kernel = residuals
+  fan_in, fan_out = kernel.shape[2:]
+  # y = conv_transpose(x, k) is the adjoint in x of z ↦ conv_4x4_s2(z, flip_transpose(k)).
+  dx = _conv_4x4_s2(dy_Bx2Hx2WxO, _flip_transpose(kernel))
+  windows = _patches_4x4_s2(dy_Bx2Hx2WxO).reshape(-1, 16 * fan_out)
+  dflipped = jnp.dot(windows.T, x.reshape(-1, fan_in), preferred_element_type=jnp.float32)
+  dkernel = _flip_transpose(dflipped.reshape(4, 4, fan_out, fan_in))
+  return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+conv_transpose_4x4_s2.defvjp(_conv_transpose_4x4_s2_fwd, _conv_transpose_4x4_s2_bwd)
+
+
+def _patches_4x4_s2(x_BxHxWxC: jax.Array) -> jax.Array:
+  """The 4×4 stride-2 windows (padding 1) of x: [B, H/2, W/2, 16, C], window index ky·4 + kx."""
+  b, h, w, c = x_BxHxWxC.shape
+  padded = jnp.pad(x_BxHxWxC, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  return jnp.stack([padded[:, i:i + h - h % 2:2, j:j + w - w % 2:2]
+                    for i in range(4) for j in range(4)], axis=3)
+
+
+@jax.custom_vjp
+def conv_4x4_s2(x_BxHxWxI: jax.Array, kernel_4x4xIxO: jax.Array) -> jax.Array:
+  """`nn.Conv(O, (4, 4), (2, 2), padding=1)` without bias, NHWC/HWIO: [B, H, W, I] → [B, H/2,
+  W/2, O] for even H, W.
+
+  The forward pass is XLA's convolution. The backward pass is written out as matmuls, because
+  XLA:CPU computes this convolution's gradients slowly (its input gradient is an lhs-dilated
+  convolution): dkernel = patches(x)ᵀ @ dy, and dx = the transposed convolution of dy
+  (`conv_transpose_4x4_s2`, a matmul and an overlap-add). Reverse mode only (a custom VJP).
+  """
+  return _conv_4x4_s2(x_BxHxWxI, kernel_4x4xIxO)
+
+
+def _conv_4x4_s2(x, kernel):
+  return jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (2, 2), ((1, 1), (1, 1)),
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def _conv_4x4_s2_fwd(x, kernel):
+  return _conv_4x4_s2(x, kernel), (x, kernel)
+
+
+def _conv_4x4_s2_bwd(residuals, dy_BxHxWxO):
+  x, kernel = residuals
+  fan_in, fan_out = kernel.shape[2:]
+  windows = _patches_4x4_s2(x).reshape(-1, 16 * fan_in)
+  dkernel = jnp.dot(windows.T, dy_BxHxWxO.reshape(-1, fan_out),
+                    preferred_element_type=jnp.float32).reshape(kernel.shape)
+  dx = _conv_transpose_4x4_s2(dy_BxHxWxO, _flip_transpose(kernel))
+  return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+conv_4x4_s2.defvjp(_conv_4x4_s2_fwd, _conv_4x4_s2_bwd)
+
+
+class StridedConv(nn.Module):
+  """×2 downsampling convolution with a 4×4 kernel and padding 1 (`conv_4x4_s2`).
+
+  Parameters `kernel` [4, 4, in, out] and `bias` [out] are those of
+  `nn.Conv(features, (4, 4), strides=(2, 2), padding=1)`, which computes the same function.
+  """
+  features: int
+  use_bias: bool = True
+  kernel_init: nn.initializers.Initializer = conv_init
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC):
+    if x_BxHxWxC.shape[1] % 2 or x_BxHxWxC.shape[2] % 2:
+      raise ValueError(f'StridedConv needs an even height and width, got {x_BxHxWxC.shape[1:3]}')
+    kernel = self.param('kernel', self.kernel_init, (4, 4, x_BxHxWxC.shape[-1], self.features))
+    y = conv_4x4_s2(x_BxHxWxC, kernel)
+    if self.use_bias:
+      y = y + self.param('bias', nn.initializers.zeros, (self.features,))
+    return y
+
+
+class StridedConvTranspose(nn.Module):
+  """×2 upsampling transposed convolution with a 4×4 kernel (`conv_transpose_4x4_s2`).
 
   Parameters `kernel` [4, 4, in, out] and `bias` [out] are those of
   `nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)))`, which
@@ -60,13 +162,8 @@ class SubpixelConvTranspose(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxHxWxC):
-    b, h, w, c = x_BxHxWxC.shape
-    kernel = self.param('kernel', self.kernel_init, (4, 4, c, self.features))
-    y = jax.lax.conv_general_dilated(
-        x_BxHxWxC, subpixel_kernel(kernel).astype(x_BxHxWxC.dtype), (1, 1),
-        ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    y = y.reshape(b, h, w, 2, 2, self.features).transpose(0, 1, 3, 2, 4, 5)
-    y = y.reshape(b, 2 * h, 2 * w, self.features)
+    kernel = self.param('kernel', self.kernel_init, (4, 4, x_BxHxWxC.shape[-1], self.features))
+    y = conv_transpose_4x4_s2(x_BxHxWxC, kernel)
     if self.use_bias:
       y = y + self.param('bias', nn.initializers.zeros, (self.features,))
     return y
@@ -100,8 +197,8 @@ class Generator(nn.Module):
     x = nn.relu(norm()(x))
     for _ in range(stages - 1):
       width //= 2
-      x = nn.relu(norm()(SubpixelConvTranspose(width, use_bias=False)(x)))
-    return jnp.tanh(SubpixelConvTranspose(self.channels, use_bias=False)(x))
+      x = nn.relu(norm()(StridedConvTranspose(width, use_bias=False)(x)))
+    return jnp.tanh(StridedConvTranspose(self.channels, use_bias=False)(x))
 
 
 class Discriminator(nn.Module):
@@ -118,7 +215,7 @@ class Discriminator(nn.Module):
       x = jnp.concatenate([x, jnp.broadcast_to(onehot[:, None, None, :],
                                                (*x.shape[:3], self.num_classes))], axis=-1)
     stages = _num_stages(self.image_size)
-    conv = lambda f: nn.Conv(f, (4, 4), (2, 2), padding=1, use_bias=False, kernel_init=conv_init)
+    conv = lambda f: StridedConv(f, use_bias=False)
     x = nn.leaky_relu(conv(self.ndf)(x), 0.2)
     for i in range(1, stages):
       x = conv(self.ndf * 2**i)(x)

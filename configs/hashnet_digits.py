@@ -32,6 +32,9 @@ def get_config() -> config_dict.ConfigDict:
   c.map_topk = config_dict.placeholder(int)  # None: the whole database
   c.eval_batch_size = 256
   c.compute_dtype = 'float32'  # 'bfloat16': bf16 compute, f32 params (GPU/TPU)
+  # torchvision-named .npz / .safetensors backbone weights (alexnet / resnet18 / resnet50),
+  # loaded when a run starts without a checkpoint; None: random initialisation.
+  c.pretrained = config_dict.placeholder(str)
 
   c.beta = config_dict.ConfigDict()
   c.beta.schedule = 'hashnet'  # or 'constant'

@@ -16,9 +16,10 @@ from hashjax import parallel
 from hashjax.checkpoint import CheckpointError
 from hashjax.config import ConfigError
 from hashjax.data import DataError
+from hashjax.pretrained import PretrainedError
 from hashjax.training import DivergedError
 
-USER_ERRORS = (ConfigError, DataError, parallel.ParallelError)
+USER_ERRORS = (ConfigError, DataError, PretrainedError, parallel.ParallelError)
 EXIT_USAGE = 2
 
 

@@ -7,10 +7,12 @@ raises `ConfigError` with one line naming the bad value and what is accepted.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from hashjax.losses import WEIGHTINGS
 from hashjax.models.backbones import BACKBONES
+from hashjax.pretrained import BACKBONES as PRETRAINED_BACKBONES
 from hashjax.schedules import SCHEDULES
 
 
@@ -85,6 +87,7 @@ class HashConfig:
   loss: LossConfig
   split: SplitConfig
   checkpoint: CheckpointConfig
+  pretrained: str | None = None  # torchvision-named backbone weights (.npz / .safetensors)
 
   @property
   def alpha(self) -> float:
@@ -153,6 +156,13 @@ def hash_config(config) -> HashConfig:
            f'loss.alpha={cfg.loss.alpha!r} must be > 0 or None (10 / bits)')
   _require(cfg.checkpoint.max_bytes is None or cfg.checkpoint.max_bytes > 0,
            f'checkpoint.max_bytes={cfg.checkpoint.max_bytes!r} must be > 0 or None (no budget)')
+  if cfg.pretrained is not None:
+    _require(cfg.backbone in PRETRAINED_BACKBONES,
+             f'pretrained weights need backbone in {", ".join(PRETRAINED_BACKBONES)}; '
+             f'got backbone={cfg.backbone!r}')
+    _require(isinstance(cfg.pretrained, str) and os.path.isfile(cfg.pretrained),
+             f'pretrained={cfg.pretrained!r} is not a file; give a .npz or .safetensors '
+             'state dict with torchvision names (python -m hashjax.pretrained convert)')
   if cfg.loss.weighting == 'fixed':
     _require(cfg.loss.class_num is not None and cfg.loss.class_num > 0,
              f"loss.weighting='fixed' needs loss.class_num > 0, got {cfg.loss.class_num!r}")

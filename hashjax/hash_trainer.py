@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 
 from hashjax import codes as codes_lib
 from hashjax import data as data_lib
-from hashjax import losses, metrics, parallel, schedules, training
+from hashjax import losses, metrics, parallel, pretrained, schedules, training
 from hashjax.checkpoint import Checkpointer, PreemptionGuard, write_or_warn
 from hashjax.config import ConfigError, HashConfig, hash_config
 from hashjax.models import HashNet, hash_activation
@@ -261,6 +261,12 @@ def _restore_or_init(cfg: HashConfig, ckpt: Checkpointer, image_shape, workdir,
   step_rng = parallel.replicate(step_rng, mesh)
   latest = ckpt.latest_step()
   if latest is None:
+    if cfg.pretrained:  # a fresh run starts from the given backbone weights
+      variables = pretrained.load_pretrained(state.variables(), cfg.pretrained, cfg.backbone)
+      variables = jax.device_put(variables, parallel.replicated(mesh))
+      state = state.replace(params=variables['params'],
+                            batch_stats=variables.get('batch_stats', state.batch_stats))
+      log.info('backbone weights loaded from %s', cfg.pretrained)
     return state, step_rng
   restored = ckpt.restore(latest, _checkpoint_tree(state, step_rng, 0, cfg))
   state, step_rng = restored['state'], restored['rng']

@@ -111,3 +111,36 @@ def test_convert_without_torch_is_a_clear_error(tmp_path, monkeypatch):
     pretrained.convert_torch(str(tmp_path / 'm.pth'), str(tmp_path / 'o.npz'))
   assert pretrained.main(['convert', 'a.pth', 'b.npz']) == 2
   assert pretrained.main([]) == 2
+
+
+def _config(tmp_path, **overrides):
+  from configs import hashnet_digits  # pylint: disable=g-import-not-at-top
+  c = hashnet_digits.get_config()
+  c.backbone, c.bits = 'resnet18', 16
+  c.update(overrides)
+  return c
+
+
+def test_a_fresh_run_starts_from_the_pretrained_backbone(tmp_path):
+  from hashjax import hash_trainer  # pylint: disable=g-import-not-at-top
+  from hashjax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  from hashjax.config import hash_config  # pylint: disable=g-import-not-at-top
+  source = _random_variables('resnet18')
+  np.savez(tmp_path / 'r18.npz', **pretrained.to_torch_state_dict(source, 'resnet18'))
+  cfg = hash_config(_config(tmp_path, pretrained=str(tmp_path / 'r18.npz')))
+  state, _ = hash_trainer._restore_or_init(  # pylint: disable=protected-access
+      cfg, Checkpointer(str(tmp_path / 'ckpt')), (32, 32, 3), str(tmp_path))
+  loaded = state.variables()
+  for collection in ('params', 'batch_stats'):
+    for a, b in zip(jax.tree.leaves(loaded[collection]['backbone']),
+                    jax.tree.leaves(source[collection]['backbone'])):
+      np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def test_pretrained_config_errors(tmp_path):
+  from hashjax.config import ConfigError, hash_config  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ConfigError, match=r"pretrained='/nonexistent.npz' is not a file"):
+    hash_config(_config(tmp_path, pretrained='/nonexistent.npz'))
+  (tmp_path / 'w.npz').write_bytes(b'')
+  with pytest.raises(ConfigError, match="got backbone='small_cnn'"):
+    hash_config(_config(tmp_path, backbone='small_cnn', pretrained=str(tmp_path / 'w.npz')))

@@ -111,3 +111,28 @@ def test_bad_inputs_raise():
     estimate_jsd(x[:4], x)
   with pytest.raises(ValueError, match="'dcgan_d' needs NHWC images"):
     estimate_jsd(x, x, classifier='dcgan_d')
+
+
+def test_a_confidently_wrong_held_out_example_costs_little():
+  # Validation separated perfectly, so the search picks a sharp classifier and the smallest
+  # uniform-mixing weight; then one of 200 held-out real examples is confidently wrong.
+  from hashjax import divergence  # pylint: disable=g-import-not-at-top
+  _, (_, eps) = divergence._calibrated_bound(  # pylint: disable=protected-access
+      np.full(50, 20.0), np.full(50, -20.0))
+  assert eps > 0
+  test_real, test_fake = np.full(200, 1000.0), np.full(200, -1000.0)
+  test_real[0] = -1000.0
+  summarise = functools.partial(divergence._summarise, test_real, test_fake,  # pylint: disable=protected-access
+                                np.random.default_rng(0), 0.95, 100)
+  kept = summarise(eps)
+  assert kept.jsd > 0.6 and kept.accuracy == 399 / 400, kept
+  raw = summarise(0.0)  # without the mixing the single error dominates the estimate
+  assert raw.jsd < 0.0, raw
+
+
+def test_quantize_to_uint8_grid():
+  from hashjax.gan_trainer import quantize_to_uint8_grid  # pylint: disable=g-import-not-at-top
+  real = data_lib.to_float(np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1))
+  np.testing.assert_array_equal(quantize_to_uint8_grid(real), real)  # the grid is kept
+  q = quantize_to_uint8_grid(np.array([-1.2, -0.9999, 0.0, 0.9999, 1.5], np.float32))
+  np.testing.assert_allclose(q, data_lib.to_float(np.array([0, 0, 128, 255, 255], np.uint8)))

@@ -380,7 +380,8 @@ def save_jsd_curve(path: str, rows: list[dict[str, Any]], title: str) -> bool:
   if 'kde_jsd' in rows[0]:
     ax.plot(steps, [r['kde_jsd'] for r in rows], 's--', label='exact JSD vs KDE of G')
   ax.axhline(np.log(2), color='gray', ls=':', label='log 2')
-  ax.set(xlabel='training step', ylabel='JSD (nats)', title=title, ylim=(-0.02, 0.72))
+  ax.set(xlabel='training step', ylabel='JSD (nats)', ylim=(-0.02, 0.72))
+  ax.set_title(title, fontsize=10)
   ax.legend(fontsize=8)
   return _save_figure(fig, path)
 
@@ -539,7 +540,7 @@ def _final_eval(workdir, eval_path, evaluate, final_step, cfg) -> dict[str, Any]
     rows = _read_rows(eval_path)
   last = rows[-1]
   curve = os.path.join(workdir, 'jsd_curve.png')
-  title = f'{cfg.dataset}: JSD(data ‖ EMA generator), held-out'
+  title = f'JSD(data ‖ EMA generator), held-out\n{os.path.basename(cfg.dataset)}'
   out = {'jsd': last['jsd'], 'jsd_ci': [last['jsd_ci_low'], last['jsd_ci_high']],
          'jsd_accuracy': last['jsd_accuracy'],
          'jsd_curve': curve if save_jsd_curve(curve, rows, title) else None}

@@ -57,27 +57,39 @@ def test_generator_and_discriminator_shapes(size, classes):
   d = Discriminator(image_size=size, ndf=8, num_classes=classes)
   z = jax.random.normal(jax.random.PRNGKey(0), (4, 16))
   labels = jnp.arange(4) if classes else None
-  g_vars = g.init(jax.random.PRNGKey(1), z, labels)
-  images = g.apply(g_vars, z, labels)
+  # Shapes by tracing only (XLA:CPU compiles these slowly); values for one variant below.
+  g_vars = jax.eval_shape(g.init, jax.random.PRNGKey(1), z, labels)
+  images = jax.eval_shape(g.apply, g_vars, z, labels)
   assert images.shape == (4, size, size, 3)
-  assert float(jnp.abs(images).max()) <= 1.0
-  d_vars = d.init(jax.random.PRNGKey(2), images, labels)
-  assert d.apply(d_vars, images, labels).shape == (4,)
+  d_vars = jax.eval_shape(d.init, jax.random.PRNGKey(2), images, labels)
+  assert jax.eval_shape(d.apply, d_vars, images, labels).shape == (4,)
   # No BatchNorm on D's first layer; one after every later conv.
   assert len(d_vars['batch_stats']) == {32: 2, 64: 3}[size]
   assert 'BatchNorm_0' in d_vars['batch_stats'] and 'StridedConv_0' in d_vars['params']
 
 
+def test_generator_output_is_in_range_and_discriminator_gives_logits():
+  g = Generator(image_size=32, nz=16, ngf=8, channels=3, num_classes=10)
+  d = Discriminator(image_size=32, ndf=8, num_classes=10)
+  z, labels = jax.random.normal(jax.random.PRNGKey(0), (4, 16)), jnp.arange(4)
+  images = jax.jit(lambda z, l: g.apply(g.init(jax.random.PRNGKey(1), z, l), z, l))(z, labels)
+  assert images.shape == (4, 32, 32, 3) and float(jnp.abs(images).max()) <= 1.0
+  logits = jax.jit(lambda x, l: d.apply(d.init(jax.random.PRNGKey(2), x, l), x, l))(images,
+                                                                                   labels)
+  assert logits.shape == (4,) and bool(jnp.all(jnp.isfinite(logits)))
+
+
 def test_conditional_generator_depends_on_the_class():
   g = Generator(image_size=32, nz=8, ngf=8, channels=1, num_classes=3)
   z = jnp.ones((1, 8))
-  v = g.init(jax.random.PRNGKey(0), z, jnp.array([0]))
-  assert not np.allclose(g.apply(v, z, jnp.array([0])), g.apply(v, z, jnp.array([2])))
+  v = jax.jit(g.init)(jax.random.PRNGKey(0), z, jnp.array([0]))
+  apply = jax.jit(g.apply)
+  assert not np.allclose(apply(v, z, jnp.array([0])), apply(v, z, jnp.array([2])))
 
 
 def test_initialisation_scales():
-  g = Generator(image_size=64, nz=100, ngf=64, channels=3)
-  v = g.init(jax.random.PRNGKey(0), jnp.zeros((1, 100)))
+  g = Generator(image_size=32, nz=100, ngf=32, channels=3)
+  v = jax.jit(g.init)(jax.random.PRNGKey(0), jnp.zeros((1, 100)))
   kernel = v['params']['StridedConvTranspose_0']['kernel']
   assert abs(float(kernel.std()) - 0.02) < 0.002
   scale = v['params']['BatchNorm_0']['scale']

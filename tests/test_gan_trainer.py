@@ -59,10 +59,11 @@ def test_real_and_fake_batch_statistics_never_mix():
   state = gan_trainer.create_state(cfg, SPEC, jax.random.PRNGKey(0))
   real = _batch()['image']
   fake = jax.random.normal(jax.random.PRNGKey(5), real.shape) * 0.1 + 0.5  # other statistics
-  _, stats, *_ = gan_trainer.discriminator_update(
-      state, state.d_params, state.d_stats, state.d_opt, real, None, fake, None,
-      label_smoothing=0.0)
+  update = jax.jit(lambda p, s, o, r, f: gan_trainer.discriminator_update(
+      state, p, s, o, r, None, f, None, label_smoothing=0.0))
+  _, stats, *_ = update(state.d_params, state.d_stats, state.d_opt, real, fake)
 
+  @jax.jit
   def bn_pass(stats, images):
     _, upd = state.d_apply({'params': state.d_params, 'batch_stats': stats}, images,
                            train=True, mutable=['batch_stats'])

@@ -23,6 +23,11 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from hashjax.models.conv import conv_general_dilated
+
+# Every convolution of the backbones: XLA's, with a matmul kernel gradient on CPU (conv.py).
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
+
 BACKBONES = ('small_cnn', 'alexnet', 'resnet18', 'resnet50')
 
 
@@ -56,8 +61,8 @@ class SmallCNN(nn.Module):
   def __call__(self, x, *, train: bool = False):
     del train
     for width in (32, 64):
-      x = nn.relu(nn.Conv(width, (3, 3), dtype=self.dtype)(x))
-      x = nn.relu(nn.Conv(width, (3, 3), dtype=self.dtype)(x))
+      x = nn.relu(Conv(width, (3, 3), dtype=self.dtype)(x))
+      x = nn.relu(Conv(width, (3, 3), dtype=self.dtype)(x))
       x = max_pool(x, 2, 2)
     x = x.reshape(x.shape[0], -1)
     return nn.relu(nn.Dense(self.features, dtype=self.dtype)(x))
@@ -88,7 +93,7 @@ class AlexNet(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     pool = functools.partial(max_pool, window=3, stride=2)
-    conv = functools.partial(nn.Conv, dtype=self.dtype)
+    conv = functools.partial(Conv, dtype=self.dtype)
     x = pool(nn.relu(conv(64, (11, 11), (4, 4), padding=2)(x)))
     x = pool(nn.relu(conv(192, (5, 5), padding=2)(x)))
     x = nn.relu(conv(384, (3, 3), padding=1)(x))
@@ -112,7 +117,7 @@ class BasicBlock(nn.Module):
   def __call__(self, x, *, train: bool):
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                              dtype=self.dtype)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+    conv = functools.partial(Conv, use_bias=False, dtype=self.dtype)
     residual = x
     y = conv(self.filters, (3, 3), self.strides, padding=1)(x)
     y = nn.relu(norm()(y))
@@ -134,7 +139,7 @@ class Bottleneck(nn.Module):
   def __call__(self, x, *, train: bool):
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                              dtype=self.dtype)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+    conv = functools.partial(Conv, use_bias=False, dtype=self.dtype)
     residual = x
     y = nn.relu(norm()(conv(self.filters, (1, 1))(x)))
     y = conv(self.filters, (3, 3), self.strides, padding=1)(y)
@@ -156,8 +161,8 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
-    x = nn.Conv(64, (7, 7), (2, 2), padding=3, use_bias=False, dtype=self.dtype,
-                name='conv1')(x)
+    x = Conv(64, (7, 7), (2, 2), padding=3, use_bias=False, dtype=self.dtype,
+             name='conv1')(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
                      name='bn1')(x)
     x = nn.relu(x)

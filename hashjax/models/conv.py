@@ -1,0 +1,78 @@
+"""A drop-in `conv_general_dilated` for `nn.Conv` whose kernel gradient is a matmul on CPU.
+
+XLA:CPU computes the kernel gradient of a convolution (a convolution of the input with the
+output gradient, contracting over the batch) far below its matmul speed: for the HashNet
+small CNN's 32→32-channel 3×3 layer at batch 256, 227 ms for 4.8 GFLOP (21 GFLOP/s), about
+three times the layer's forward pass. Written as one matmul per kernel tap — the input
+shifted by the tap, [C, B·H'·W'], times the output gradient [B·H'·W', O] — it runs at matmul
+speed without materialising the k·k-times larger im2col matrix (which, stacked, cost more
+than it saved). The forward pass and the input gradient stay XLA's own convolutions.
+
+Use: `nn.Conv(..., conv_general_dilated=conv_general_dilated)`. Off CPU, and for dilated or
+grouped convolutions, it is exactly `lax.conv_general_dilated`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _forward(x, kernel, strides, pads):
+  return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_NHWC)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x, kernel, strides, pads):
+  return _forward(x, kernel, strides, pads)
+
+
+def _conv_fwd(x, kernel, strides, pads):
+  return _forward(x, kernel, strides, pads), (x, kernel)
+
+
+def _conv_bwd(strides, pads, residuals, dy_BxHxWxO):
+  x, kernel = residuals
+  _, input_vjp = jax.vjp(lambda x: _forward(x, kernel, strides, pads), x)
+  dx, = input_vjp(dy_BxHxWxO)
+  kh, kw, fan_in, fan_out = kernel.shape
+  (sh, sw), (ho, wo) = strides, dy_BxHxWxO.shape[1:3]
+  dy = dy_BxHxWxO.reshape(-1, fan_out)
+  padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  # One [C, B·H'·W'] @ [B·H'·W', O] matmul per kernel tap: the windows are never stacked.
+  taps = [jnp.dot(padded[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+                  .reshape(-1, fan_in).T, dy, preferred_element_type=jnp.float32)
+          for i in range(kh) for j in range(kw)]
+  dkernel = jnp.stack(taps).reshape(kernel.shape)
+  return dx, dkernel.astype(kernel.dtype)
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
+                         lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+                         feature_group_count: int = 1, precision=None,
+                         preferred_element_type=None):
+  """`lax.conv_general_dilated`, with the kernel gradient as a matmul for plain 2-D NHWC/HWIO
+  convolutions on CPU (any kernel size, stride and padding). Same arguments and result."""
+  plain = (jax.default_backend() == 'cpu' and lhs.ndim == 4 and feature_group_count == 1
+           and all(d == 1 for d in (lhs_dilation or (1, 1)))
+           and all(d == 1 for d in (rhs_dilation or (1, 1)))
+           and precision is None and preferred_element_type is None
+           and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+           == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
+  if not plain:
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+        feature_group_count, precision=precision, preferred_element_type=preferred_element_type)
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+  pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+  return _conv(lhs, rhs, tuple(int(s) for s in window_strides), pads)

@@ -1,0 +1,38 @@
+"""hashjax.models.conv: the matmul kernel gradient equals XLA's convolution gradient."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from hashjax.models.conv import conv_general_dilated
+
+DN = ('NHWC', 'HWIO', 'NHWC')
+
+
+@pytest.mark.parametrize('x_shape,k_shape,strides,padding', [
+    ((2, 8, 8, 3), (3, 3, 3, 4), (1, 1), 'SAME'),       # small_cnn
+    ((2, 23, 23, 3), (11, 11, 3, 5), (4, 4), ((2, 2), (2, 2))),  # AlexNet's first layer
+    ((2, 9, 9, 4), (7, 7, 4, 3), (2, 2), ((3, 3), (3, 3))),      # ResNet's stem, odd size
+    ((2, 6, 6, 4), (1, 1, 4, 6), (2, 2), 'VALID'),      # ResNet downsample
+    ((2, 5, 5, 4), (1, 1, 4, 6), (1, 1), 'VALID'),      # 1×1: the input is its own im2col
+])
+def test_value_and_gradients_equal_lax(x_shape, k_shape, strides, padding):
+  x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
+  k = jax.random.normal(jax.random.PRNGKey(1), k_shape)
+  ours = lambda x, k: conv_general_dilated(x, k, strides, padding, dimension_numbers=DN)
+  ref = lambda x, k: lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=DN)
+  np.testing.assert_allclose(ours(x, k), ref(x, k), rtol=1e-5, atol=1e-5)
+  loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))
+  for a, b in zip(jax.grad(loss(ours), argnums=(0, 1))(x, k),
+                  jax.grad(loss(ref), argnums=(0, 1))(x, k)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_grouped_convolutions_fall_back_to_lax():
+  x = jnp.ones((1, 4, 4, 4))
+  k = jnp.ones((3, 3, 2, 4))
+  y = conv_general_dilated(x, k, (1, 1), 'SAME', dimension_numbers=DN, feature_group_count=2)
+  np.testing.assert_array_equal(y, lax.conv_general_dilated(
+      x, k, (1, 1), 'SAME', dimension_numbers=DN, feature_group_count=2))

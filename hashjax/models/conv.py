@@ -37,19 +37,25 @@ def _conv_fwd(x, kernel, strides, pads):
   return _forward(x, kernel, strides, pads), (x, kernel)
 
 
+def kernel_gradient(x_BxHxWxC, dy_BxhxwxO, kernel_hw, strides, pads) -> jax.Array:
+  """d(loss)/d(kernel) [kh, kw, C, O] (float32) of the NHWC/HWIO convolution of x with the
+  given strides and padding, from the output gradient dy: one [C, B·h·w] @ [B·h·w, O]
+  matmul per kernel tap, the windows never stacked into an im2col matrix."""
+  (kh, kw), (sh, sw), (ho, wo) = kernel_hw, strides, dy_BxhxwxO.shape[1:3]
+  fan_in, fan_out = x_BxHxWxC.shape[-1], dy_BxhxwxO.shape[-1]
+  dy = dy_BxhxwxO.reshape(-1, fan_out)
+  padded = jnp.pad(x_BxHxWxC, ((0, 0), *pads, (0, 0)))
+  taps = [jnp.dot(padded[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+                  .reshape(-1, fan_in).T, dy, preferred_element_type=jnp.float32)
+          for i in range(kh) for j in range(kw)]
+  return jnp.stack(taps).reshape(kh, kw, fan_in, fan_out)
+
+
 def _conv_bwd(strides, pads, residuals, dy_BxHxWxO):
   x, kernel = residuals
   _, input_vjp = jax.vjp(lambda x: _forward(x, kernel, strides, pads), x)
   dx, = input_vjp(dy_BxHxWxO)
-  kh, kw, fan_in, fan_out = kernel.shape
-  (sh, sw), (ho, wo) = strides, dy_BxHxWxO.shape[1:3]
-  dy = dy_BxHxWxO.reshape(-1, fan_out)
-  padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-  # One [C, B·H'·W'] @ [B·H'·W', O] matmul per kernel tap: the windows are never stacked.
-  taps = [jnp.dot(padded[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
-                  .reshape(-1, fan_in).T, dy, preferred_element_type=jnp.float32)
-          for i in range(kh) for j in range(kw)]
-  dkernel = jnp.stack(taps).reshape(kernel.shape)
+  dkernel = kernel_gradient(x, dy_BxHxWxO, kernel.shape[:2], strides, pads)
   return dx, dkernel.astype(kernel.dtype)
 
 

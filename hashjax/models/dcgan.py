@@ -23,7 +23,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hashjax.models.conv import kernel_gradient
+
 conv_init = nn.initializers.normal(0.02)
+_PAD1 = ((1, 1), (1, 1))
 
 
 def bn_scale_init(key, shape, dtype=jnp.float32):
@@ -41,7 +44,8 @@ def conv_transpose_4x4_s2(x_BxHxWxI: jax.Array, kernel_4x4xIxO: jax.Array) -> ja
   minimum 16·I·O multiplies per input pixel, with no lhs-dilated convolution (which XLA:CPU
   differentiates pathologically slowly, jax-ml/jax#31662) and no multiplications by inserted
   zeros. Backward (a custom VJP, reverse mode only): dx is the stride-2 convolution of dy with
-  the flipped, transposed kernel; dkernel is a matmul of dy's 4×4 windows with x.
+  the flipped, transposed kernel; dkernel comes from `conv.kernel_gradient` on dy's 4×4
+  stride-2 windows and x.
   """
   return _conv_transpose_4x4_s2(x_BxHxWxI, kernel_4x4xIxO)
 
@@ -73,24 +77,13 @@ def _conv_transpose_4x4_s2_fwd(x, kernel):
 
 def _conv_transpose_4x4_s2_bwd(residuals, dy_Bx2Hx2WxO):
   x, kernel = residuals
-  fan_in, fan_out = kernel.shape[2:]
   # y = conv_transpose(x, k) is the adjoint in x of z ↦ conv_4x4_s2(z, flip_transpose(k)).
   dx = _conv_4x4_s2(dy_Bx2Hx2WxO, _flip_transpose(kernel))
-  windows = _patches_4x4_s2(dy_Bx2Hx2WxO).reshape(-1, 16 * fan_out)
-  dflipped = jnp.dot(windows.T, x.reshape(-1, fan_in), preferred_element_type=jnp.float32)
-  dkernel = _flip_transpose(dflipped.reshape(4, 4, fan_out, fan_in))
+  dkernel = _flip_transpose(kernel_gradient(dy_Bx2Hx2WxO, x, (4, 4), (2, 2), _PAD1))
   return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
 
 
 conv_transpose_4x4_s2.defvjp(_conv_transpose_4x4_s2_fwd, _conv_transpose_4x4_s2_bwd)
-
-
-def _patches_4x4_s2(x_BxHxWxC: jax.Array) -> jax.Array:
-  """The 4×4 stride-2 windows (padding 1) of x: [B, H/2, W/2, 16, C], window index ky·4 + kx."""
-  b, h, w, c = x_BxHxWxC.shape
-  padded = jnp.pad(x_BxHxWxC, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  return jnp.stack([padded[:, i:i + h - h % 2:2, j:j + w - w % 2:2]
-                    for i in range(4) for j in range(4)], axis=3)
 
 
 @jax.custom_vjp
@@ -100,14 +93,15 @@ def conv_4x4_s2(x_BxHxWxI: jax.Array, kernel_4x4xIxO: jax.Array) -> jax.Array:
 
   The forward pass is XLA's convolution. The backward pass is written out as matmuls, because
   XLA:CPU computes this convolution's gradients slowly (its input gradient is an lhs-dilated
-  convolution): dkernel = patches(x)ᵀ @ dy, and dx = the transposed convolution of dy
-  (`conv_transpose_4x4_s2`, a matmul and an overlap-add). Reverse mode only (a custom VJP).
+  convolution): dkernel by `conv.kernel_gradient` (a matmul per kernel tap), and dx = the
+  transposed convolution of dy (`conv_transpose_4x4_s2`, a matmul and an overlap-add).
+  Reverse mode only (a custom VJP).
   """
   return _conv_4x4_s2(x_BxHxWxI, kernel_4x4xIxO)
 
 
 def _conv_4x4_s2(x, kernel):
-  return jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (2, 2), ((1, 1), (1, 1)),
+  return jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (2, 2), _PAD1,
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
@@ -117,10 +111,7 @@ def _conv_4x4_s2_fwd(x, kernel):
 
 def _conv_4x4_s2_bwd(residuals, dy_BxHxWxO):
   x, kernel = residuals
-  fan_in, fan_out = kernel.shape[2:]
-  windows = _patches_4x4_s2(x).reshape(-1, 16 * fan_in)
-  dkernel = jnp.dot(windows.T, dy_BxHxWxO.reshape(-1, fan_out),
-                    preferred_element_type=jnp.float32).reshape(kernel.shape)
+  dkernel = kernel_gradient(x, dy_BxHxWxO, (4, 4), (2, 2), _PAD1)
   dx = _conv_transpose_4x4_s2(dy_BxHxWxO, _flip_transpose(kernel))
   return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
 

@@ -98,6 +98,33 @@ def test_tiny_grid_writes_report(tmp_path):
     assert (tmp_path / 'results' / name).stat().st_size > 1000
 
 
+def test_grid_in_two_worker_processes_matches_one_and_resumes(tmp_path):
+  settings = ha.DataSettings('digits', 'digits', 5, None, 20, None, None, num_steps=3,
+                             methods=('hashnet', 'dhn'), bits=(16, ha.LOSS_CURVE_BITS),
+                             seeds=(0,), batch_size=16, loss_every=2)
+  one = ha.run_grid([settings])
+  saved = []
+  two = ha.run_grid([settings], save=lambda g: saved.append(len(g['cells'])), workers=2)
+  key = lambda c: (c['method'], c['bits'], c['seed'])
+  assert [key(c) for c in two['cells']] == [key(c) for c in one['cells']]  # grid order
+  for a, b in zip(one['cells'], two['cells']):
+    assert abs(a['map'] - b['map']) < 0.05, (key(a), a['map'], b['map'])
+  assert saved == [5, 10]  # one save per (seed, bits) unit: lsh, itq, hashnet (+continuous), dhn
+  assert set(two['curves']['digits']) == {'hashnet', 'dhn'}
+  # Resuming from the 16-bit unit runs only the 48-bit one.
+  partial = {'cells': [c for c in one['cells'] if c['bits'] == 16], 'curves': {}}
+  resumed = ha.run_grid([settings], previous=partial)
+  assert [key(c) for c in resumed['cells']] == [key(c) for c in one['cells']]
+  assert resumed['cells'][:5] == partial['cells']
+
+
+def test_cli_rejects_bad_worker_count(capsys):
+  with pytest.raises(SystemExit) as e:
+    ha.main(['--workers=0', '--out', '/nonexistent/never-written'])
+  assert e.value.code == 2
+  assert '--workers=0; accepted: an integer >= 1' in capsys.readouterr().err
+
+
 # --- list:PATH (multi-hot image lists) -------------------------------------------------------
 
 

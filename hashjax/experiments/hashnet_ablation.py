@@ -1,10 +1,9 @@
 """HashNet's claims, checked: ablations, DHN and shallow baselines over code lengths.
 
-  python -m hashjax.experiments.hashnet_ablation --out docs/results [--quick]
+  python -m hashjax.experiments.hashnet_ablation --out docs/results --workers=2 [--quick]
 
-Trains on three data sets, at bits ∈ {16, 32, 48, 64} with seeds {0, 1, 2} (`--plan=full`;
-the default `--plan=cpu` runs the subset that fits ~45 min on 2 CPU cores, see
-`grid_settings`):
+Trains on three data sets, at bits ∈ {16, 32, 48, 64} with seeds {0, 1, 2} (the default
+`--plan=full`; `--plan=cpu` runs a subset, see `grid_settings`):
   * `digits` — scikit-learn's 8×8 digits (10 classes; sanity check, offline everywhere);
   * `mnist` — the MNIST test set (`npz:../shared/data/mnist_t10k.npz`), 28 px, 10 classes,
     ~10% of pairs similar: 1,000 queries (100/class), 9,000 database, 5,000 training
@@ -103,11 +102,11 @@ class DataSettings:
 PLANS = ('full', 'cpu', 'quick')
 
 
-def grid_settings(plan: str = 'cpu', mnist_path: str = MNIST_NPZ) -> list[DataSettings]:
+def grid_settings(plan: str = 'full', mnist_path: str = MNIST_NPZ) -> list[DataSettings]:
   """The three data sets and what runs on each.
 
-  plan: 'full' — every method × {16, 32, 48, 64} bits × 3 seeds on all three sets (~3.5 h on
-    2 CPU cores); 'cpu' — what fits ~1 h on 2 shared CPU cores: digits and MNIST at every
+  plan: 'full' — every method × {16, 32, 48, 64} bits × 3 seeds on all three sets; 'cpu' —
+    a third of the deep runs (about 45 min on 2 CPU cores): digits and MNIST at every
     code length with seed 0, and seeds 1 and 2 for HashNet (and LSH/ITQ) at 48 bits on
     MNIST; the 100-class set at 48 bits, seed 0, without the no-continuation ablation;
     'quick' — a smoke test (16 and 48 bits, seed 0, 10% of the steps; numbers mean little).
@@ -508,7 +507,7 @@ def main(argv=None) -> int:
   parser.add_argument('--out', default='docs/results', help='folder for results.json and PNGs')
   parser.add_argument('--report', default=None,
                       help='RESULTS.md path (default: <out>/../RESULTS.md)')
-  parser.add_argument('--plan', default='cpu', choices=PLANS, help='see grid_settings')
+  parser.add_argument('--plan', default='full', choices=PLANS, help='see grid_settings')
   parser.add_argument('--quick', action='store_true', help='same as --plan=quick')
   parser.add_argument('--mnist', default=MNIST_NPZ, help='npz of the MNIST test set')
   parser.add_argument('--data', default=None,
@@ -831,13 +830,14 @@ def write_report(grid: dict[str, Any], out_dir: str, report_path: str) -> None:
     full = dataclasses.asdict(_settings_from_dict(s))
     beta = _settings_from_dict(s).beta()
     frac = _similar_fraction(s)
+    extra = (f' ({", ".join(full["extra_seed_methods"])})' if full['extra_seeds'] else '')
     lines.append(
         f'| {s["name"]} | `{s["spec"]}` | {q} queries, rest database, {t} training from it, '
         f'mAP@{s["map_topk"] or "all"} | {s["num_steps"]} | {s["batch_size"]} | '
         f'{s["learning_rate"]:g} | β=(1+{beta["gamma"]:.3g}·t)^0.5 every {beta["step_size"]} '
         f'steps (β_T≈{(1 + beta["gamma"] * (s["num_steps"] // beta["step_size"] * beta["step_size"] - beta["step_size"])) ** 0.5:.1f}) | '
         f'{"–" if frac is None else f"{frac:.2%}"} | {list(full["seeds"])} / '
-        f'{list(full["extra_seeds"])} ({", ".join(full["extra_seed_methods"])}) | '
+        f'{list(full["extra_seeds"])}{extra} | '
         f'{list(full["bits"])} |')
   lines += [
       '',
@@ -856,9 +856,11 @@ def write_report(grid: dict[str, Any], out_dir: str, report_path: str) -> None:
       '(`pair_digits_source`). Evaluation is mAP@1000 over Hamming ranking with ties by '
       'database index (`hashjax.metrics`); queries with no relevant item in the top K count 0.',
       '',
-      'Plans: `--plan=full` runs every method × {16, 32, 48, 64} bits × 3 seeds on all three '
-      'sets (about 3.5 h on 2 CPU cores); the default `--plan=cpu` is the subset above, sized '
-      'for a ~45 min run on 2 shared cores; `--quick` is a smoke test.',
+      'Plans: the default `--plan=full` runs every method × {16, 32, 48, 64} bits × 3 seeds on '
+      'all three sets; `--plan=cpu` runs seed 0 everywhere plus seeds 1 and 2 of HashNet at 48 '
+      'bits on MNIST, and only 48 bits on the 100-class set; `--quick` is a smoke test. '
+      '`--resume` keeps the cells of an interrupted run; `--workers=2` runs two single-threaded '
+      'processes, one per core.',
   ]
   with open(report_path, 'w') as f:
     f.write('\n'.join(lines) + '\n')

@@ -118,6 +118,14 @@ def test_grid_in_two_worker_processes_matches_one_and_resumes(tmp_path):
   assert resumed['cells'][:5] == partial['cells']
 
 
+def test_failing_unit_in_a_worker_names_it():
+  settings = ha.DataSettings('broken', 'npz:/nonexistent/x.npz', 5, None, 20, None, None,
+                             num_steps=3, methods=('hashnet',), bits=(16, 32), seeds=(0,))
+  failed = r'broken (16|32) bits seed 0 failed: DataError: .*x\.npz'
+  with pytest.raises(RuntimeError, match=failed):
+    ha.run_grid([settings], workers=2)
+
+
 def test_cli_rejects_bad_worker_count(capsys):
   with pytest.raises(SystemExit) as e:
     ha.main(['--workers=0', '--out', '/nonexistent/never-written'])

@@ -29,6 +29,7 @@ import datetime
 import json
 import os
 import platform
+import queue
 import sys
 import time
 from typing import Any, Callable
@@ -471,7 +472,14 @@ def run_grid(settings_list: list[DataSettings], progress: Callable[[str], None] 
       os.environ['XLA_FLAGS'] = old_flags
   try:
     for _ in tasks:
-      index, cells, curves, error = result_q.get()
+      while True:
+        try:
+          index, cells, curves, error = result_q.get(timeout=10)
+          break
+        except queue.Empty:
+          if not any(p.is_alive() for p in procs):  # killed (e.g. out of memory)
+            raise RuntimeError(f'the {workers} worker processes exited with units left; '
+                               'the cells so far are saved: rerun with --resume') from None
       if error is not None:
         settings, seed, bits, _ = tasks[index]
         raise RuntimeError(f'{settings.name} {bits} bits seed {seed} failed: {error}')

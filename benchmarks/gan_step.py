@@ -1,10 +1,12 @@
 """Examples/sec of one DCGAN train step (D on real + fake, then G; Adam), hashjax vs PyTorch.
 
-  python benchmarks/gan_step.py [--image-size=64] [--batch=64] [--steps=10]
+  python benchmarks/gan_step.py [--image-size=64] [--batch=64] [--steps=5] [--rounds=4]
 
 Same architecture in both (the reference DCGAN: ngf = ndf = 64, nz = 100, 3 channels), same
 losses (BCE, non-saturating G), same optimizers. PyTorch is measured when `torch` is
-installed (`pip install torch==2.13.0`); the ratio printed is hashjax / PyTorch. Also times
+installed (`pip install torch==2.13.0`); the ratio printed is hashjax / PyTorch. The two are
+timed in alternating rounds of `--steps` steps each, and the medians over rounds are
+reported, so that this VM's drifting speed (±15% over minutes) falls on both sides. Also times
 hashjax with flax's `nn.ConvTranspose` generator (lax.conv_transpose), to show what the
 matmul + col2im formulation buys on this machine.
 """
@@ -26,15 +28,14 @@ from hashjax.models import dcgan
 
 
 def _time(fn, steps):
-  fn()
-  fn()  # compile / warm up
   start = time.perf_counter()
   for _ in range(steps):
     fn()
   return (time.perf_counter() - start) / steps
 
 
-def hashjax_step_time(size, batch, steps, conv_transpose=False):
+def hashjax_step(size, batch, conv_transpose=False):
+  """A warmed-up (compiled) callable running one hashjax DCGAN train step."""
   c = dcgan_digits.get_config()
   c.image_size, c.ngf, c.ndf, c.batch_size = size, 64, 64, batch
   cfg = gan_config(c)
@@ -56,12 +57,15 @@ def hashjax_step_time(size, batch, steps, conv_transpose=False):
     def run():
       holder['state'], metrics = step(holder['state'], batch, rng)
       jax.block_until_ready(metrics)
-    return _time(run, steps)
+    run()
+    run()  # compile / warm up (while the generator is the one asked for)
+    return run
   finally:
     dcgan.StridedConvTranspose = original
 
 
-def torch_step_time(size, batch, steps):
+def torch_step(size, batch):
+  """A warmed-up callable running one PyTorch DCGAN train step."""
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
@@ -96,34 +100,55 @@ def torch_step_time(size, batch, steps):
     loss_g = bce(d(fake).view(-1), ones)
     loss_g.backward()
     opt_g.step()
-  return _time(run, steps)
+  run()
+  run()
+  return run
 
 
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--image-size', type=int, default=64)
   parser.add_argument('--batch', type=int, default=64)
-  parser.add_argument('--steps', type=int, default=10)
+  parser.add_argument('--steps', type=int, default=5, help='steps per round')
+  parser.add_argument('--rounds', type=int, default=4)
   parser.add_argument('--skip-conv-transpose', action='store_true')
   args = parser.parse_args()
   size, batch = args.image_size, args.batch
   print(f'DCGAN {size}x{size}, batch {batch}, D+G step, devices: {jax.devices()}')
-  t = hashjax_step_time(size, batch, args.steps)
-  print(f'hashjax (matmul+col2im G):    {batch / t:8.1f} examples/s ({t * 1e3:.0f} ms/step)')
+  ours = hashjax_step(size, batch)
   if not args.skip_conv_transpose:
-    t_ct = hashjax_step_time(size, batch, max(2, args.steps // 5), conv_transpose=True)
-    print(f'hashjax (nn.ConvTranspose G):  {batch / t_ct:8.1f} examples/s; col2im is '
-          f'{t_ct / t:.1f}x faster')
+    plain = hashjax_step(size, batch, conv_transpose=True)
+    t_ct, t = _time(plain, max(2, args.steps // 5)), _time(ours, args.steps)
+    print(f'hashjax (nn.ConvTranspose G):  {batch / t_ct:8.1f} examples/s; the strided layers '
+          f'are {t_ct / t:.1f}x faster')
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
+    torch = None
+  if torch is not None:
+    torch.set_num_threads(os.cpu_count())
+    theirs = torch_step(size, batch)
+  times = {'hashjax': [], 'torch': []}
+  for r in range(args.rounds):
+    times['hashjax'].append(_time(ours, args.steps))
+    line = f'round {r + 1}: hashjax {batch / times["hashjax"][-1]:6.1f} ex/s'
+    if torch is not None:
+      times['torch'].append(_time(theirs, args.steps))
+      line += (f' | PyTorch {batch / times["torch"][-1]:6.1f} ex/s | ratio '
+               f'{times["torch"][-1] / times["hashjax"][-1]:.2f}x')
+    print(line, flush=True)
+  t = float(np.median(times['hashjax']))
+  print(f'hashjax (strided layers G):   {batch / t:8.1f} examples/s ({t * 1e3:.0f} ms/step, '
+        f'median of {args.rounds} rounds)')
+  if torch is None:
     print('PyTorch not installed: pip install torch==2.13.0 to compare')
     return
-  torch.set_num_threads(os.cpu_count())
-  t_torch = torch_step_time(size, batch, args.steps)
+  t_torch = float(np.median(times['torch']))
+  ratios = [b / a for a, b in zip(times['hashjax'], times['torch'])]
   print(f'PyTorch {torch.__version__}: {batch / t_torch:8.1f} examples/s ({t_torch * 1e3:.0f} ms/step, '
         f'{torch.get_num_threads()} threads)')
-  print(f'ratio hashjax / PyTorch: {t_torch / t:.2f}x')
+  print(f'ratio hashjax / PyTorch: {float(np.median(ratios)):.2f}x (median of the rounds; range '
+        f'{min(ratios):.2f}-{max(ratios):.2f}x)')
 
 
 if __name__ == '__main__':

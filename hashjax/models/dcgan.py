@@ -36,14 +36,15 @@ def bn_scale_init(key, shape, dtype=jnp.float32):
 @jax.custom_vjp
 def conv_transpose_4x4_s2(x_BxHxWxI: jax.Array, kernel_4x4xIxO: jax.Array) -> jax.Array:
   """`lax.conv_transpose(x, kernel, (2, 2), ((2, 2), (2, 2)))` in NHWC/HWIO, [B, H, W, I] →
-  [B, 2H, 2W, O], computed as one matmul and an overlap-add (col2im).
+  [B, 2H, 2W, O], without an lhs-dilated convolution (which XLA:CPU differentiates
+  pathologically slowly, jax-ml/jax#31662) and without multiplications by inserted zeros.
 
-  Every input pixel is multiplied by the whole kernel at once ([B·H·W, I] @ [I, 16·O]), and
-  the 4×4 output patches are summed into the stride-2 output grid with padded adds: the
-  kernel row ky = 2p + a lands in output row block i + p, phase a. The forward pass is the
-  minimum 16·I·O multiplies per input pixel, with no lhs-dilated convolution (which XLA:CPU
-  differentiates pathologically slowly, jax-ml/jax#31662) and no multiplications by inserted
-  zeros. Backward (a custom VJP, reverse mode only): dx is the stride-2 convolution of dy with
+  Inputs of at least 8×8 px with at least 32 output features: the four output phases (even/odd
+  row × column) are one stride-1 2×2 convolution with 4·O outputs, then depth-to-space.
+  Smaller layers: one matmul and an overlap-add (col2im): every input pixel is multiplied by
+  the whole kernel at once ([B·H·W, I] @ [I, 16·O]) and the 4×4 output patches are summed
+  into the stride-2 output grid with padded adds (kernel row ky = 2p + a lands in output row
+  block i + p, phase a). Backward (a custom VJP, reverse mode only): dx is the stride-2 convolution of dy with
   the flipped, transposed kernel; dkernel comes from `conv.kernel_gradient` on dy's 4×4
   stride-2 windows and x.
   """
@@ -51,6 +52,36 @@ def conv_transpose_4x4_s2(x_BxHxWxI: jax.Array, kernel_4x4xIxO: jax.Array) -> ja
 
 
 def _conv_transpose_4x4_s2(x_BxHxWxI, kernel_4x4xIxO):
+  # XLA:CPU's matmul is slow when its contraction (I) is short against its output (16·O):
+  # [16384, 128] @ [128, 1024] runs at ~65 GFLOP/s, a third of this CPU's peak. Layers with
+  # room for it compute the four output phases as one stride-1 convolution instead (2.2×
+  # faster for 128→64 at 16 px, batch 64); tiny ones (4 px, or few outputs) keep the matmul.
+  _, h, w, _ = x_BxHxWxI.shape
+  if min(h, w) >= _PHASES_MIN_SIZE and kernel_4x4xIxO.shape[-1] >= _PHASES_MIN_FEATURES:
+    return _conv_transpose_phases(x_BxHxWxI, kernel_4x4xIxO)
+  return _conv_transpose_matmul(x_BxHxWxI, kernel_4x4xIxO)
+
+
+_PHASES_MIN_SIZE, _PHASES_MIN_FEATURES = 8, 32
+
+
+def _conv_transpose_phases(x_BxHxWxI, kernel_4x4xIxO):
+  """Output pixel (2m + a − 1, 2n + c − 1) sums x[m − p, n − q] · k̃[2p + a, 2q + c] over
+  p, q ∈ {0, 1} (k̃ = the flipped kernel): for each phase (a, c) a 2×2 convolution of x padded
+  by one. All four phases are one convolution with 4·O outputs, then depth-to-space."""
+  b, h, w, fan_in = x_BxHxWxI.shape
+  fan_out = kernel_4x4xIxO.shape[-1]
+  flipped = kernel_4x4xIxO[::-1, ::-1].reshape(2, 2, 2, 2, fan_in, fan_out)  # [p, a, q, c]
+  phases = flipped[::-1, :, ::-1].transpose(0, 2, 4, 1, 3, 5).reshape(2, 2, fan_in,
+                                                                      4 * fan_out)
+  padded = jnp.pad(x_BxHxWxI, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  y = jax.lax.conv_general_dilated(padded, phases.astype(x_BxHxWxI.dtype), (1, 1), 'VALID',
+                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  y = y.reshape(b, h + 1, w + 1, 2, 2, fan_out).transpose(0, 1, 3, 2, 4, 5)
+  return y.reshape(b, 2 * h + 2, 2 * w + 2, fan_out)[:, 1:-1, 1:-1]
+
+
+def _conv_transpose_matmul(x_BxHxWxI, kernel_4x4xIxO):
   b, h, w, fan_in = x_BxHxWxI.shape
   fan_out = kernel_4x4xIxO.shape[-1]
   # flax/lax transposed conv correlates with the kernel; as a scatter it uses it flipped.

@@ -11,8 +11,9 @@ Weights N(0, 0.02), BatchNorm scale N(1, 0.02); BN momentum 0.9 (PyTorch's 0.1).
 
 The generator's stride-2 layers are `StridedConvTranspose`: the same function and kernel
 layout as `nn.ConvTranspose(features, (4, 4), (2, 2), padding=((2, 2), (2, 2)))`, computed as
-a matmul and an overlap-add. XLA:CPU differentiates `lax.conv_transpose` (an lhs-dilated
-convolution) pathologically slowly (jax-ml/jax#31662); this form has no convolution at all.
+one stride-1 convolution over the four output phases (or, for small layers, a matmul and an
+overlap-add). XLA:CPU differentiates `lax.conv_transpose` (an lhs-dilated convolution)
+pathologically slowly (jax-ml/jax#31662); these forms have no dilated convolution.
 The discriminator's stride-2 layers are `StridedConv` (the function and parameters of
 `nn.Conv(features, (4, 4), (2, 2), padding=1)`) with the backward pass written as matmuls.
 """
@@ -125,7 +126,7 @@ def conv_4x4_s2(x_BxHxWxI: jax.Array, kernel_4x4xIxO: jax.Array) -> jax.Array:
   The forward pass is XLA's convolution. The backward pass is written out as matmuls, because
   XLA:CPU computes this convolution's gradients slowly (its input gradient is an lhs-dilated
   convolution): dkernel by `conv.kernel_gradient` (a matmul per kernel tap), and dx = the
-  transposed convolution of dy (`conv_transpose_4x4_s2`, a matmul and an overlap-add).
+  transposed convolution of dy (`conv_transpose_4x4_s2`'s forward computation).
   Reverse mode only (a custom VJP).
   """
   return _conv_4x4_s2(x_BxHxWxI, kernel_4x4xIxO)

@@ -45,9 +45,9 @@ def conv_transpose_4x4_s2(x_BxHxWxI: jax.Array, kernel_4x4xIxO: jax.Array) -> ja
   Smaller layers: one matmul and an overlap-add (col2im): every input pixel is multiplied by
   the whole kernel at once ([B·H·W, I] @ [I, 16·O]) and the 4×4 output patches are summed
   into the stride-2 output grid with padded adds (kernel row ky = 2p + a lands in output row
-  block i + p, phase a). Backward (a custom VJP, reverse mode only): dx is the stride-2 convolution of dy with
-  the flipped, transposed kernel; dkernel comes from `conv.kernel_gradient` on dy's 4×4
-  stride-2 windows and x.
+  block i + p, phase a). Backward (a custom VJP, reverse mode only): dx is the stride-2
+  convolution of dy with the flipped, transposed kernel; dkernel comes from
+  `conv.kernel_gradient` on dy's 4×4 stride-2 windows and x.
   """
   return _conv_transpose_4x4_s2(x_BxHxWxI, kernel_4x4xIxO)
 

@@ -343,21 +343,15 @@ def shallow_cell(method: str, source, split, bits: int, seed: int, topk) -> dict
 # ---------------------------------------------------------------------------------------------
 
 
-def grid_tasks(settings_list: list[DataSettings], done: set[tuple[str, str, int, int]] = frozenset()
+def grid_tasks(settings_list: list[DataSettings]
                ) -> list[tuple[DataSettings, int, int, tuple[str, ...]]]:
-  """The grid's work units (settings, seed, bits, methods still to run), in a fixed order.
-
-  `done` holds (data, method, bits, seed) keys of cells already computed, which are skipped.
-  """
+  """The grid's work units (settings, seed, bits, methods incl. LSH/ITQ), in a fixed order."""
   tasks = []
   for settings in settings_list:
     for seed, bits in settings.cells():
       methods = settings.methods if seed in settings.seeds else [
           m for m in settings.methods if m in settings.extra_seed_methods]
-      todo = tuple(m for m in SHALLOW + tuple(methods)
-                   if (settings.name, m, bits, seed) not in done)
-      if todo:
-        tasks.append((settings, seed, bits, todo))
+      tasks.append((settings, seed, bits, SHALLOW + tuple(methods)))
   return tasks
 
 
@@ -428,9 +422,11 @@ def run_grid(settings_list: list[DataSettings], progress: Callable[[str], None] 
     grid['cells'] += previous['cells']
     grid['curves'].update(previous['curves'])
   done = {(c['data'], c['method'], c['bits'], c['seed']) for c in grid['cells']}
-  tasks = grid_tasks(settings_list, done)
-  order = {(s.name, m, b, seed): i for i, (s, seed, b, _) in enumerate(grid_tasks(settings_list))
+  units = grid_tasks(settings_list)
+  order = {(s.name, m, b, seed): i for i, (s, seed, b, _) in enumerate(units)
            for m in SHALLOW + tuple(METHODS) + (CONTINUOUS,)}
+  tasks = [(s, seed, b, todo) for s, seed, b, methods in units
+           if (todo := tuple(m for m in methods if (s.name, m, b, seed) not in done))]
 
   def finish(unit, cells, curves):
     settings, seed, bits, _ = unit

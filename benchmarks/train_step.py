@@ -1,14 +1,15 @@
 """Examples/sec of the HashNet train step, hashjax vs PyTorch on the same machine.
 
-  python benchmarks/train_step.py [--models=small_cnn,alexnet,resnet50] [--steps=10]
-  python benchmarks/train_step.py --data-only
+  python benchmarks/train_step.py [--models=small_cnn,alexnet,resnet50] [--steps=5] [--rounds=4]
 
 For each model (small_cnn 32 px batch 256, alexnet 224 px batch 32, resnet50 224 px batch 16
 on CPU) it times hashjax's jitted step (HashNet balanced pairwise loss, SGD momentum 0.9 +
 weight decay, hash layer lr ×10) and, when torch is installed (`pip install torch==2.13.0`),
-a PyTorch implementation of the identical network, loss and optimizer, and prints the ratio.
-It also reports hashjax's compile time, and the input pipeline's examples/sec (indices →
-uint8 images → float → device) against the step's.
+a PyTorch implementation of the identical network, loss and optimizer. The two are timed in
+alternating rounds of `--steps` steps, so that this VM's drifting speed falls on both; it
+prints the medians over rounds and the median of the per-round ratios. It also reports
+hashjax's compile time, and the input pipeline's examples/sec (indices → uint8 images →
+float → device) against the step's.
 """
 
 import argparse
@@ -49,7 +50,8 @@ def _timed(fn, steps):
   return (time.perf_counter() - start) / steps
 
 
-def hashjax_step(model, steps, dtype='float32'):
+def hashjax_step(model, dtype='float32'):
+  """(a warmed-up callable running one hashjax train step, its compile time in s)."""
   size, channels, batch = SETTINGS[model]
   cfg = _config(model, batch, dtype)
   mesh = parallel.make_mesh()
@@ -70,7 +72,7 @@ def hashjax_step(model, steps, dtype='float32'):
   run()
   compile_s = time.perf_counter() - t0
   run()
-  return _timed(run, steps), compile_s
+  return run, compile_s
 
 
 def pipeline_rate(model, steps):
@@ -95,7 +97,8 @@ def pipeline_rate(model, steps):
 
 # -- PyTorch twins of the same networks, loss and optimizer ---------------------------------
 
-def torch_step(model, steps):
+def torch_step(model):
+  """A warmed-up callable running one PyTorch train step of the same network."""
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
@@ -183,13 +186,14 @@ def torch_step(model, steps):
 
   run()
   run()
-  return _timed(run, steps)
+  return run
 
 
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--models', default='small_cnn,alexnet,resnet50')
-  parser.add_argument('--steps', type=int, default=10)
+  parser.add_argument('--steps', type=int, default=5, help='steps per round')
+  parser.add_argument('--rounds', type=int, default=4)
   parser.add_argument('--dtype', default='float32', help='compute dtype (bfloat16 on GPU/TPU)')
   args = parser.parse_args()
   try:
@@ -201,12 +205,21 @@ def main():
   print(f'devices: {jax.devices()}')
   for model in args.models.split(','):
     size, _, batch = SETTINGS[model]
-    t, compile_s = hashjax_step(model, args.steps, args.dtype)
+    ours, compile_s = hashjax_step(model, args.dtype)
+    theirs = torch_step(model) if torch is not None else None
+    times = {'hashjax': [], 'torch': []}
+    for _ in range(args.rounds):
+      times['hashjax'].append(_timed(ours, args.steps))
+      if theirs is not None:
+        times['torch'].append(_timed(theirs, args.steps))
+    t = float(np.median(times['hashjax']))
     line = (f'{model:9s} {size}px batch {batch}: hashjax {batch / t:8.1f} ex/s '
             f'(compile {compile_s:.1f} s)')
-    if torch is not None:
-      t_torch = torch_step(model, args.steps)
-      line += f' | PyTorch {batch / t_torch:8.1f} ex/s | ratio {t_torch / t:.2f}x'
+    if theirs is not None:
+      t_torch = float(np.median(times['torch']))
+      ratios = [b / a for a, b in zip(times['hashjax'], times['torch'])]
+      line += (f' | PyTorch {batch / t_torch:8.1f} ex/s | ratio {float(np.median(ratios)):.2f}x '
+               f'(rounds {min(ratios):.2f}-{max(ratios):.2f}x)')
     rate = pipeline_rate(model, args.steps)
     line += f' | input pipeline {rate:9.0f} ex/s = {rate * t / batch:.1f}x the step'
     print(line, flush=True)

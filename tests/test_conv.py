@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from hashjax.models import backbones, conv
 from hashjax.models.conv import conv_general_dilated
 
 DN = ('NHWC', 'HWIO', 'NHWC')
@@ -36,3 +37,25 @@ def test_grouped_convolutions_fall_back_to_lax():
   y = conv_general_dilated(x, k, (1, 1), 'SAME', dimension_numbers=DN, feature_group_count=2)
   np.testing.assert_array_equal(y, lax.conv_general_dilated(
       x, k, (1, 1), 'SAME', dimension_numbers=DN, feature_group_count=2))
+
+
+def test_compiler_options_choose_the_convolution_library():
+  assert conv.compiler_options('ynnpack') is None
+  options = conv.compiler_options('eigen')
+  if jax.default_backend() == 'cpu':  # off CPU there is nothing to choose
+    assert options == {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
+    f = jax.jit(lambda x, k: lax.conv_general_dilated(x, k, (1, 1), 'SAME', dimension_numbers=DN),
+                compiler_options=options)
+    x, k = jnp.ones((1, 6, 6, 4)), jnp.ones((3, 3, 4, 8))
+    assert '__ynn_fusion' not in f.lower(x, k).compile().as_text()
+    np.testing.assert_allclose(f(x, k), lax.conv_general_dilated(
+        x, k, (1, 1), 'SAME', dimension_numbers=DN), rtol=1e-6)
+  else:
+    assert options is None
+  assert set(backbones.CPU_CONVOLUTIONS) == set(backbones.BACKBONES)
+  assert set(backbones.CPU_CONVOLUTIONS.values()) <= set(conv.CPU_CONVOLUTIONS)
+
+
+def test_unknown_convolution_library_is_a_one_line_error():
+  with pytest.raises(ValueError, match=r"unknown cpu_convolutions 'mkl'; accepted: ynnpack, eigen"):
+    conv.compiler_options('mkl')

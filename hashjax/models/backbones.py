@@ -21,35 +21,86 @@ import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from hashjax.models.conv import conv_general_dilated
 
-# Every convolution of the backbones: XLA's, with a matmul kernel gradient on CPU (conv.py).
-Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
-
 BACKBONES = ('small_cnn', 'alexnet', 'resnet18', 'resnet50')
+
+# The convolution library each backbone's step is compiled for on XLA:CPU (`conv.
+# compiler_options`), the faster one in examples/sec of the HashNet train step on this
+# project's 2-core CPU (benchmarks/train_step.py; docs/PERFORMANCE.md): Eigen for the small
+# CNN and AlexNet (with XLA's own gradients), YNNPACK for ResNet-50 (with the matmul kernel
+# gradient of conv.py). ResNet-18 was not measured and keeps XLA's default.
+CPU_CONVOLUTIONS = {'small_cnn': 'eigen', 'alexnet': 'eigen', 'resnet18': 'ynnpack',
+                    'resnet50': 'ynnpack'}
+
+# ResNet's convolutions: XLA's, with a matmul kernel gradient on CPU (conv.py).
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
 
 def max_pool(x_BxHxWxC, window: int, stride: int, padding: int = 0):
-  """Max pooling as the elementwise maximum of window² strided slices.
+  """Max pooling [B, H, W, C] → [B, (H + 2·padding − window) // stride + 1, …, C].
 
-  The same values as `nn.max_pool(x, (window,)*2, (stride,)*2, padding)` (padding with −inf),
-  but its gradient is a few `select`s instead of XLA's select-and-scatter, which is 3–7×
-  slower on CPU (measured for the small_cnn and AlexNet pools).
+  The same values and gradient as `nn.max_pool(x, (window,)*2, (stride,)*2, padding)`
+  (padding with −inf; the gradient goes to the first maximum of each window, as in PyTorch),
+  but faster on CPU: the forward pass is the maximum of window² strided slices, and keeps the
+  index of each window's maximum (an int8 array) for the backward pass, which sums the masked
+  output gradient into the input grid phase by phase. XLA's select-and-scatter gradient was
+  3–7× slower on CPU, and differentiating the chain of maxima let XLA recompute it inside the
+  backward pass (AlexNet's first pool: 218 ms against 112 ms for this, forward + backward).
   """
   x = x_BxHxWxC
   if padding:
     x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
                 constant_values=-jnp.inf)
-  _, h, w, _ = x.shape
+  return _max_pool(x, window, stride)
+
+
+def _windows(x_BxHxWxC, window: int, stride: int) -> list[jax.Array]:
+  """The window² strided slices [B, oh, ow, C], tap (i, j) at index i·window + j."""
+  _, h, w, _ = x_BxHxWxC.shape
   oh, ow = (h - window) // stride + 1, (w - window) // stride + 1
-  out = None
-  for i in range(window):
-    for j in range(window):
-      part = x[:, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride]
-      out = part if out is None else jnp.maximum(out, part)
-  return out
+  return [x_BxHxWxC[:, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride]
+          for i in range(window) for j in range(window)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _max_pool(x_BxHxWxC, window: int, stride: int):
+  return functools.reduce(jnp.maximum, _windows(x_BxHxWxC, window, stride))
+
+
+def _max_pool_fwd(x_BxHxWxC, window, stride):
+  # One reduction over the stacked taps: XLA materialises its argmax instead of recomputing
+  # it in every consumer of the backward pass.
+  taps = jnp.stack(_windows(x_BxHxWxC, window, stride), axis=-1)
+  tap = jnp.argmax(taps, axis=-1).astype(jnp.int8)
+  return jnp.max(taps, axis=-1), (tap, x_BxHxWxC.shape)
+
+
+def _max_pool_bwd(window, stride, residuals, dy_BxhxwxC):
+  """Input row stride·m + a gets the output rows m − k through taps i = a + stride·k: each
+  phase (a, c) of the input grid is a sum of shifted, masked dy; the phases interleave."""
+  tap, (b, h, w, c) = residuals
+  oh, ow = dy_BxhxwxC.shape[1:3]
+  mh, mw = -(-h // stride), -(-w // stride)
+  zero = jnp.zeros((), dy_BxhxwxC.dtype)
+  phases = []
+  for a in range(stride):
+    for d in range(stride):
+      total = jnp.zeros((b, mh, mw, c), dy_BxhxwxC.dtype)
+      for k in range(-(-(window - a) // stride)):
+        for l in range(-(-(window - d) // stride)):
+          picked = jnp.where(tap == (a + stride * k) * window + d + stride * l, dy_BxhxwxC, zero)
+          total = total + jnp.pad(picked, ((0, 0), (k, mh - oh - k), (l, mw - ow - l), (0, 0)))
+      phases.append(total)
+  dx = jnp.stack(phases, axis=3).reshape(b, mh, mw, stride, stride, c)
+  dx = dx.transpose(0, 1, 3, 2, 4, 5).reshape(b, stride * mh, stride * mw, c)
+  return (dx[:, :h, :w],)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 class SmallCNN(nn.Module):
@@ -61,8 +112,8 @@ class SmallCNN(nn.Module):
   def __call__(self, x, *, train: bool = False):
     del train
     for width in (32, 64):
-      x = nn.relu(Conv(width, (3, 3), dtype=self.dtype)(x))
-      x = nn.relu(Conv(width, (3, 3), dtype=self.dtype)(x))
+      x = nn.relu(nn.Conv(width, (3, 3), dtype=self.dtype)(x))
+      x = nn.relu(nn.Conv(width, (3, 3), dtype=self.dtype)(x))
       x = max_pool(x, 2, 2)
     x = x.reshape(x.shape[0], -1)
     return nn.relu(nn.Dense(self.features, dtype=self.dtype)(x))
@@ -93,7 +144,7 @@ class AlexNet(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     pool = functools.partial(max_pool, window=3, stride=2)
-    conv = functools.partial(Conv, dtype=self.dtype)
+    conv = functools.partial(nn.Conv, dtype=self.dtype)
     x = pool(nn.relu(conv(64, (11, 11), (4, 4), padding=2)(x)))
     x = pool(nn.relu(conv(192, (5, 5), padding=2)(x)))
     x = nn.relu(conv(384, (3, 3), padding=1)(x))

@@ -27,7 +27,7 @@ from hashjax import data as data_lib
 from hashjax import losses, metrics, parallel, pretrained, schedules, training
 from hashjax.checkpoint import Checkpointer, PreemptionGuard, write_or_warn
 from hashjax.config import ConfigError, HashConfig, hash_config
-from hashjax.models import HashNet, backbones, conv, hash_activation
+from hashjax.models import HashNet, conv, hash_activation
 
 log = logging.getLogger(__name__)
 
@@ -157,15 +157,13 @@ def make_train_step(cfg: HashConfig, mesh: Mesh | None = None):
   """The jitted train step over the mesh: batch sharded on 'data', state and RNG key
   replicated, state donated. β and the learning rate are traced, so they change without
   recompiling; XLA inserts the gathers that give the loss every pair of the global batch.
-  On CPU it is compiled for the backbone's faster convolution library
-  (`backbones.CPU_CONVOLUTIONS`)."""
+  On CPU it is compiled with Eigen's convolutions (`conv.cpu_compiler_options`)."""
   mesh = mesh or parallel.make_mesh()
   step = functools.partial(train_step, loss_fn=make_loss_fn(cfg), beta_fn=make_beta_fn(cfg),
                            lr_fn=learning_rate_schedule(cfg))
   repl, rows = parallel.replicated(mesh), parallel.data_sharding(mesh)
-  options = conv.compiler_options(backbones.CPU_CONVOLUTIONS[cfg.backbone])
   return jax.jit(step, in_shardings=(repl, rows, repl), out_shardings=(repl, repl),
-                 donate_argnums=0, compiler_options=options)
+                 donate_argnums=0, compiler_options=conv.cpu_compiler_options())
 
 
 @functools.lru_cache(maxsize=None)

@@ -28,15 +28,10 @@ from hashjax.models.conv import conv_general_dilated
 
 BACKBONES = ('small_cnn', 'alexnet', 'resnet18', 'resnet50')
 
-# The convolution library each backbone's step is compiled for on XLA:CPU (`conv.
-# compiler_options`), the faster one in examples/sec of the HashNet train step on this
-# project's 2-core CPU (benchmarks/train_step.py; docs/PERFORMANCE.md): Eigen for the small
-# CNN and AlexNet (with XLA's own gradients), YNNPACK for ResNet-50 (with the matmul kernel
-# gradient of conv.py). ResNet-18 was not measured and keeps XLA's default.
-CPU_CONVOLUTIONS = {'small_cnn': 'eigen', 'alexnet': 'eigen', 'resnet18': 'ynnpack',
-                    'resnet50': 'ynnpack'}
-
-# ResNet's convolutions: XLA's, with a matmul kernel gradient on CPU (conv.py).
+# ResNet's convolutions: XLA's, with a matmul kernel gradient on CPU (conv.py). In the HashNet
+# step compiled for Eigen's convolutions (conv.cpu_compiler_options), that kernel gradient made
+# ResNet-50 faster (3.2 against 2.8 ex/s) and the small CNN and AlexNet slower, so those two use
+# plain `nn.Conv`. (ResNet-18 was not measured; it shares ResNet-50's code.)
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
 

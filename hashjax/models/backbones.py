@@ -43,8 +43,8 @@ def max_pool(x_BxHxWxC, window: int, stride: int, padding: int = 0):
   but faster on CPU: the forward pass is the maximum of window² strided slices, and keeps the
   index of each window's maximum (an int8 array) for the backward pass, which sums the masked
   output gradient into the input grid phase by phase. XLA's select-and-scatter gradient was
-  3–7× slower on CPU, and differentiating the chain of maxima let XLA recompute it inside the
-  backward pass (AlexNet's first pool: 218 ms against 112 ms for this, forward + backward).
+  1.2–2.7× slower on CPU, and differentiating the chain of maxima let XLA recompute it inside
+  the backward pass (AlexNet's first pool: 218 ms against 112 ms for this, forward + backward).
   """
   x = x_BxHxWxC
   if padding:

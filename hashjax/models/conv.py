@@ -34,25 +34,29 @@ _NHWC = ('NHWC', 'HWIO', 'NHWC')
 # XLA:CPU runs convolutions, dots, reductions and elementwise fusions through YNNPACK by
 # default. The HashNet steps run faster with convolutions on Eigen, and YNNPACK keeping the
 # dots and reductions (a reduction's fusion may take in the convolution that feeds it), not
-# elementwise and dot fusions. Small CNN step, 7 alternating rounds in one process: 504 ex/s
-# with dots and reductions on YNNPACK, 420 with dots only, 493 with elementwise fusions
-# added, 313 with XLA's defaults; AlexNet 25.8, 24.4, 24.7; ResNet-50 3.2 against 2.8.
+# elementwise and dot fusions. Alternating rounds in one process: small CNN 504 ex/s with dots
+# and reductions on YNNPACK, 420 with dots only, 493 with elementwise fusions added; AlexNet
+# 25.8, 24.4, 24.7; ResNet-50 3.2 against 2.8 with XLA's defaults (docs/PERFORMANCE.md).
 _CPU_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type':
                 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
 
 
 @functools.lru_cache(maxsize=None)
-def cpu_compiler_options() -> dict[str, str] | None:
-  """`jax.jit(..., compiler_options=...)` for the hashing train step: on XLA:CPU,
-  convolutions on Eigen instead of YNNPACK (see _CPU_OPTIONS). None off CPU, and on a jaxlib
-  that does not know the option (logged once)."""
-  if jax.default_backend() != 'cpu':
-    return None
+def _cpu_accepts_options() -> bool:
   try:
     jax.jit(lambda x: x + 1, compiler_options=_CPU_OPTIONS).lower(jnp.float32(0)).compile()
   except Exception as e:  # pylint: disable=broad-except  (the error type moves between jaxlibs)
     log.warning('XLA:CPU does not accept %s (%s); using its default kernels', _CPU_OPTIONS,
                 str(e).splitlines()[0])
+    return False
+  return True
+
+
+def cpu_compiler_options() -> dict[str, str] | None:
+  """`jax.jit(..., compiler_options=...)` for the hashing train step: on XLA:CPU,
+  convolutions on Eigen instead of YNNPACK (see _CPU_OPTIONS). None off CPU, and on a jaxlib
+  that does not know the option (logged once)."""
+  if jax.default_backend() != 'cpu' or not _cpu_accepts_options():
     return None
   return dict(_CPU_OPTIONS)
 

@@ -34,6 +34,7 @@ from hashjax import losses, parallel, toy2d, training
 from hashjax.checkpoint import Checkpointer, PreemptionGuard, append_or_warn, write_or_warn
 from hashjax.config import TOY_DATASETS, ConfigError, GanConfig, gan_config
 from hashjax.divergence import estimate_jsd, jsd_lower_bound
+from hashjax.models import conv
 from hashjax.models.dcgan import Discriminator, Generator
 from hashjax.models.mlp_gan import MLPDiscriminator, MLPGenerator
 
@@ -196,12 +197,13 @@ def train_step(state: GANState, batch: dict[str, jax.Array], rng: jax.Array, *,
 
 
 def make_train_step(cfg: GanConfig, num_classes: int, mesh: Mesh | None = None):
-  """The jitted step: batch sharded on 'data', state replicated and donated."""
+  """The jitted step: batch sharded on 'data', state replicated and donated. On CPU it is
+  compiled with Eigen's convolutions (`conv.cpu_compiler_options`)."""
   mesh = mesh or parallel.make_mesh()
   step = functools.partial(train_step, cfg=cfg, num_classes=num_classes)
   repl, rows = parallel.replicated(mesh), parallel.data_sharding(mesh)
   return jax.jit(step, in_shardings=(repl, rows, repl), out_shardings=(repl, repl),
-                 donate_argnums=0)
+                 donate_argnums=0, compiler_options=conv.cpu_compiler_options())
 
 
 @jax.jit

@@ -53,7 +53,7 @@ def _cpu_accepts_options() -> bool:
 
 
 def cpu_compiler_options() -> dict[str, str] | None:
-  """`jax.jit(..., compiler_options=...)` for the hashing train step: on XLA:CPU,
+  """`jax.jit(..., compiler_options=...)` for the train steps (HashNet, GAN): on XLA:CPU,
   convolutions on Eigen instead of YNNPACK (see _CPU_OPTIONS). None off CPU, and on a jaxlib
   that does not know the option (logged once)."""
   if jax.default_backend() != 'cpu' or not _cpu_accepts_options():

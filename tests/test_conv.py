@@ -55,3 +55,16 @@ def test_cpu_compiler_options_move_convolutions_off_ynnpack():
   assert '__ynn_fusion' not in hlo(options)
   np.testing.assert_allclose(jax.jit(f, compiler_options=options)(x, k), f(x, k),
                              rtol=1e-4, atol=1e-4)
+
+
+def test_cpu_compiler_options_fall_back_where_the_jaxlib_rejects_them(monkeypatch, caplog):
+  if jax.default_backend() != 'cpu':
+    pytest.skip('CPU only')
+  monkeypatch.setattr(conv, '_CPU_OPTIONS', {'xla_cpu_experimental_ynn_fusion_type': 'bogus'})
+  conv._cpu_accepts_options.cache_clear()
+  try:
+    with caplog.at_level('WARNING', logger='hashjax.models.conv'):
+      assert conv.cpu_compiler_options() is None
+    assert 'does not accept' in caplog.text and 'default kernels' in caplog.text
+  finally:
+    conv._cpu_accepts_options.cache_clear()

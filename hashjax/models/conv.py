@@ -45,7 +45,7 @@ _CPU_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type':
 def _cpu_accepts_options() -> bool:
   try:
     jax.jit(lambda x: x + 1, compiler_options=_CPU_OPTIONS).lower(jnp.float32(0)).compile()
-  except Exception as e:  # pylint: disable=broad-except  (the error type moves between jaxlibs)
+  except RuntimeError as e:  # jax.errors.JaxRuntimeError (XlaRuntimeError in older jaxlibs)
     log.warning('XLA:CPU does not accept %s (%s); using its default kernels', _CPU_OPTIONS,
                 str(e).splitlines()[0])
     return False

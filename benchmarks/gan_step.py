@@ -14,24 +14,17 @@ matmul + col2im formulation buys on this machine.
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+import rounds  # benchmarks/rounds.py
 from configs import dcgan_digits
 from hashjax import gan_trainer
 from hashjax.config import gan_config
 from hashjax.models import dcgan
-
-
-def _time(fn, steps):
-  start = time.perf_counter()
-  for _ in range(steps):
-    fn()
-  return (time.perf_counter() - start) / steps
 
 
 def hashjax_step(size, batch, conv_transpose=False):
@@ -118,25 +111,28 @@ def main():
   ours = hashjax_step(size, batch)
   if not args.skip_conv_transpose:
     plain = hashjax_step(size, batch, conv_transpose=True)
-    t_ct, t = _time(plain, max(2, args.steps // 5)), _time(ours, args.steps)
+    t_ct = rounds.seconds_per_step(plain, max(2, args.steps // 5))
+    t = rounds.seconds_per_step(ours, args.steps)
     print(f'hashjax (nn.ConvTranspose G):  {batch / t_ct:8.1f} examples/s; the strided layers '
           f'are {t_ct / t:.1f}x faster')
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
     torch = None
+  theirs = None
   if torch is not None:
     torch.set_num_threads(os.cpu_count())
     theirs = torch_step(size, batch)
-  times = {'hashjax': [], 'torch': []}
-  for r in range(args.rounds):
-    times['hashjax'].append(_time(ours, args.steps))
-    line = f'round {r + 1}: hashjax {batch / times["hashjax"][-1]:6.1f} ex/s'
-    if torch is not None:
-      times['torch'].append(_time(theirs, args.steps))
-      line += (f' | PyTorch {batch / times["torch"][-1]:6.1f} ex/s | ratio '
-               f'{times["torch"][-1] / times["hashjax"][-1]:.2f}x')
+
+  def report(r, seconds):
+    line = f'round {r + 1}: hashjax {batch / seconds["hashjax"]:6.1f} ex/s'
+    if 'torch' in seconds:
+      line += (f' | PyTorch {batch / seconds["torch"]:6.1f} ex/s | ratio '
+               f'{seconds["torch"] / seconds["hashjax"]:.2f}x')
     print(line, flush=True)
+
+  times = rounds.alternating_rounds({'hashjax': ours, 'torch': theirs}, args.steps,
+                                    args.rounds, on_round=report)
   t = float(np.median(times['hashjax']))
   print(f'hashjax (strided layers G):   {batch / t:8.1f} examples/s ({t * 1e3:.0f} ms/step, '
         f'median of {args.rounds} rounds)')
@@ -144,11 +140,11 @@ def main():
     print('PyTorch not installed: pip install torch==2.13.0 to compare')
     return
   t_torch = float(np.median(times['torch']))
-  ratios = [b / a for a, b in zip(times['hashjax'], times['torch'])]
+  ratio, low, high = rounds.ratio_summary(times['hashjax'], times['torch'])
   print(f'PyTorch {torch.__version__}: {batch / t_torch:8.1f} examples/s ({t_torch * 1e3:.0f} ms/step, '
         f'{torch.get_num_threads()} threads)')
-  print(f'ratio hashjax / PyTorch: {float(np.median(ratios)):.2f}x (median of the rounds; range '
-        f'{min(ratios):.2f}-{max(ratios):.2f}x)')
+  print(f'ratio hashjax / PyTorch: {ratio:.2f}x (median of the rounds; range '
+        f'{low:.2f}-{high:.2f}x)')
 
 
 if __name__ == '__main__':

@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+import rounds  # benchmarks/rounds.py
 from configs import hashnet_digits
 from hashjax import data as data_lib
 from hashjax import hash_trainer, parallel
@@ -41,13 +42,6 @@ def _config(model, batch, dtype='float32'):
   c.optimizer, c.learning_rate, c.weight_decay, c.momentum = 'sgd', 1e-3, 5e-4, 0.9
   c.compute_dtype = dtype
   return hash_config(c)
-
-
-def _timed(fn, steps):
-  start = time.perf_counter()
-  for _ in range(steps):
-    fn()
-  return (time.perf_counter() - start) / steps
 
 
 def hashjax_step(model, dtype='float32'):
@@ -92,7 +86,7 @@ def pipeline_rate(model, steps):
     jax.block_until_ready(parallel.global_batch(local, mesh))
 
   run()
-  return batch / _timed(run, steps)
+  return batch / rounds.seconds_per_step(run, steps)
 
 
 # -- PyTorch twins of the same networks, loss and optimizer ---------------------------------
@@ -207,19 +201,15 @@ def main():
     size, _, batch = SETTINGS[model]
     ours, compile_s = hashjax_step(model, args.dtype)
     theirs = torch_step(model) if torch is not None else None
-    times = {'hashjax': [], 'torch': []}
-    for _ in range(args.rounds):
-      times['hashjax'].append(_timed(ours, args.steps))
-      if theirs is not None:
-        times['torch'].append(_timed(theirs, args.steps))
+    times = rounds.alternating_rounds({'hashjax': ours, 'torch': theirs}, args.steps, args.rounds)
     t = float(np.median(times['hashjax']))
     line = (f'{model:9s} {size}px batch {batch}: hashjax {batch / t:8.1f} ex/s '
             f'(compile {compile_s:.1f} s)')
     if theirs is not None:
       t_torch = float(np.median(times['torch']))
-      ratios = [b / a for a, b in zip(times['hashjax'], times['torch'])]
-      line += (f' | PyTorch {batch / t_torch:8.1f} ex/s | ratio {float(np.median(ratios)):.2f}x '
-               f'(rounds {min(ratios):.2f}-{max(ratios):.2f}x)')
+      ratio, low, high = rounds.ratio_summary(times['hashjax'], times['torch'])
+      line += (f' | PyTorch {batch / t_torch:8.1f} ex/s | ratio {ratio:.2f}x '
+               f'(rounds {low:.2f}-{high:.2f}x)')
     rate = pipeline_rate(model, args.steps)
     line += f' | input pipeline {rate:9.0f} ex/s = {rate * t / batch:.1f}x the step'
     print(line, flush=True)

@@ -67,11 +67,17 @@ def _max_pool(x_BxHxWxC, window: int, stride: int):
 
 
 def _max_pool_fwd(x_BxHxWxC, window, stride):
-  # One reduction over the stacked taps: XLA materialises its argmax instead of recomputing
-  # it in every consumer of the backward pass.
-  taps = jnp.stack(_windows(x_BxHxWxC, window, stride), axis=-1)
-  tap = jnp.argmax(taps, axis=-1).astype(jnp.int8)
-  return jnp.max(taps, axis=-1), (tap, x_BxHxWxC.shape)
+  maximum = tap = None
+  for index, part in enumerate(_windows(x_BxHxWxC, window, stride)):
+    if maximum is None:
+      maximum, tap = part, jnp.zeros(part.shape, jnp.int8)
+    else:
+      larger = part > maximum  # strict: ties keep the first tap
+      maximum, tap = jnp.where(larger, part, maximum), jnp.where(larger, jnp.int8(index), tap)
+  # The barrier makes XLA materialise both in one loop instead of recomputing the chain in
+  # every consumer of the backward pass.
+  maximum, tap = jax.lax.optimization_barrier((maximum, tap))
+  return maximum, (tap, x_BxHxWxC.shape)
 
 
 def _max_pool_bwd(window, stride, residuals, dy_BxhxwxC):

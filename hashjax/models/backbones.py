@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from hashjax.models.conv import conv_general_dilated
+from hashjax.models.dense import Dense
 
 BACKBONES = ('small_cnn', 'alexnet', 'resnet18', 'resnet50')
 
@@ -117,7 +118,7 @@ class SmallCNN(nn.Module):
       x = nn.relu(nn.Conv(width, (3, 3), dtype=self.dtype)(x))
       x = max_pool(x, 2, 2)
     x = x.reshape(x.shape[0], -1)
-    return nn.relu(nn.Dense(self.features, dtype=self.dtype)(x))
+    return nn.relu(Dense(self.features, dtype=self.dtype)(x))
 
 
 def adaptive_avg_pool(x, output_size: tuple[int, int]):
@@ -156,7 +157,7 @@ class AlexNet(nn.Module):
     x = x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
     for _ in range(2):
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-      x = nn.relu(nn.Dense(4096, dtype=self.dtype)(x))
+      x = nn.relu(Dense(4096, dtype=self.dtype)(x))
     return x
 
 

@@ -32,13 +32,14 @@ log = logging.getLogger(__name__)
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 # XLA:CPU runs convolutions, dots, reductions and elementwise fusions through YNNPACK by
-# default. The HashNet steps run faster with convolutions on Eigen, and YNNPACK keeping the
-# dots and reductions (a reduction's fusion may take in the convolution that feeds it), not
-# elementwise and dot fusions. Alternating rounds in one process: small CNN 504 ex/s with dots
-# and reductions on YNNPACK, 420 with dots only, 493 with elementwise fusions added; AlexNet
-# 25.8, 24.4, 24.7; ResNet-50 3.2 against 2.8 with XLA's defaults (docs/PERFORMANCE.md).
-_CPU_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type':
-                'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
+# default. The train steps run faster with convolutions and dots on Eigen, YNNPACK keeping the
+# reductions (a reduction's fusion may take in the convolution that feeds it). Alternating
+# rounds in one process: small CNN 504 ex/s with dots and reductions on YNNPACK, 420 with dots
+# only, 493 with elementwise fusions added; ResNet-50 3.2 against 2.8 with XLA's defaults.
+# Dots then moved to Eigen too: AlexNet 1.07x (its fc layers' forward passes: YNNPACK ran
+# 9216→4096 at batch 32 in 47–50 ms, Eigen in 21–25), the small CNN, ResNet-50 and the DCGAN
+# step unchanged within noise (docs/PERFORMANCE.md).
+_CPU_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_REDUCE'}
 
 
 @functools.lru_cache(maxsize=None)
@@ -54,8 +55,8 @@ def _cpu_accepts_options() -> bool:
 
 def cpu_compiler_options() -> dict[str, str] | None:
   """`jax.jit(..., compiler_options=...)` for the train steps (HashNet, GAN): on XLA:CPU,
-  convolutions on Eigen instead of YNNPACK (see _CPU_OPTIONS). None off CPU, and on a jaxlib
-  that does not know the option (logged once)."""
+  convolutions and dots on Eigen instead of YNNPACK (see _CPU_OPTIONS). None off CPU, and on a
+  jaxlib that does not know the option (logged once)."""
   if jax.default_backend() != 'cpu' or not _cpu_accepts_options():
     return None
   return dict(_CPU_OPTIONS)

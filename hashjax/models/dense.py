@@ -3,18 +3,18 @@
 Two things in XLA's own gradient of `x @ kernel` cost the HashNet AlexNet step on CPU:
 
 * The input gradient dy @ kernelᵀ contracts the kernel's minor dimension. XLA folds any
-  transpose written around it back into that form, which Eigen ran 4× slower than the forward
-  pass (9216→4096 at batch 32: 93 ms against 21–25). Computed as kernel · dyᵀ [I, B] behind an
-  optimization barrier, then transposed (a small activation), it took 15 ms on YNNPACK and
-  22 ms on Eigen.
+  transpose written around it back into that form, which Eigen (the train steps' dot kernels,
+  conv.cpu_compiler_options) ran 4× slower than the forward pass (9216→4096 at batch 32:
+  93 ms against 21–25). Computed as kernel · dyᵀ [I, B] behind an optimization barrier, then
+  transposed (a small activation), it took 22 ms on Eigen (15 ms on YNNPACK).
 * A donated kernel read by the input gradient was copied whole at the start of every step
   (151 MB for AlexNet's first dense layer): nothing orders that read before the in-place
   update of the kernel, so XLA's copy insertion keeps the old value alive in a copy. The kernel
   gradient here takes a zero-valued data dependency on the input gradient (0 · Σ dx added to
   the small dy), which orders the update after every read; an optimization barrier does not.
 
-Together: the AlexNet step 32.8 → 36.6 ex/s, 24 alternating single steps in one process
-(docs/PERFORMANCE.md). Values are XLA's up to float rounding; off CPU, and for anything but a
+Together, with dots still on YNNPACK: the AlexNet step 32.8 → 36.6 ex/s, 24 alternating
+single steps in one process (docs/PERFORMANCE.md). Values are XLA's up to float rounding; off CPU, and for anything but a
 plain `x[..., I] @ kernel[I, O]` with default precision, it is exactly `lax.dot_general`.
 
 Use: `nn.Dense(..., dot_general=dense.dot_general)`, or `dense.Dense(...)`.

@@ -14,8 +14,9 @@ Two things in XLA's own gradient of `x @ kernel` cost the HashNet AlexNet step o
   the small dy), which orders the update after every read; an optimization barrier does not.
 
 Together, with dots still on YNNPACK: the AlexNet step 32.8 → 36.6 ex/s, 24 alternating
-single steps in one process (docs/PERFORMANCE.md). Values are XLA's up to float rounding; off CPU, and for anything but a
-plain `x[..., I] @ kernel[I, O]` with default precision, it is exactly `lax.dot_general`.
+single steps in one process (docs/PERFORMANCE.md). Values are XLA's up to float rounding; off
+CPU, and for anything but a plain `x[..., I] @ kernel[I, O]` with default precision, it is
+exactly `lax.dot_general`.
 
 Use: `nn.Dense(..., dot_general=dense.dot_general)`, or `dense.Dense(...)`.
 """

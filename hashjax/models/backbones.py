@@ -75,8 +75,8 @@ def _max_pool_fwd(x_BxHxWxC, window, stride):
     else:
       larger = part > maximum  # strict: ties keep the first tap
       maximum, tap = jnp.where(larger, part, maximum), jnp.where(larger, jnp.int8(index), tap)
-  # The barrier makes XLA materialise both in one loop instead of recomputing the chain in
-  # every consumer of the backward pass.
+  # XLA still recomputes the chain inside the backward pass's fusion, but with the barrier
+  # far less of it: AlexNet's three pool gradients took 117 ms a step with it, 204 without.
   maximum, tap = jax.lax.optimization_barrier((maximum, tap))
   return maximum, (tap, x_BxHxWxC.shape)
 

@@ -12,13 +12,30 @@ from hashjax.models.conv import conv_general_dilated
 DN = ('NHWC', 'HWIO', 'NHWC')
 
 
-@pytest.mark.parametrize('x_shape,k_shape,strides,padding', [
+SHAPES = [
     ((2, 8, 8, 3), (3, 3, 3, 4), (1, 1), 'SAME'),       # small_cnn
     ((2, 23, 23, 3), (11, 11, 3, 5), (4, 4), ((2, 2), (2, 2))),  # AlexNet's first layer
     ((2, 9, 9, 4), (7, 7, 4, 3), (2, 2), ((3, 3), (3, 3))),      # ResNet's stem, odd size
     ((2, 6, 6, 4), (1, 1, 4, 6), (2, 2), 'VALID'),      # ResNet downsample
     ((2, 5, 5, 4), (1, 1, 4, 6), (1, 1), 'VALID'),      # 1×1: the input is its own im2col
-])
+    ((2, 5, 5, 4), (1, 1, 4, 6), (1, 1), ((1, 0), (0, 1))),  # 1×1 with (odd) padding
+]
+
+
+@pytest.mark.parametrize('x_shape,k_shape,strides,padding', SHAPES)
+def test_kernel_gradient_equals_xlas(x_shape, k_shape, strides, padding):
+  x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
+  k = jax.random.normal(jax.random.PRNGKey(1), k_shape)
+  conv_k = lambda k: lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=DN)
+  y, vjp = jax.vjp(conv_k, k)
+  dy = jax.random.normal(jax.random.PRNGKey(2), y.shape)
+  pads = lax.padtype_to_pads(x_shape[1:3], k_shape[:2], strides, padding) \
+      if isinstance(padding, str) else padding
+  np.testing.assert_allclose(conv.kernel_gradient(x, dy, k_shape[:2], strides, pads),
+                             vjp(dy)[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('x_shape,k_shape,strides,padding', SHAPES)
 def test_value_and_gradients_equal_lax(x_shape, k_shape, strides, padding):
   x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
   k = jax.random.normal(jax.random.PRNGKey(1), k_shape)
@@ -29,6 +46,16 @@ def test_value_and_gradients_equal_lax(x_shape, k_shape, strides, padding):
   for a, b in zip(jax.grad(loss(ours), argnums=(0, 1))(x, k),
                   jax.grad(loss(ref), argnums=(0, 1))(x, k)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_only_1x1_kernels_take_the_matmul_kernel_gradient():
+  if jax.default_backend() != 'cpu':
+    pytest.skip('CPU only')
+  x = jnp.ones((1, 6, 6, 4))
+  jaxpr = lambda k: str(jax.make_jaxpr(
+      lambda x, k: conv_general_dilated(x, k, (1, 1), 'SAME', dimension_numbers=DN))(x, k))
+  assert 'custom_vjp' in jaxpr(jnp.ones((1, 1, 4, 8)))
+  assert 'custom_vjp' not in jaxpr(jnp.ones((3, 3, 4, 8)))
 
 
 def test_grouped_convolutions_fall_back_to_lax():

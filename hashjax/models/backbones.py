@@ -29,10 +29,10 @@ from hashjax.models.dense import Dense
 
 BACKBONES = ('small_cnn', 'alexnet', 'resnet18', 'resnet50')
 
-# ResNet's convolutions: XLA's, with a matmul kernel gradient on CPU (conv.py). In the HashNet
-# step compiled for Eigen's convolutions (conv.cpu_compiler_options), that kernel gradient made
-# ResNet-50 faster (3.2 against 2.8 ex/s) and the small CNN and AlexNet slower, so those two use
-# plain `nn.Conv`. (ResNet-18 was not measured; it shares ResNet-50's code.)
+# ResNet's convolutions: XLA's, with a matmul kernel gradient for its 1×1 convolutions on CPU
+# (conv.py; ResNet-50 step 1.11× against XLA's kernel gradient everywhere, 0.78× with the
+# matmul form for the 3×3 and 7×7 convolutions too). The small CNN and AlexNet have no 1×1
+# convolutions and use plain `nn.Conv`. (ResNet-18 was not measured; it shares this code.)
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
 

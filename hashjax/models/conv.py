@@ -1,20 +1,22 @@
-"""A drop-in `conv_general_dilated` for `nn.Conv` whose kernel gradient is a matmul on CPU.
+"""A drop-in `conv_general_dilated` for `nn.Conv` whose 1×1 kernel gradient is a matmul on CPU.
 
-XLA:CPU computes the kernel gradient of a convolution (a convolution of the input with the
-output gradient, contracting over the batch) far below its matmul speed: for the HashNet
-small CNN's 32→32-channel 3×3 layer at batch 256, 227 ms for 4.8 GFLOP (21 GFLOP/s), about
-three times the layer's forward pass. Written as one matmul per kernel tap — the input
-shifted by the tap, [C, B·H'·W'], times the output gradient [B·H'·W', O] — it runs at matmul
-speed without materialising the k·k-times larger im2col matrix (which, stacked, cost more
-than it saved). The forward pass and the input gradient stay XLA's own convolutions.
+XLA:CPU computes the kernel gradient of a convolution as another convolution (of the input
+with the output gradient, contracting over the batch), with the input and the output gradient
+transposed to put the batch last. For a 1×1 convolution the kernel gradient is a single
+matmul, the (strided) input [C, B·H'·W'] times the output gradient [B·H'·W', O], and as one it
+made the HashNet ResNet-50 step 1.11× faster (8 alternating single steps). The same matmul per
+kernel tap for larger kernels (`kernel_gradient` takes any size) made it 0.78× as fast, so
+3×3 and larger kernels keep XLA's kernel gradient, as do the forward pass and the input
+gradient. (On YNNPACK's convolutions, before `cpu_compiler_options`, the per-tap form had been
+the faster one: 227 ms for the small CNN's 32→32 3×3 layer at batch 256, three times its
+forward pass.)
 
-Use: `nn.Conv(..., conv_general_dilated=conv_general_dilated)`. Off CPU, and for dilated or
-grouped convolutions, it is exactly `lax.conv_general_dilated`.
+Use: `nn.Conv(..., conv_general_dilated=conv_general_dilated)`. Off CPU, and for kernels
+larger than 1×1, dilated or grouped convolutions, it is exactly `lax.conv_general_dilated`.
 
 Which convolution kernels XLA:CPU runs is itself a choice (`cpu_compiler_options`): by
 default it hands them to YNNPACK, whose kernels were 1.5–3× slower on this project's CPU than
-Eigen's for the small CNN's and AlexNet's layers. Under Eigen, XLA's own kernel gradient is
-the faster one for those two backbones (they use plain `nn.Conv`); ResNet keeps this module's.
+Eigen's for the small CNN's and AlexNet's layers.
 """
 
 from __future__ import annotations
@@ -105,13 +107,14 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
                          feature_group_count: int = 1, precision=None,
                          preferred_element_type=None):
   """`lax.conv_general_dilated`, with the kernel gradient as a matmul for plain 2-D NHWC/HWIO
-  convolutions on CPU (any kernel size, stride and padding). Same arguments and result."""
+  1×1 convolutions on CPU (any stride and padding). Same arguments and result."""
   plain = (jax.default_backend() == 'cpu' and lhs.ndim == 4 and feature_group_count == 1
            and all(d == 1 for d in (lhs_dilation or (1, 1)))
            and all(d == 1 for d in (rhs_dilation or (1, 1)))
            and precision is None and preferred_element_type is None
            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-           == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
+           == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+           and rhs.shape[:2] == (1, 1))
   if not plain:
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,

@@ -99,7 +99,12 @@ def _losses(workdir):
 
 
 def _same_losses(a, b):
-  np.testing.assert_allclose(_losses(b), _losses(a), rtol=2e-3)
+  # Float summation order differs across devices; the differences grow with training. Measured
+  # (8 devices against 1, Eigen dots): identical to 1e-6 at steps 5 and 10, 1e-5 at step 15,
+  # 3.3e-3 at step 20. A wrong data order or RNG stream shows from the first logged step.
+  losses_a, losses_b = _losses(a), _losses(b)
+  np.testing.assert_allclose(losses_b[:2], losses_a[:2], rtol=1e-5)
+  np.testing.assert_allclose(losses_b, losses_a, rtol=1e-2)
 
 
 @pytest.fixture(scope='module')

@@ -41,11 +41,12 @@ def max_pool(x_BxHxWxC, window: int, stride: int, padding: int = 0):
 
   The same values and gradient as `nn.max_pool(x, (window,)*2, (stride,)*2, padding)`
   (padding with −inf; the gradient goes to the first maximum of each window, as in PyTorch),
-  but faster on CPU: the forward pass is the maximum of window² strided slices, and keeps the
-  index of each window's maximum (an int8 array) for the backward pass, which sums the masked
-  output gradient into the input grid phase by phase. XLA's select-and-scatter gradient was
-  1.2–2.7× slower on CPU, and differentiating the chain of maxima let XLA recompute it inside
-  the backward pass (AlexNet's first pool: 218 ms against 112 ms for this, forward + backward).
+  but faster on CPU: the forward pass compares the window² strided slices in turn, keeping
+  each window's maximum and the index of its first maximum (an int8 array) for the backward
+  pass, which sums the masked output gradient into the input grid phase by phase. XLA's
+  select-and-scatter gradient was 1.2–2.7× slower on CPU, and differentiating a plain chain of
+  maxima let XLA recompute it inside the backward pass (AlexNet's first pool, forward +
+  backward: 218 ms that way, 112 ms with an argmax over stacked taps, 40 ms with this).
   """
   x = x_BxHxWxC
   if padding:

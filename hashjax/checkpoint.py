@@ -158,6 +158,12 @@ class Checkpointer:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_tree)
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
+  def note_metrics(self, step: int, metrics: dict[str, Any]) -> None:
+    """Records the evaluation of checkpoint `step` already on disk (a resumed run re-reads
+    its evaluations, so the best checkpoint stays protected)."""
+    if step in self.all_steps():
+      self._record_best(step, metrics)
+
   def reached_preemption(self, step: int) -> bool:
     """JAX's multi-host preemption sync point (through orbax)."""
     return bool(self._manager.reached_preemption(step))
@@ -297,7 +303,7 @@ class Checkpointer:
       log.warning('deleted checkpoint %d %s', step, reason)
 
   def _record_best(self, step, metrics):
-    if self.best_metric is None or not metrics or self.best_metric not in metrics:
+    if (self.best_metric is None or not metrics or metrics.get(self.best_metric) is None):
       return
     value = float(metrics[self.best_metric])
     better = (self._best is None or

@@ -1,6 +1,6 @@
-"""The GAN minimax loop: one pure jitted train step (D then G), EMA generator, sample grids,
-held-out JSD estimates, disk-aware checkpoints and resume. Drives the DCGAN on images and the
-MLP GAN on the 2-D toy mixtures (config `model`).
+"""The GAN job: both networks' state, one pure train step (D then G, then the EMA of G),
+sample grids and held-out JSD estimates (`gan_eval`), run by `hashjax.loop`. Drives the DCGAN
+on images and the MLP GAN on the 2-D toy mixtures (config `model`).
 
 Files written to the workdir: `config.json`, `metrics.jsonl` (step, d_loss, g_loss, d_real,
 d_fake, jsd_lower_bound, examples_per_sec, checkpoint counters), `samples/step_XXXXXX.png`
@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import os
-import time
 from typing import Any, Callable
 
 import jax
@@ -29,12 +27,9 @@ from flax import struct
 from jax.sharding import Mesh
 
 from hashjax import data as data_lib
-from hashjax import images as images_lib
-from hashjax import losses, parallel, toy2d, training
-from hashjax.checkpoint import Checkpointer, PreemptionGuard, append_or_warn, write_or_warn
+from hashjax import gan_eval, loop, losses, parallel, toy2d, training
 from hashjax.config import TOY_DATASETS, ConfigError, GanConfig, gan_config
-from hashjax.divergence import estimate_jsd, jsd_lower_bound
-from hashjax.models import conv
+from hashjax.divergence import jsd_lower_bound
 from hashjax.models.dcgan import Discriminator, Generator
 from hashjax.models.mlp_gan import MLPDiscriminator, MLPGenerator
 
@@ -65,10 +60,6 @@ class DataSpec:
 
 
 TOY_TRAIN_SIZE = 100_000  # training points drawn once from the 2-D mixture (as PacGAN)
-TOY_EVAL_SAMPLES = 2500  # generated points for modes / high quality (VEEGAN, PacGAN)
-TOY_KDE_FIT = 10_000  # generated points the KDE is fitted on (bandwidth = mode std / 2)
-ESTIMATOR_NDF = 8  # width of the estimator's fresh DCGAN discriminator on images
-ESTIMATOR_BATCH = 64  # per class, per estimator step
 
 
 def make_models(cfg: GanConfig, spec: DataSpec):
@@ -98,10 +89,8 @@ def _init_state(cfg: GanConfig, spec: DataSpec, rng: jax.Array) -> GANState:
 
 def create_state(cfg: GanConfig, spec: DataSpec, rng, mesh: Mesh | None = None) -> GANState:
   """Initialises both networks, replicated over the mesh (jitted init with out shardings)."""
-  mesh = mesh or parallel.make_mesh()
-  init = jax.jit(functools.partial(_init_state, cfg, spec),
-                 out_shardings=parallel.replicated(mesh))
-  return init(parallel.replicate(rng, mesh))
+  return loop.init_replicated(functools.partial(_init_state, cfg, spec), rng,
+                              mesh or parallel.make_mesh())
 
 
 def discriminator_update(state: GANState, d_params, d_stats, d_opt, real, real_labels, fake,
@@ -196,54 +185,15 @@ def train_step(state: GANState, batch: dict[str, jax.Array], rng: jax.Array, *,
   return new_state, metrics
 
 
+def bound_train_step(cfg: GanConfig, num_classes: int):
+  """`train_step` with the settings bound (unjitted; the loop jits it)."""
+  return functools.partial(train_step, cfg=cfg, num_classes=num_classes)
+
+
 def make_train_step(cfg: GanConfig, num_classes: int, mesh: Mesh | None = None):
-  """The jitted step: batch sharded on 'data', state replicated and donated. On CPU it is
-  compiled with Eigen's convolutions (`conv.cpu_compiler_options`)."""
-  mesh = mesh or parallel.make_mesh()
-  step = functools.partial(train_step, cfg=cfg, num_classes=num_classes)
-  repl, rows = parallel.replicated(mesh), parallel.data_sharding(mesh)
-  return jax.jit(step, in_shardings=(repl, rows, repl), out_shardings=(repl, repl),
-                 donate_argnums=0, compiler_options=conv.cpu_compiler_options())
-
-
-@jax.jit
-def generate_ema(state: GANState, z_NxZ, labels_N):
-  """Samples of the EMA generator (BatchNorm in inference mode): [N, S, S, C] in [−1, 1]."""
-  return state.g_apply({'params': state.ema_params, 'batch_stats': state.g_stats}, z_NxZ,
-                       labels_N, train=False)
-
-
-def fixed_noise(cfg: GanConfig, spec: DataSpec) -> tuple[np.ndarray, np.ndarray | None]:
-  """The noise (and, for the conditional GAN, the class of each column) of every sample grid."""
-  z = np.asarray(jax.random.normal(jax.random.PRNGKey(cfg.seed + 7919),
-                                   (cfg.num_samples, cfg.nz)))
-  labels = (np.arange(cfg.num_samples) % spec.num_classes).astype(np.int32) \
-      if cfg.conditional else None
-  return z, labels
-
-
-def write_sample_image(path: str, state: GANState, cfg: GanConfig, spec: DataSpec, z=None,
-                       labels=None) -> bool:
-  """A grid PNG of EMA samples, or for 2-D data a scatter plot over the data's modes (2,500
-  points unless `z` is given). False when the disk is full (or, for a scatter plot,
-  matplotlib is missing)."""
-  if cfg.model != 'mlp':
-    return images_lib.save_png(path, sample_grid(state, cfg, spec, z, labels))
-  if z is None:
-    z = _eval_noise(cfg, TOY_EVAL_SAMPLES, 0)
-  points = np.asarray(parallel.to_host(generate_ema(state, z, None)))
-  return _save_scatter(path, points, toy2d.DATASETS[cfg.dataset](),
-                       f'{cfg.dataset}: {len(points)} EMA-generator samples, step {int(state.step)}')
-
-
-def sample_grid(state: GANState, cfg: GanConfig, spec: DataSpec, z=None, labels=None
-                ) -> np.ndarray:
-  """uint8 grid image of EMA-generator samples (one class per column when conditional)."""
-  if z is None:
-    z, labels = fixed_noise(cfg, spec)
-  images = images_lib.to_uint8(parallel.to_host(generate_ema(state, z, labels)))
-  ncol = spec.num_classes if cfg.conditional else int(np.ceil(np.sqrt(len(z))))
-  return images_lib.make_grid(images, ncol=ncol, scale=max(1, 64 // cfg.image_size))
+  """The jitted step (`loop.jit_train_step`): batch sharded on 'data', state replicated and
+  donated."""
+  return loop.jit_train_step(bound_train_step(cfg, num_classes), mesh or parallel.make_mesh())
 
 
 def load_images(cfg: GanConfig, cache_dir: str | None) -> tuple[np.ndarray, np.ndarray, DataSpec]:
@@ -286,269 +236,91 @@ def load_data(cfg: GanConfig, cache_dir: str | None
   return images[kept], labels[kept], images[held], labels[held], spec
 
 
-def _as_float(examples: np.ndarray) -> np.ndarray:
-  return data_lib.to_float(examples) if examples.dtype == np.uint8 else examples
+def _toy_metric_modes(cfg: GanConfig) -> dict[str, str]:
+  return {'modes': 'max', 'high_quality': 'max', 'kde_jsd': 'min'} if cfg.model == 'mlp' else {}
 
 
-def quantize_to_uint8_grid(images: np.ndarray) -> np.ndarray:
-  """Float images in [−1, 1] → the nearest of the 256 values uint8 data takes after
-  `data.to_float` (same shape, float32). Real images lie on that grid and continuous samples
-  do not, so without this a discriminator can tell them apart by grid membership alone (the
-  JSD between a continuous and a discrete distribution is log 2)."""
-  levels = np.clip(np.rint((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255)
-  return data_lib.to_float(levels.astype(np.uint8))
+class GanJob:
+  """The GAN as a job of `hashjax.loop`: the state is a `GANState`; every `sample_every`
+  steps a sample grid; evaluation is the held-out JSD estimate (`gan_eval.evaluate_jsd`,
+  with `eval_holdout` > 0); the outputs are eval.json and jsd_curve.png."""
+  loss_keys = ('d_loss', 'g_loss')
+  eval_at_start = True  # the untrained generator: the JSD curve starts near log 2
 
+  def __init__(self, config: ml_collections.ConfigDict | GanConfig, workdir: str):
+    self.cfg = config if isinstance(config, GanConfig) else gan_config(config)
+    self._config, self.workdir = config, workdir
+    self.samples_dir = os.path.join(workdir, 'samples')
+    os.makedirs(self.samples_dir, exist_ok=True)
+    (self.images, self.labels, self.holdout, self.holdout_labels,
+     self.spec) = load_data(self.cfg, cache_dir=os.path.join(workdir, 'data_cache'))
+    self.num_examples = len(self.images)
+    self.metric_modes = ({'jsd': 'min', **_toy_metric_modes(self.cfg)}
+                         if self.cfg.eval_holdout else {})
+    self.init_state = functools.partial(_init_state, self.cfg, self.spec)
+    self.train_step = bound_train_step(self.cfg, self.spec.num_classes)
 
-def _eval_noise(cfg: GanConfig, n: int, salt: int) -> np.ndarray:
-  return np.asarray(jax.random.normal(jax.random.PRNGKey(cfg.seed + 31337 + salt), (n, cfg.nz)))
+  def config_dict(self) -> dict[str, Any]:
+    if isinstance(self._config, GanConfig):
+      return dataclasses.asdict(self._config)
+    return self._config.to_dict()
 
+  def examples(self, positions: np.ndarray) -> dict[str, np.ndarray]:
+    return {'image': gan_eval.as_float(self.images[positions]), 'label': self.labels[positions]}
 
-def evaluate_jsd(state: GANState, cfg: GanConfig, holdout: np.ndarray,
-                 holdout_labels: np.ndarray) -> dict[str, Any]:
-  """One eval.jsonl row: `estimate_jsd` of EMA samples (images: on the data's uint8 grid)
-  against the held-out real data (nats; `jsd`, `jsd_ci_low`, `jsd_ci_high`,
-  `jsd_accuracy`), and for 2-D data `modes`,
-  `high_quality` (on 2,500 samples) and `kde_jsd` (nats; known mixture vs a Gaussian KDE of
-  10,000 other samples, bandwidth `kde_bandwidth` = mode std / 2)."""
-  start = time.perf_counter()
-  step = int(state.step)
-  real = _as_float(holdout)
-  row: dict[str, Any] = {'step': step}
-  if cfg.model == 'mlp':
-    mixture = toy2d.DATASETS[cfg.dataset]()
-    fake = np.asarray(parallel.to_host(generate_ema(state, _eval_noise(cfg, TOY_EVAL_SAMPLES, 0),
-                                                    None)))
-    fit = np.asarray(parallel.to_host(generate_ema(state, _eval_noise(cfg, TOY_KDE_FIT, 1),
-                                                   None)))
-    stats = toy2d.mode_stats(fake, mixture)
-    bandwidth = mixture.std / 2
-    row.update(modes=stats.modes, num_modes=len(mixture.means_Kx2),
-               high_quality=stats.high_quality, kde_bandwidth=bandwidth,
-               kde_jsd=toy2d.kde_jsd(mixture, real, fit, fake, bandwidth))
-    estimate = estimate_jsd(real, fake, classifier='mlp', steps=cfg.eval_steps, seed=cfg.seed)
-  else:
-    labels = holdout_labels if cfg.conditional else None
-    fake = np.asarray(parallel.to_host(generate_ema(state, _eval_noise(cfg, len(real), 0),
-                                                    labels)))
-    if holdout.dtype == np.uint8:  # compare images as stored: on the data's 8-bit grid
-      fake = quantize_to_uint8_grid(fake)
-    estimate = estimate_jsd(real, fake, classifier='dcgan_d', steps=cfg.eval_steps,
-                            seed=cfg.seed, ndf=ESTIMATOR_NDF, batch_size=ESTIMATOR_BATCH)
-  row.update(jsd=estimate.jsd, jsd_ci_low=estimate.ci_low, jsd_ci_high=estimate.ci_high,
-             jsd_accuracy=estimate.accuracy, eval_seconds=time.perf_counter() - start)
-  return row
+  def start(self, state: GANState, first_step: int) -> GANState:
+    del first_step
+    return state
 
+  def sample_path(self, step: int) -> str:
+    return os.path.join(self.samples_dir, f'step_{step:06d}.png')
 
-def _pyplot_figure(path: str, **kwargs):
-  """A matplotlib Figure (Agg, no pyplot state), or None with a warning when matplotlib is
-  not installed (it is optional: `pip install matplotlib`)."""
-  try:
-    from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    log.warning('matplotlib is not installed, so %s is not written; pip install matplotlib',
-                path)
-    return None
-  return Figure(**kwargs)
+  def after_step(self, state: GANState, step: int) -> None:
+    if parallel.is_main_process() and (step % self.cfg.sample_every == 0 or
+                                       step == self.cfg.num_steps):
+      gan_eval.write_sample_image(self.sample_path(step), state, self.cfg,
+                                  self.spec.num_classes)
 
+  def evaluate(self, state: GANState, step: int) -> dict[str, Any] | None:
+    del step  # the state knows it
+    if not (parallel.is_main_process() and self.cfg.eval_holdout):
+      return None
+    return gan_eval.evaluate_jsd(state, self.cfg, self.holdout, self.holdout_labels)
 
-def _save_figure(fig, path: str) -> bool:
-  return write_or_warn(path, lambda tmp: fig.savefig(tmp, format='png', dpi=100))
-
-
-def _save_scatter(path: str, points_Nx2: np.ndarray, mixture: toy2d.Mixture, title: str) -> bool:
-  fig = _pyplot_figure(path, figsize=(5, 5))
-  if fig is None:
-    return False
-  ax = fig.subplots()
-  ax.scatter(points_Nx2[:, 0], points_Nx2[:, 1], s=2, alpha=0.5, label='generated')
-  ax.scatter(mixture.means_Kx2[:, 0], mixture.means_Kx2[:, 1], s=30, marker='x', c='red',
-             label='modes')
-  lim = np.abs(mixture.means_Kx2).max() + 1.5
-  ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect='equal', title=title)
-  ax.legend(loc='upper right', fontsize=8)
-  return _save_figure(fig, path)
-
-
-def save_jsd_curve(path: str, rows: list[dict[str, Any]], title: str) -> bool:
-  """PNG of the estimated JSD (nats) with its confidence band over training steps."""
-  fig = _pyplot_figure(path, figsize=(6, 4))
-  if fig is None or not rows:
-    return False
-  ax = fig.subplots()
-  steps = [r['step'] for r in rows]
-  ax.fill_between(steps, [r['jsd_ci_low'] for r in rows], [r['jsd_ci_high'] for r in rows],
-                  alpha=0.3, label='95% bootstrap CI')
-  ax.plot(steps, [r['jsd'] for r in rows], 'o-', label='held-out JSD lower bound')
-  if 'kde_jsd' in rows[0]:
-    ax.plot(steps, [r['kde_jsd'] for r in rows], 's--', label='exact JSD vs KDE of G')
-  ax.axhline(np.log(2), color='gray', ls=':', label='log 2')
-  ax.set(xlabel='training step', ylabel='JSD (nats)', ylim=(-0.02, 0.72))
-  ax.set_title(title, fontsize=10)
-  ax.legend(fontsize=8)
-  return _save_figure(fig, path)
-
-
-def _read_rows(path: str) -> list[dict[str, Any]]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def _checkpoint_tree(state: GANState, rng, step: int, cfg: GanConfig) -> dict[str, Any]:
-  return {'state': state, 'rng': rng, 'examples_seen': np.asarray(step * cfg.batch_size, np.int64)}
-
-
-def restore_or_init(cfg: GanConfig, spec: DataSpec, ckpt: Checkpointer, mesh: Mesh,
-                    workdir: str) -> tuple[GANState, jax.Array]:
-  """The newest checkpoint in `ckpt`, or fresh networks."""
-  init_rng, step_rng = np.asarray(jax.random.split(jax.random.PRNGKey(cfg.seed)))
-  state = create_state(cfg, spec, init_rng, mesh)
-  step_rng = parallel.replicate(step_rng, mesh)
-  latest = ckpt.latest_step()
-  if latest is None:
-    return state, step_rng
-  restored = ckpt.restore(latest, _checkpoint_tree(state, step_rng, 0, cfg))
-  step = int(restored['state'].step)
-  if int(restored['examples_seen']) != step * cfg.batch_size:
-    raise ConfigError(f'batch_size={cfg.batch_size} differs from the run in {workdir}; '
-                      'resume with its batch size or use a new --workdir')
-  log.info('resuming from checkpoint step %d in %s', step, ckpt.directory)
-  return restored['state'], restored['rng']
-
-
-def _last_good(ckpt: Checkpointer) -> str:
-  latest = ckpt.latest_step()
-  return 'none (no checkpoint yet)' if latest is None else f'step {latest} in {ckpt.directory}'
+  def finish(self, state: GANState, eval_row, last_log_row) -> dict[str, Any]:
+    """step, jsd_lower_bound of the last logged step (the training D's bound on training
+    batches), the final sample image's path, and with eval_holdout > 0 the held-out
+    estimate `jsd` (nats), `jsd_ci` [low, high], `jsd_accuracy`, `jsd_curve` (PNG path)
+    and, for 2-D data, modes / high_quality / kde_jsd."""
+    step = int(state.step)
+    results = {'step': step,
+               'jsd_lower_bound': None if last_log_row is None else last_log_row['jsd_lower_bound'],
+               'samples': self.sample_path(step)}
+    if eval_row is None:
+      return results
+    curve = os.path.join(self.workdir, 'jsd_curve.png')
+    title = f'JSD(data ‖ EMA generator), held-out\n{os.path.basename(self.cfg.dataset)}'
+    rows = training.read_rows(os.path.join(self.workdir, 'eval.jsonl'))
+    results.update(jsd=eval_row['jsd'], jsd_ci=[eval_row['jsd_ci_low'], eval_row['jsd_ci_high']],
+                   jsd_accuracy=eval_row['jsd_accuracy'],
+                   jsd_curve=curve if gan_eval.save_jsd_curve(curve, rows, title) else None)
+    results.update({k: eval_row[k] for k in ('modes', 'num_modes', 'high_quality', 'kde_jsd',
+                                             'kde_bandwidth') if k in eval_row})
+    return results
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict | GanConfig, workdir: str, *,
                        reporter: training.Reporter | None = None) -> dict[str, Any]:
-  """Trains the (conditional) DCGAN, or the MLP GAN on 2-D data, as configured.
+  """Trains the (conditional) DCGAN, or the MLP GAN on 2-D data, as configured
+  (`hashjax.loop.run` over a `GanJob`).
 
   Returns:
-    Final results (also `<workdir>/eval.json`): step, jsd_lower_bound of the last logged
-    step (the training D's bound on training batches), the final sample image's path, and
-    with eval_holdout > 0 the held-out estimate `jsd` (nats), `jsd_ci` [low, high],
-    `jsd_accuracy`, `jsd_curve` (PNG path) and, for 2-D data, modes / high_quality / kde_jsd;
-    or {'preempted_at_step', 'signal'} after SIGTERM / SIGINT saved a checkpoint.
+    Final results (also `<workdir>/eval.json`, see `GanJob.finish`), or
+    {'preempted_at_step', 'signal'} after SIGTERM / SIGINT saved a checkpoint.
   Raises:
     training.DivergedError when a loss turns NaN/inf (naming the last good checkpoint).
   """
-  cfg = config if isinstance(config, GanConfig) else gan_config(config)
-  mesh = parallel.make_mesh()
-  parallel.check_batch_size(cfg.batch_size, mesh)
-  main = parallel.is_main_process()
-  reporter = reporter if reporter is not None and main else training.SilentReporter()
-  os.makedirs(os.path.join(workdir, 'samples'), exist_ok=True)
-  if main:
-    training.write_json(os.path.join(workdir, 'config.json'), _config_dict(config))
-  images, labels, holdout, holdout_labels, spec = load_data(
-      cfg, cache_dir=os.path.join(workdir, 'data_cache'))
-
-  ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'),
-                      max_to_keep=cfg.checkpoint.max_to_keep, max_bytes=cfg.checkpoint.max_bytes,
-                      async_save=cfg.checkpoint.async_save)
-  state, step_rng = restore_or_init(cfg, spec, ckpt, mesh, workdir)
-  first_step = int(state.step)
-  metrics_path = os.path.join(workdir, 'metrics.jsonl')
-  eval_path = os.path.join(workdir, 'eval.jsonl')
-  if main:
-    training.truncate_metrics(metrics_path, first_step)
-    training.truncate_metrics(eval_path, first_step)
-  metrics_log = training.MetricsLog(metrics_path, reporter, ckpt.stats.as_dict)
-  step_fn = make_train_step(cfg, spec.num_classes, mesh)
-  loss_keys = ('d_loss', 'g_loss')
-
-  def save(step, metrics_dev, final=False):
-    row = {k: float(v) for k, v in jax.device_get(metrics_dev).items()}
-    training.check_finite({**row, 'step': step}, loss_keys, _last_good(ckpt))
-    ckpt.save(step, _checkpoint_tree(state, step_rng, step, cfg), final=final)
-
-  def write_samples(step):
-    if main:
-      write_sample_image(os.path.join(workdir, 'samples', f'step_{step:06d}.png'), state, cfg,
-                         spec)
-
-  def evaluate():
-    if main and cfg.eval_holdout:
-      row = evaluate_jsd(state, cfg, holdout, holdout_labels)
-      append_or_warn(eval_path, json.dumps(row) + '\n')
-      reporter.evaluated(row)
-
-  reporter.start(cfg.num_steps, first_step)
-  if first_step == 0:
-    evaluate()  # the untrained generator: the curve starts near log 2
-  last_time, last_step, last_row = time.perf_counter(), first_step, None
-  step_metrics = None
-  with PreemptionGuard(ckpt) as guard:
-    for step in range(first_step, cfg.num_steps):
-      positions = data_lib.batch_indices(len(images), cfg.batch_size, step, cfg.seed)
-      idx = positions[parallel.process_slice(cfg.batch_size)]
-      local = {'image': _as_float(images[idx]), 'label': labels[idx]}
-      previous = step_metrics
-      state, step_metrics = step_fn(state, parallel.global_batch(local, mesh), step_rng)
-      jax.block_until_ready(previous)  # at most two steps in flight
-      row = metrics_log.flush()
-      if row is not None:
-        training.check_finite(row, loss_keys, _last_good(ckpt))
-        last_row = row
-      done = step + 1
-      if done % cfg.log_every == 0 or done == cfg.num_steps:
-        now = time.perf_counter()
-        metrics_log.push(done, step_metrics, (done - last_step) * cfg.batch_size / (now - last_time))
-        last_time, last_step = now, done
-      if done % cfg.sample_every == 0 or done == cfg.num_steps:
-        write_samples(done)
-      if done % cfg.eval_every == 0 or done == cfg.num_steps:
-        evaluate()
-      if done == cfg.num_steps:
-        break
-      if guard.should_stop(done):
-        training.check_finite(metrics_log.flush() or {'step': done}, loss_keys, _last_good(ckpt))
-        save(done, step_metrics, final=True)
-        ckpt.close()
-        reporter.close()
-        log.warning('%s received: saved step %d in %s; rerun to resume', guard.signal_name,
-                    done, ckpt.directory)
-        return {'preempted_at_step': done, 'signal': guard.signal_name}
-      if done % cfg.checkpoint_every == 0:
-        save(done, step_metrics)
-  row = metrics_log.flush()
-  if row is not None:
-    training.check_finite(row, loss_keys, _last_good(ckpt))
-    last_row = row
-  final_step = int(state.step)
-  if step_metrics is not None:
-    save(final_step, step_metrics, final=True)
-  ckpt.close()
-  results = {'step': final_step,
-             'jsd_lower_bound': None if last_row is None else last_row['jsd_lower_bound'],
-             'samples': os.path.join(workdir, 'samples', f'step_{final_step:06d}.png')}
-  if main and cfg.eval_holdout:
-    results.update(_final_eval(workdir, eval_path, evaluate, final_step, cfg))
-  if main:
-    training.write_json(os.path.join(workdir, 'eval.json'), results)
-  reporter.evaluated(results)
-  reporter.close()
-  return results
-
-
-def _final_eval(workdir, eval_path, evaluate, final_step, cfg) -> dict[str, Any]:
-  """The last eval.jsonl row (evaluated now if the final step has none) and the JSD curve."""
-  rows = _read_rows(eval_path)
-  if not rows or rows[-1]['step'] != final_step:
-    evaluate()
-    rows = _read_rows(eval_path)
-  last = rows[-1]
-  curve = os.path.join(workdir, 'jsd_curve.png')
-  title = f'JSD(data ‖ EMA generator), held-out\n{os.path.basename(cfg.dataset)}'
-  out = {'jsd': last['jsd'], 'jsd_ci': [last['jsd_ci_low'], last['jsd_ci_high']],
-         'jsd_accuracy': last['jsd_accuracy'],
-         'jsd_curve': curve if save_jsd_curve(curve, rows, title) else None}
-  out.update({k: last[k] for k in ('modes', 'num_modes', 'high_quality', 'kde_jsd',
-                                   'kde_bandwidth') if k in last})
-  return out
+  return loop.run(GanJob(config, workdir), workdir, reporter=reporter)
 
 
 def sample(config: ml_collections.ConfigDict | GanConfig, workdir: str, num: int,
@@ -557,27 +329,13 @@ def sample(config: ml_collections.ConfigDict | GanConfig, workdir: str, num: int
   cfg = config if isinstance(config, GanConfig) else gan_config(config)
   if num < 1:
     raise ConfigError(f'num={num} must be ≥ 1')
-  mesh = parallel.make_mesh()
-  spec = load_data(cfg, cache_dir=os.path.join(workdir, 'data_cache'))[-1]
-  ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'))
-  try:
-    if ckpt.latest_step() is None:
-      raise ConfigError(f'no checkpoint in {ckpt.directory}; train first with the same '
-                        '--workdir')
-    state, _ = restore_or_init(cfg, spec, ckpt, mesh, workdir)
-  finally:
-    ckpt.close()  # also on error: orbax's background cleanup must end before exit
+  job = GanJob(cfg, workdir)
+  state, _ = loop.load_checkpoint(job, workdir)
   z = np.asarray(jax.random.normal(jax.random.PRNGKey(cfg.seed + 104729), (num, cfg.nz)))
-  labels = (np.arange(num) % spec.num_classes).astype(np.int32) if cfg.conditional else None
+  labels = (np.arange(num) % job.spec.num_classes).astype(np.int32) if cfg.conditional else None
   path = out or os.path.join(workdir, 'samples', f'sample_{int(state.step):06d}.png')
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  if not write_sample_image(path, state, cfg, spec, z, labels):
+  if not gan_eval.write_sample_image(path, state, cfg, job.spec.num_classes, z, labels):
     raise ConfigError(f'could not write {path}: the disk is full (or, for a 2-D scatter '
                       'plot, matplotlib is missing)')
   return path
-
-
-def _config_dict(config) -> dict[str, Any]:
-  if isinstance(config, GanConfig):
-    return dataclasses.asdict(config)
-  return config.to_dict()

@@ -1,8 +1,10 @@
-"""The HashNet training loop: pure jitted train step, evaluation, checkpoints and outputs.
+"""The HashNet job: its train state, pure train step, evaluation and outputs, run by
+`hashjax.loop`.
 
 Files written to the workdir: `config.json`, `metrics.jsonl` (one JSON object per log step),
-`eval.json` (final retrieval metrics), `codes.npz` (packed codes and labels) and
-`checkpoints/<step>/`. Rerunning on the same workdir resumes from the newest checkpoint.
+`eval.jsonl` (every evaluation), `eval.json` (final retrieval metrics), `codes.npz` (packed
+codes and labels) and `checkpoints/<step>/`. Rerunning on the same workdir resumes from the
+newest checkpoint.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import dataclasses
 import functools
 import logging
 import os
-import time
 from typing import Any, Callable
 
 import jax
@@ -24,10 +25,10 @@ from jax.sharding import Mesh
 
 from hashjax import codes as codes_lib
 from hashjax import data as data_lib
-from hashjax import losses, metrics, parallel, pretrained, schedules, training
-from hashjax.checkpoint import Checkpointer, PreemptionGuard, write_or_warn
-from hashjax.config import ConfigError, HashConfig, hash_config
-from hashjax.models import HashNet, conv, hash_activation
+from hashjax import loop, losses, metrics, parallel, pretrained, schedules, training
+from hashjax.checkpoint import write_or_warn
+from hashjax.config import HashConfig, hash_config
+from hashjax.models import HashNet, hash_activation
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +100,8 @@ def create_train_state(cfg: HashConfig, image_shape: tuple[int, ...], rng: jax.A
     image_shape: (H, W, C) of one input image. rng: PRNG key for initialisation.
     mesh: the device mesh (default: all devices).
   """
-  mesh = mesh or parallel.make_mesh()
-  init = jax.jit(functools.partial(_init_state, cfg, image_shape),
-                 out_shardings=parallel.replicated(mesh))
-  return init(parallel.replicate(rng, mesh))
+  return loop.init_replicated(functools.partial(_init_state, cfg, image_shape), rng,
+                              mesh or parallel.make_mesh())
 
 
 def make_loss_fn(cfg: HashConfig) -> Callable[[jax.Array, jax.Array], jax.Array]:
@@ -153,17 +152,18 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   return new_state, out
 
 
-def make_train_step(cfg: HashConfig, mesh: Mesh | None = None):
-  """The jitted train step over the mesh: batch sharded on 'data', state and RNG key
-  replicated, state donated. β and the learning rate are traced, so they change without
-  recompiling; XLA inserts the gathers that give the loss every pair of the global batch.
-  On CPU it is compiled with Eigen's convolutions (`conv.cpu_compiler_options`)."""
-  mesh = mesh or parallel.make_mesh()
-  step = functools.partial(train_step, loss_fn=make_loss_fn(cfg), beta_fn=make_beta_fn(cfg),
+def bound_train_step(cfg: HashConfig):
+  """`train_step` with the configured loss, β schedule and learning rate bound (unjitted)."""
+  return functools.partial(train_step, loss_fn=make_loss_fn(cfg), beta_fn=make_beta_fn(cfg),
                            lr_fn=learning_rate_schedule(cfg))
-  repl, rows = parallel.replicated(mesh), parallel.data_sharding(mesh)
-  return jax.jit(step, in_shardings=(repl, rows, repl), out_shardings=(repl, repl),
-                 donate_argnums=0, compiler_options=conv.cpu_compiler_options())
+
+
+def make_train_step(cfg: HashConfig, mesh: Mesh | None = None):
+  """The jitted train step over the mesh (`loop.jit_train_step`): batch sharded on 'data',
+  state and RNG key replicated, state donated. β and the learning rate are traced, so they
+  change without recompiling; XLA inserts the gathers that give the loss every pair of the
+  global batch."""
+  return loop.jit_train_step(bound_train_step(cfg), mesh or parallel.make_mesh())
 
 
 @functools.lru_cache(maxsize=None)
@@ -244,43 +244,8 @@ def _save_codes(path: str, cfg: HashConfig, source, split, codes) -> bool:
   return write_or_warn(path, write)
 
 
-def _checkpoint_tree(state: TrainState, rng: jax.Array, step: int, cfg: HashConfig
-                     ) -> dict[str, Any]:
-  """What a checkpoint holds: the train state (step, params, batch_stats, optimizer state),
-  the RNG key, and the data position (examples seen; batches and β are functions of
-  (seed, step), so this restores them exactly). `step` is passed in, not read from the
-  device, so saving does not wait for the step in flight."""
-  return {'state': state, 'rng': rng,
-          'examples_seen': np.asarray(step * cfg.batch_size, np.int64)}
-
-
-def _restore_or_init(cfg: HashConfig, ckpt: Checkpointer, image_shape, workdir,
-                     mesh: Mesh | None = None) -> tuple[TrainState, jax.Array]:
-  mesh = mesh or parallel.make_mesh()
-  init_rng, step_rng = np.asarray(jax.random.split(jax.random.PRNGKey(cfg.seed)))
-  state = create_train_state(cfg, image_shape, init_rng, mesh)
-  step_rng = parallel.replicate(step_rng, mesh)
-  latest = ckpt.latest_step()
-  if latest is None:
-    if cfg.pretrained:  # a fresh run starts from the given backbone weights
-      variables = pretrained.load_pretrained(state.variables(), cfg.pretrained, cfg.backbone)
-      variables = jax.device_put(variables, parallel.replicated(mesh))
-      state = state.replace(params=variables['params'],
-                            batch_stats=variables.get('batch_stats', state.batch_stats))
-      log.info('backbone weights loaded from %s', cfg.pretrained)
-    return state, step_rng
-  restored = ckpt.restore(latest, _checkpoint_tree(state, step_rng, 0, cfg))
-  state, step_rng = restored['state'], restored['rng']
-  seen, step = int(restored['examples_seen']), int(restored['state'].step)
-  if seen != step * cfg.batch_size:
-    raise ConfigError(f'batch_size={cfg.batch_size} differs from the run in {workdir} '
-                      f'({seen} examples in {step} steps); resume with its batch size or '
-                      'use a new --workdir')
-  log.info('resuming from checkpoint step %d in %s', step, ckpt.directory)
-  return state, step_rng
-
-
-def _load_data(cfg: HashConfig) -> tuple[data_lib.Source, data_lib.Split]:
+def load_data(cfg: HashConfig) -> tuple[data_lib.Source, data_lib.Split]:
+  """The data source (restricted to `class_list`) and its query / database / train split."""
   source = data_lib.load_source(cfg.dataset, image_size=cfg.image_size)
   if cfg.class_list:
     source = data_lib.restrict_classes(source, data_lib.read_class_list(cfg.class_list))
@@ -292,21 +257,81 @@ def _load_data(cfg: HashConfig) -> tuple[data_lib.Source, data_lib.Split]:
   return source, split
 
 
-def _global_batch(cfg: HashConfig, source, split, step: int, mesh: Mesh) -> dict[str, jax.Array]:
-  """Batch `step` as global arrays; this process loads only its slice of the examples."""
-  positions = data_lib.batch_indices(len(split.train), cfg.batch_size, step, cfg.seed)
-  idx = split.train[positions][parallel.process_slice(cfg.batch_size)]
-  local = {'image': data_lib.to_float(source.images(idx)), 'label': source.labels[idx]}
-  return parallel.global_batch(local, mesh)
+def _examples(source: data_lib.Source, split: data_lib.Split, positions: np.ndarray
+              ) -> dict[str, np.ndarray]:
+  idx = split.train[positions]
+  return {'image': data_lib.to_float(source.images(idx)), 'label': source.labels[idx]}
+
+
+def global_batch(cfg: HashConfig, source: data_lib.Source, split: data_lib.Split, step: int,
+                 mesh: Mesh) -> dict[str, jax.Array]:
+  """Training batch `step` as global arrays ({'image': [B, H, W, C], 'label': [B] or
+  [B, L]}); this process loads only its slice of the examples."""
+  return loop.global_batch(functools.partial(_examples, source, split), len(split.train),
+                           cfg.batch_size, cfg.seed, step, mesh)
+
+
+class HashJob:
+  """HashNet as a job of `hashjax.loop`: the state is a `TrainState`; evaluation encodes
+  queries and database and scores Hamming retrieval (`evaluate`); the outputs are eval.json
+  and codes.npz (packed codes and labels of the final evaluation)."""
+  loss_keys = ('loss',)
+  metric_modes = {'map': 'max', 'map_expected': 'max', 'precision_at_radius_2': 'max',
+                  'recall_at_radius_2': 'max'}
+  eval_at_start = False
+
+  def __init__(self, config: ml_collections.ConfigDict | HashConfig, workdir: str):
+    self.cfg = config if isinstance(config, HashConfig) else hash_config(config)
+    self._config, self.workdir = config, workdir
+    self.source, self.split = load_data(self.cfg)
+    self.num_examples = len(self.split.train)
+    image_shape = self.source.images(self.split.train[:1]).shape[1:]
+    self.init_state = functools.partial(_init_state, self.cfg, image_shape)
+    self.train_step = bound_train_step(self.cfg)
+    self.codes: dict[str, np.ndarray] | None = None  # of the latest evaluation
+
+  def config_dict(self) -> dict[str, Any]:
+    if isinstance(self._config, HashConfig):
+      return dataclasses.asdict(self._config)
+    return self._config.to_dict()
+
+  def examples(self, positions: np.ndarray) -> dict[str, np.ndarray]:
+    return _examples(self.source, self.split, positions)
+
+  def start(self, state: TrainState, first_step: int) -> TrainState:
+    """A fresh run starts from the configured pretrained backbone weights, if any."""
+    if first_step > 0 or not self.cfg.pretrained:
+      return state
+    variables = pretrained.load_pretrained(state.variables(), self.cfg.pretrained,
+                                           self.cfg.backbone)
+    variables = jax.device_put(variables, parallel.replicated(parallel.make_mesh()))
+    log.info('backbone weights loaded from %s', self.cfg.pretrained)
+    return state.replace(params=variables['params'],
+                         batch_stats=variables.get('batch_stats', state.batch_stats))
+
+  def after_step(self, state: TrainState, step: int) -> None:
+    del state, step
+
+  def evaluate(self, state: TrainState, step: int) -> dict[str, Any]:
+    del step  # the state knows it
+    results, self.codes = evaluate(state, self.cfg, self.source, self.split)
+    return results
+
+  def finish(self, state, eval_row, last_log_row) -> dict[str, Any]:
+    del state, last_log_row
+    if parallel.is_main_process():
+      _save_codes(os.path.join(self.workdir, 'codes.npz'), self.cfg, self.source, self.split,
+                  self.codes)
+    return eval_row
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict | HashConfig, workdir: str, *,
                        reporter: training.Reporter | None = None) -> dict[str, Any]:
-  """Trains HashNet as configured, evaluating every `eval_every` steps and at the end.
+  """Trains HashNet as configured (`hashjax.loop.run` over a `HashJob`), evaluating every
+  `eval_every` steps and at the end.
 
   Runs data-parallel over every device (all processes' devices after
-  `parallel.initialize_distributed`); `batch_size` is global. Only process 0 writes
-  config.json, metrics.jsonl, eval.json and codes.npz; checkpoints are written collectively.
+  `parallel.initialize_distributed`); `batch_size` is global.
 
   Args:
     config: a hashing ConfigDict (see configs/) or a validated `HashConfig`.
@@ -314,86 +339,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict | HashConfig, workdir: 
     reporter: receives progress on process 0 (None: silent).
 
   Returns:
-    The final evaluation results (also written to `<workdir>/eval.json`), or, when SIGTERM
-    or SIGINT stopped the run, {'preempted_at_step': step, 'signal': name} after a checkpoint
-    of that step was written.
+    The final evaluation results (also `<workdir>/eval.json`), or, when SIGTERM or SIGINT
+    stopped the run, {'preempted_at_step': step, 'signal': name} after a checkpoint of that
+    step was written.
   """
-  cfg = config if isinstance(config, HashConfig) else hash_config(config)
-  mesh = parallel.make_mesh()
-  parallel.check_batch_size(cfg.batch_size, mesh)
-  main = parallel.is_main_process()
-  reporter = reporter if reporter is not None and main else training.SilentReporter()
-  os.makedirs(workdir, exist_ok=True)
-  if main:
-    training.write_json(os.path.join(workdir, 'config.json'), _config_dict(config))
-
-  source, split = _load_data(cfg)
-  image_shape = source.images(split.train[:1]).shape[1:]
-  ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'),
-                      max_to_keep=cfg.checkpoint.max_to_keep, max_bytes=cfg.checkpoint.max_bytes,
-                      best_metric=cfg.checkpoint.best_metric,
-                      async_save=cfg.checkpoint.async_save)
-  state, step_rng = _restore_or_init(cfg, ckpt, image_shape, workdir, mesh)
-  first_step = int(state.step)
-  metrics_path = os.path.join(workdir, 'metrics.jsonl')
-  if main:
-    training.truncate_metrics(metrics_path, first_step)
-  metrics_log = training.MetricsLog(metrics_path, reporter, ckpt.stats.as_dict)
-
-  step_fn = make_train_step(cfg, mesh)
-  reporter.start(cfg.num_steps, first_step)
-  last_time, last_step = time.perf_counter(), first_step
-  step_metrics = None
-  with PreemptionGuard(ckpt) as guard:
-    batches = training.prefetch(lambda t: _global_batch(cfg, source, split, t, mesh),
-                                range(first_step, cfg.num_steps))
-    for step, batch in zip(range(first_step, cfg.num_steps), batches):
-      previous = step_metrics
-      if step == first_step:
-        compile_start = time.perf_counter()
-        state, step_metrics = step_fn(state, batch, step_rng)  # compiles synchronously
-        log.info('compiled the train step in %.1f s', time.perf_counter() - compile_start)
-      else:
-        state, step_metrics = step_fn(state, batch, step_rng)
-      # At most two steps in flight: the device never idles, and XLA:CPU's collectives over
-      # many simulated devices cannot starve (their rendezvous times out with a deep queue).
-      jax.block_until_ready(previous)
-      metrics_log.flush()
-      done = step + 1
-      if done % cfg.log_every == 0 or done == cfg.num_steps:
-        now = time.perf_counter()
-        metrics_log.push(done, step_metrics, (done - last_step) * cfg.batch_size / (now - last_time))
-        last_time, last_step = now, done
-      eval_results = None
-      if done % cfg.eval_every == 0 and done != cfg.num_steps:
-        eval_results = evaluate(state, cfg, source, split, mesh)[0]
-        reporter.evaluated(eval_results)
-      if done == cfg.num_steps:
-        break
-      if guard.should_stop(done):
-        metrics_log.flush()
-        ckpt.save(done, _checkpoint_tree(state, step_rng, done, cfg), final=True)
-        ckpt.close()
-        reporter.close()
-        log.warning('%s received: saved step %d in %s; rerun to resume', guard.signal_name,
-                    done, ckpt.directory)
-        return {'preempted_at_step': done, 'signal': guard.signal_name}
-      if done % cfg.checkpoint_every == 0:
-        ckpt.save(done, _checkpoint_tree(state, step_rng, done, cfg), metrics=eval_results)
-  metrics_log.flush()
-  results, codes = evaluate(state, cfg, source, split, mesh)
-  ckpt.save(results['step'], _checkpoint_tree(state, step_rng, results['step'], cfg),
-            metrics=results, final=True)
-  ckpt.close()
-  if main:
-    training.write_json(os.path.join(workdir, 'eval.json'), results)
-    _save_codes(os.path.join(workdir, 'codes.npz'), cfg, source, split, codes)
-  reporter.evaluated(results)
-  reporter.close()
-  return results
-
-
-def _config_dict(config) -> dict[str, Any]:
-  if isinstance(config, HashConfig):
-    return dataclasses.asdict(config)
-  return config.to_dict()
+  return loop.run(HashJob(config, workdir), workdir, reporter=reporter)

@@ -1,10 +1,11 @@
-"""Loop plumbing shared by the training jobs (hash_trainer, gan_trainer): progress reporting,
-metrics.jsonl rows read back one step late, and disk-aware JSON files. Knows nothing about
-either model."""
+"""Plumbing of the training loop (`hashjax.loop`): progress reporting, metrics.jsonl rows read
+back one step late, batches prepared ahead, the NaN/inf check, and disk-aware JSON files.
+Knows nothing about any job."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Callable, Protocol
 
@@ -20,7 +21,6 @@ class DivergedError(RuntimeError):
 
 def check_finite(row: dict[str, Any], keys: tuple[str, ...], last_checkpoint: str) -> None:
   """Raises `DivergedError` if any of `keys` in a metrics row is NaN or infinite."""
-  import math  # pylint: disable=g-import-not-at-top
   bad = {k: row[k] for k in keys if k in row and not math.isfinite(row[k])}
   if bad:
     shown = ', '.join(f'{k}={v}' for k, v in bad.items())
@@ -58,6 +58,26 @@ def write_json(path: str, obj) -> bool:
       json.dump(obj, f, indent=2, sort_keys=True)
       f.write('\n')
   return write_or_warn(path, write)
+
+
+def json_line(row: dict[str, Any]) -> str:
+  """One JSON line; NaN and ±inf (not JSON) are written as null."""
+  clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+           for k, v in row.items()}
+  return json.dumps(clean) + '\n'
+
+
+def append_row(path: str, row: dict[str, Any]) -> bool:
+  """Appends `row` to a .jsonl file (a full disk gives a warning, not an exception)."""
+  return append_or_warn(path, json_line(row))
+
+
+def read_rows(path: str) -> list[dict[str, Any]]:
+  """The rows of a .jsonl file ([] when it does not exist)."""
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
 
 
 def truncate_metrics(path: str, last_step: int) -> None:
@@ -100,7 +120,7 @@ class MetricsLog:
       return None
     row = fetch_row(*self._pending, self._extra())
     self._pending = None
-    append_or_warn(self._path, json.dumps(row) + '\n')
+    append_row(self._path, row)
     self._reporter.log(row)
     return row
 

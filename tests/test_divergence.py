@@ -128,11 +128,3 @@ def test_a_confidently_wrong_held_out_example_costs_little():
   assert kept.jsd > 0.6 and kept.accuracy == 399 / 400, kept
   raw = summarise(0.0)  # without the mixing the single error dominates the estimate
   assert raw.jsd < 0.0, raw
-
-
-def test_quantize_to_uint8_grid():
-  from hashjax.gan_trainer import quantize_to_uint8_grid  # pylint: disable=g-import-not-at-top
-  real = data_lib.to_float(np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1))
-  np.testing.assert_array_equal(quantize_to_uint8_grid(real), real)  # the grid is kept
-  q = quantize_to_uint8_grid(np.array([-1.2, -0.9999, 0.0, 0.9999, 1.5], np.float32))
-  np.testing.assert_allclose(q, data_lib.to_float(np.array([0, 0, 128, 255, 255], np.uint8)))

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from configs import hashnet_digits
-from hashjax import hash_trainer
-from hashjax.checkpoint import Checkpointer
+from hashjax import hash_trainer, loop
 from hashjax.config import ConfigError, hash_config
 
 
@@ -93,12 +92,7 @@ def test_end_to_end_writes_outputs(tmp_path):
 
 
 def _params_at(workdir, step, template_cfg):
-  cfg = hash_config(template_cfg)
-  state = hash_trainer.create_train_state(cfg, (8, 8, 1), jax.random.PRNGKey(0))
-  ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'))
-  restored = ckpt.restore(step, hash_trainer._checkpoint_tree(state, jax.random.PRNGKey(0), 0, cfg))
-  ckpt.close()
-  return restored['state']
+  return loop.load_checkpoint(hash_trainer.HashJob(template_cfg, workdir), workdir, step)[0]
 
 
 def test_resume_continues_exactly(tmp_path):

@@ -1,0 +1,300 @@
+"""The training loop, once, for every job (HashNet, the GAN, and the jobs to come).
+
+A job says what is particular to it; `run(job, workdir)` does the rest: restore-or-init,
+config.json, batches prepared ahead in a thread, metrics.jsonl rows read back one step late,
+a NaN/inf stop naming the last good checkpoint (`training.DivergedError`), SIGTERM/SIGINT
+save-and-stop, evaluations every `eval_every` steps into eval.jsonl, checkpoints every
+`checkpoint_every` steps with the disk-aware `Checkpointer` (`checkpoint.best_metric`
+honoured, also across resumes), and at the end the final evaluation (eval.json, written
+before the final checkpoint so a full disk cannot lose it) and the final checkpoint.
+
+The contract (`Job`): what a job provides.
+
+  cfg             settings with batch_size, num_steps, seed, log_every, eval_every,
+                  checkpoint_every and checkpoint (a `config.CheckpointConfig`).
+  config_dict()   what config.json records.
+  loss_keys       metrics whose non-finite value stops the run.
+  metric_modes    evaluation keys usable as `checkpoint.best_metric` → 'max' or 'min'.
+  eval_at_start   evaluate the untrained model too (step 0 of a fresh run).
+  num_examples    training examples; batch t is `data.batch_indices(num_examples,
+                  batch_size, t, seed)`, of which this process loads its slice.
+  examples(positions) → {name: host array [b, ...]} for those examples.
+  init_state(rng) → a fresh state pytree (jit-traceable; the loop jits it replicated). The
+                  state is what a checkpoint holds, with the step RNG key.
+  start(state, first_step) → state: before the first step (e.g. load pretrained weights
+                  into a fresh state).
+  train_step(state, batch, rng) → (state, metrics): pure; the loop jits it with the batch
+                  sharded over devices and the state donated.
+  after_step(state, step): host work after each step (e.g. sample grids).
+  evaluate(state, step) → a JSON row or None; collective across processes.
+  finish(state, eval_row, last_log_row) → eval.json's content; writes the job's outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Callable, Protocol
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from hashjax import data as data_lib
+from hashjax import parallel, training
+from hashjax.checkpoint import Checkpointer, PreemptionGuard
+from hashjax.config import ConfigError
+from hashjax.models import conv
+
+log = logging.getLogger(__name__)
+
+
+class Job(Protocol):
+  """What `run` needs from a job (see the module docstring)."""
+  cfg: Any
+  loss_keys: tuple[str, ...]
+  metric_modes: dict[str, str]
+  eval_at_start: bool
+  num_examples: int
+  train_step: Callable[[Any, dict[str, jax.Array], jax.Array], tuple[Any, dict[str, jax.Array]]]
+  init_state: Callable[[jax.Array], Any]
+
+  def config_dict(self) -> dict[str, Any]: ...
+  def examples(self, positions: np.ndarray) -> dict[str, np.ndarray]: ...
+  def start(self, state: Any, first_step: int) -> Any: ...
+  def after_step(self, state: Any, step: int) -> None: ...
+  def evaluate(self, state: Any, step: int) -> dict[str, Any] | None: ...
+  def finish(self, state: Any, eval_row: dict[str, Any] | None,
+             last_log_row: dict[str, Any] | None) -> dict[str, Any]: ...
+
+
+def jit_train_step(train_step, mesh: Mesh):
+  """`train_step(state, batch, rng)` jitted over the mesh: the batch sharded on 'data', state
+  and RNG key replicated, the state donated; on CPU compiled with `cpu_compiler_options`
+  (Eigen convolutions and dots; docs/PERFORMANCE.md)."""
+  repl, rows = parallel.replicated(mesh), parallel.data_sharding(mesh)
+  return jax.jit(train_step, in_shardings=(repl, rows, repl), out_shardings=(repl, repl),
+                 donate_argnums=0, compiler_options=conv.cpu_compiler_options())
+
+
+def init_replicated(init_state: Callable[[jax.Array], Any], rng, mesh: Mesh):
+  """`init_state(rng)` jitted with replicated output shardings: nothing is built on one
+  device first."""
+  return jax.jit(init_state, out_shardings=parallel.replicated(mesh))(
+      parallel.replicate(rng, mesh))
+
+
+def global_batch(examples: Callable[[np.ndarray], dict[str, np.ndarray]], num_examples: int,
+                 batch_size: int, seed: int, step: int, mesh: Mesh) -> dict[str, jax.Array]:
+  """Batch `step` as global arrays [batch_size, ...]: positions from
+  `data.batch_indices(num_examples, batch_size, step, seed)`; this process loads only its
+  slice of them through `examples(positions)`."""
+  positions = data_lib.batch_indices(num_examples, batch_size, step, seed)
+  return parallel.global_batch(examples(positions[parallel.process_slice(batch_size)]), mesh)
+
+
+def checkpoint_tree(state, rng, step: int, batch_size: int) -> dict[str, Any]:
+  """What a checkpoint holds: the job's state, the step RNG key and the data position
+  (examples seen; batches are functions of (seed, step), so this restores them exactly).
+  `step` is passed in, not read from the device, so saving does not wait for the step."""
+  return {'state': state, 'rng': rng, 'examples_seen': np.asarray(step * batch_size, np.int64)}
+
+
+def fresh_state(job: Job, mesh: Mesh) -> tuple[Any, jax.Array]:
+  """(state, step RNG key) of a new run: both from PRNGKey(seed), replicated."""
+  init_rng, step_rng = np.asarray(jax.random.split(jax.random.PRNGKey(job.cfg.seed)))
+  return init_replicated(job.init_state, init_rng, mesh), parallel.replicate(step_rng, mesh)
+
+
+def restore(job: Job, ckpt: Checkpointer, step: int, mesh: Mesh) -> tuple[Any, jax.Array]:
+  """(state, step RNG key) of checkpoint `step`; a batch size unlike the run's is a
+  `ConfigError`."""
+  state, rng = fresh_state(job, mesh)
+  restored = ckpt.restore(step, checkpoint_tree(state, rng, 0, job.cfg.batch_size))
+  seen, at = int(restored['examples_seen']), int(restored['state'].step)
+  if seen != at * job.cfg.batch_size:
+    raise ConfigError(f'batch_size={job.cfg.batch_size} differs from the run in '
+                      f'{os.path.dirname(ckpt.directory)} ({seen} examples in {at} steps); '
+                      'resume with its batch size or use a new --workdir')
+  return restored['state'], restored['rng']
+
+
+def make_checkpointer(job: Job, workdir: str) -> Checkpointer:
+  """The run's `Checkpointer` under <workdir>/checkpoints; an unknown `best_metric` is a
+  `ConfigError` naming the metrics this job evaluates."""
+  c = job.cfg.checkpoint
+  if c.best_metric is not None and c.best_metric not in job.metric_modes:
+    accepted = ', '.join(sorted(job.metric_modes)) or 'none (this job evaluates nothing)'
+    raise ConfigError(f'checkpoint.best_metric={c.best_metric!r} is not a metric of this '
+                      f'job; accepted: {accepted}')
+  mode = job.metric_modes.get(c.best_metric, 'max')
+  return Checkpointer(os.path.join(workdir, 'checkpoints'), max_to_keep=c.max_to_keep,
+                      max_bytes=c.max_bytes, best_metric=c.best_metric, best_mode=mode,
+                      async_save=c.async_save)
+
+
+def run(job: Job, workdir: str, *, reporter: training.Reporter | None = None
+        ) -> dict[str, Any]:
+  """Trains `job` for `cfg.num_steps` steps in `workdir`, resuming from its newest checkpoint.
+
+  Only process 0 writes config.json, metrics.jsonl, eval.jsonl and eval.json; checkpoints
+  are written collectively.
+
+  Returns:
+    eval.json's content (the job's `finish`), or {'preempted_at_step': step, 'signal': name}
+    after SIGTERM / SIGINT saved a checkpoint of that step.
+  Raises:
+    training.DivergedError: a loss in `job.loss_keys` turned NaN/inf (nothing non-finite
+      is saved). ConfigError, data errors: bad settings. CheckpointError: the final
+      checkpoint could not be written (eval.json is written first).
+  """
+  os.makedirs(workdir, exist_ok=True)
+  session = _Session(job, workdir, reporter)
+  try:
+    return session.run()
+  finally:
+    session.close()
+
+
+class _Session:
+  """One run of the loop over a job: `run`'s pieces, each short."""
+
+  def __init__(self, job: Job, workdir: str, reporter: training.Reporter | None):
+    self.job, self.cfg, self.workdir = job, job.cfg, workdir
+    self.mesh = parallel.make_mesh()
+    parallel.check_batch_size(self.cfg.batch_size, self.mesh)
+    self.main = parallel.is_main_process()
+    self.reporter = reporter if reporter is not None and self.main else training.SilentReporter()
+    self.ckpt = make_checkpointer(job, workdir)
+    self.metrics_path = os.path.join(workdir, 'metrics.jsonl')
+    self.eval_path = os.path.join(workdir, 'eval.jsonl')
+    self.metrics_log = training.MetricsLog(self.metrics_path, self.reporter,
+                                           self.ckpt.stats.as_dict)
+    self.last_row: dict[str, Any] | None = None
+
+  def close(self):
+    self.ckpt.close()
+    self.reporter.close()
+
+  def run(self) -> dict[str, Any]:
+    if self.main:
+      training.write_json(os.path.join(self.workdir, 'config.json'), self.job.config_dict())
+    state, rng, first_step = self.restore_or_init()
+    self.reporter.start(self.cfg.num_steps, first_step)
+    if first_step == 0 and self.job.eval_at_start:
+      self.evaluate(state, 0)
+    state, step_metrics, stopped_by = self.train(state, rng, first_step)
+    if stopped_by is not None:
+      log.warning('%s received: saved step %d in %s; rerun to resume', stopped_by,
+                  int(state.step), self.ckpt.directory)
+      return {'preempted_at_step': int(state.step), 'signal': stopped_by}
+    return self.finish(state, rng, step_metrics)
+
+  def restore_or_init(self) -> tuple[Any, jax.Array, int]:
+    latest = self.ckpt.latest_step()
+    if latest is None:
+      state, rng = fresh_state(self.job, self.mesh)
+    else:
+      state, rng = restore(self.job, self.ckpt, latest, self.mesh)
+      log.info('resuming from checkpoint step %d in %s', latest, self.ckpt.directory)
+    first_step = int(state.step)
+    if self.main:  # rows after the checkpoint are written again; a finished run re-evaluates
+      training.truncate_metrics(self.metrics_path, first_step)
+      training.truncate_metrics(self.eval_path, min(first_step, self.cfg.num_steps - 1))
+    for row in training.read_rows(self.eval_path):  # the best checkpoint survives a resume
+      self.ckpt.note_metrics(row['step'], row)
+    return self.job.start(state, first_step), rng, first_step
+
+  def train(self, state, rng, first_step: int):
+    """Steps first_step .. num_steps − 1; returns (state, last step's metrics, the signal
+    that stopped the run or None)."""
+    cfg, step_fn = self.cfg, jit_train_step(self.job.train_step, self.mesh)
+    batches = training.prefetch(
+        lambda t: global_batch(self.job.examples, self.job.num_examples, cfg.batch_size,
+                               cfg.seed, t, self.mesh), range(first_step, cfg.num_steps))
+    last_time, last_step, step_metrics = time.perf_counter(), first_step, None
+    with PreemptionGuard(self.ckpt) as guard:
+      for step, batch in zip(range(first_step, cfg.num_steps), batches):
+        previous = step_metrics
+        state, step_metrics = step_fn(state, batch, rng)
+        if step == first_step:
+          jax.block_until_ready(step_metrics)
+          log.info('compiled and ran the first step in %.1f s', time.perf_counter() - last_time)
+        # At most two steps in flight: the device never idles, and XLA:CPU's collectives
+        # over many simulated devices cannot starve (their rendezvous times out).
+        jax.block_until_ready(previous)
+        self.flush()
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.num_steps:
+          now = time.perf_counter()
+          self.metrics_log.push(done, step_metrics,
+                                (done - last_step) * cfg.batch_size / (now - last_time))
+          last_time, last_step = now, done
+        self.job.after_step(state, done)
+        if done == cfg.num_steps:
+          break
+        row = self.evaluate(state, done) if done % cfg.eval_every == 0 else None
+        if guard.should_stop(done):
+          self.save(state, rng, done, step_metrics, final=True)
+          return state, step_metrics, guard.signal_name
+        if done % cfg.checkpoint_every == 0:
+          self.save(state, rng, done, step_metrics, eval_row=row)
+    return state, step_metrics, None
+
+  def flush(self) -> None:
+    """Writes the pending metrics row; a non-finite loss in it stops the run."""
+    row = self.metrics_log.flush()
+    if row is not None:
+      self.last_row = row
+      training.check_finite(row, self.job.loss_keys, self.last_good())
+
+  def last_good(self) -> str:
+    latest = self.ckpt.latest_step()
+    return ('none (no checkpoint yet)' if latest is None
+            else f'step {latest} in {self.ckpt.directory}')
+
+  def evaluate(self, state, step: int) -> dict[str, Any] | None:
+    row = self.job.evaluate(state, step)
+    if row is not None and self.main:
+      training.append_row(self.eval_path, row)
+      self.reporter.evaluated(row)
+    return row
+
+  def save(self, state, rng, step: int, step_metrics, *, eval_row=None, final=False):
+    """Checkpoint `step` once its losses are known to be finite (this waits for the step)."""
+    if step_metrics is not None:
+      row = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+      training.check_finite({**row, 'step': step}, self.job.loss_keys, self.last_good())
+    self.ckpt.save(step, checkpoint_tree(state, rng, step, self.cfg.batch_size),
+                   metrics=eval_row, final=final)
+
+  def finish(self, state, rng, step_metrics) -> dict[str, Any]:
+    """The final evaluation, eval.json and the job's outputs, then the final checkpoint."""
+    self.flush()
+    step = int(state.step)
+    eval_row = self.job.evaluate(state, step)
+    if eval_row is not None and self.main:
+      training.append_row(self.eval_path, eval_row)
+    results = self.job.finish(state, eval_row, self.last_row)
+    if self.main:
+      training.write_json(os.path.join(self.workdir, 'eval.json'), results)
+    self.save(state, rng, step, step_metrics, eval_row=eval_row, final=True)
+    self.reporter.evaluated(results)
+    return results
+
+
+def load_checkpoint(job: Job, workdir: str, step: int | None = None) -> tuple[Any, jax.Array]:
+  """(state, step RNG key) of checkpoint `step` (None: the newest) of the run in `workdir`;
+  `ConfigError` when there is none."""
+  ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'))
+  try:
+    steps = ckpt.all_steps()
+    step = steps[-1] if step is None and steps else step
+    if step is None or step not in steps:
+      found = ', '.join(map(str, steps)) or 'none'
+      raise ConfigError(f'no checkpoint{"" if step is None else f" {step}"} in {ckpt.directory} '
+                        f'(found: {found}); train first with the same --workdir')
+    return restore(job, ckpt, step, parallel.make_mesh())
+  finally:
+    ckpt.close()  # also on error: orbax's background cleanup must end before exit

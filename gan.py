@@ -2,6 +2,9 @@
 
   python gan.py                                          # configs/dcgan_digits.py
   python gan.py --mode=sample --workdir=runs/dcgan_digits --num=64
+
+In Python, `gan.main(['gan.py', '--mode=sample', '--workdir=...'])` runs the same job and
+returns the exit code; it can be called again in the same process.
 """
 
 import os
@@ -13,11 +16,15 @@ from hashjax import cli, gan_trainer
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs',
                               'dcgan_digits.py')
+FLAGS = flags.FlagValues()
+JOB_FLAGS = cli.define_job_flags(FLAGS, DEFAULT_CONFIG)
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'sample'],
-                          'train, or write a sample grid from the newest checkpoint.')
-_NUM = flags.DEFINE_integer('num', 64, 'Samples in the grid (--mode=sample).')
+                          'train, or write a sample grid from the newest checkpoint.',
+                          flag_values=FLAGS)
+_NUM = flags.DEFINE_integer('num', 64, 'Samples in the grid (--mode=sample).',
+                            flag_values=FLAGS)
 _OUT = flags.DEFINE_string('out', None, 'PNG path for --mode=sample '
-                           '(default <workdir>/samples/sample_<step>.png).')
+                           '(default <workdir>/samples/sample_<step>.png).', flag_values=FLAGS)
 
 
 def _run(config, workdir):
@@ -29,7 +36,7 @@ def _run(config, workdir):
 
 
 def main(argv):
-  return cli.run_job('gan.py', argv, DEFAULT_CONFIG, _run)
+  return cli.run_job('gan.py', argv, JOB_FLAGS, _run)
 
 
 if __name__ == '__main__':

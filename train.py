@@ -2,15 +2,22 @@
 
   python train.py                                    # configs/hashnet_digits.py
   python train.py --config=configs/hashnet_mnist.py --config.bits=48 --workdir=runs/mnist48
+
+In Python, `train.main(['train.py', '--config.bits=16'])` runs the same job and returns the
+exit code; it can be called again in the same process.
 """
 
 import os
 import sys
 
+from absl import flags
+
 from hashjax import cli, hash_trainer
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs',
                               'hashnet_digits.py')
+FLAGS = flags.FlagValues()
+JOB_FLAGS = cli.define_job_flags(FLAGS, DEFAULT_CONFIG)
 
 
 def _train(config, workdir):
@@ -19,7 +26,7 @@ def _train(config, workdir):
 
 
 def main(argv):
-  return cli.run_job('train.py', argv, DEFAULT_CONFIG, _train)
+  return cli.run_job('train.py', argv, JOB_FLAGS, _train)
 
 
 if __name__ == '__main__':

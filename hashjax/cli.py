@@ -1,10 +1,18 @@
-"""Shared plumbing of the command-line jobs (train.py, gan.py): flag parsing with one-line
-errors, the progress bar, and the mapping of user errors to exit code 2."""
+"""Shared plumbing of the command-line jobs (train.py, gan.py): the flags every job takes,
+parsing with one-line errors, the progress bar, and the mapping of errors to exit codes.
+
+Each CLI defines its flags when it is imported, on a `flags.FlagValues` of its own
+(`define_job_flags`, plus its own flags), so gan.py's --mode is no flag of train.py when one
+process imports both. `run_job` parses them afresh on every call, so `train.main(argv)` and
+`gan.main(argv)` can run many times in one process (the CLI tests do) with different argv.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import re
 import sys
 from typing import Any, Callable
 
@@ -21,6 +29,58 @@ from hashjax.training import DivergedError
 
 USER_ERRORS = (ConfigError, DataError, PretrainedError, parallel.ParallelError)
 EXIT_USAGE = 2
+_CONFIG_ARG = re.compile(r'^--?config(=|$)')
+_HELP_ARGS = ('-h', '--help', '--helpshort', '--helpfull')
+
+
+class UsageError(Exception):
+  """A bad flag, config file or config value: one line for the user, exit code 2."""
+
+
+@dataclasses.dataclass(frozen=True)
+class JobFlags:
+  """The flags every job takes, bound to the job's FlagValues (`define_job_flags`)."""
+  flag_values: flags.FlagValues
+  default_config: str
+  argv: list[str]  # the argv being parsed: config_flags reads the --config.KEY=VALUE from it
+  config: flags.FlagHolder
+  workdir: flags.FlagHolder
+  distributed: flags.FlagHolder
+  coordinator_address: flags.FlagHolder
+  num_processes: flags.FlagHolder
+  process_id: flags.FlagHolder
+
+
+def define_job_flags(flag_values: flags.FlagValues, default_config: str) -> JobFlags:
+  """Defines --config (an ml_collections config file, locked so that a typo in
+  --config.KEY=VALUE is an error), --workdir and the multi-process flags on flag_values."""
+  argv = ['']
+  kw = {'flag_values': flag_values}
+  shown = os.path.relpath(default_config, os.path.dirname(os.path.dirname(default_config)))
+  job_flags = JobFlags(
+      flag_values=flag_values,
+      default_config=default_config,
+      argv=argv,
+      # The flag's own default stays None (a default is parsed once, when the flag is
+      # defined, and overrides would then edit that one object): parse_flags adds
+      # --config=default_config to an argv that names no config.
+      config=config_flags.DEFINE_config_file(
+          'config', None, 'Config file; override fields with --config.KEY=VALUE.',
+          lock_config=True, sys_argv=argv, **kw),
+      workdir=flags.DEFINE_string('workdir', None,
+                                  'Output directory (default: runs/<config name>).', **kw),
+      distributed=flags.DEFINE_enum(
+          'distributed', 'auto', ['auto', 'on', 'off'],
+          'Multi-process JAX: auto = on under SLURM / TPU pods or with --coordinator_address.',
+          **kw),
+      coordinator_address=flags.DEFINE_string(
+          'coordinator_address', None, 'host:port of process 0 (multi-process jobs off '
+          'SLURM/TPU).', **kw),
+      num_processes=flags.DEFINE_integer('num_processes', None, 'Processes in the job.', **kw),
+      process_id=flags.DEFINE_integer('process_id', None,
+                                      'This process (0 .. num_processes-1).', **kw))
+  flag_values['config'].default_as_str = repr(shown)  # what --help shows
+  return job_flags
 
 
 def fail(prog: str, message: str) -> int:
@@ -34,6 +94,9 @@ def _one_line(error: BaseException) -> str:
   text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
   if isinstance(error, KeyError):
     text = f'unknown config key {text}'
+  head, traceback, tail = text.partition('Traceback (most recent call last):')
+  if traceback:  # a config file that raised: the exception, not the traceback
+    text = head + tail.strip().splitlines()[-1]
   return ' '.join(text.split())
 
 
@@ -41,6 +104,48 @@ def default_workdir(config_path: str) -> str:
   """runs/<config file name without .py>."""
   name = os.path.splitext(os.path.basename(config_path.split(':')[0]))[0]
   return os.path.join('runs', name)
+
+
+def parse_flags(job_flags: JobFlags, argv: list[str]) -> list[str]:
+  """Parses argv (argv[0]: the program) into job_flags afresh, whatever an earlier call
+  parsed; the job's default config when argv names none. Returns the positional arguments
+  left over, argv[0] first. Raises absl's flags.Error and config_flags' errors."""
+  flag_values = job_flags.flag_values
+  flag_values.unparse_flags()
+  for name in [name for name in flag_values if name.startswith('config.')]:
+    delattr(flag_values, name)  # config_flags defines a flag per override, on every parse
+  argv = list(argv)
+  if not any(_CONFIG_ARG.match(arg) for arg in argv[1:]):
+    argv.insert(1, f'--config={job_flags.default_config}')  # before the overrides (config_flags)
+  job_flags.argv[:] = argv
+  return flag_values(argv)
+
+
+def _config_path(argv: list[str], default_config: str) -> str:
+  """The config file that argv names (--config=FILE[:ARGS] or --config FILE), else the default."""
+  for i, arg in enumerate(argv[1:], 1):
+    if _CONFIG_ARG.match(arg):
+      value = arg.partition('=')[2] if '=' in arg else ' '.join(argv[i + 1:i + 2])
+      return value.split(':')[0]
+  return default_config
+
+
+def load_config(job_flags: JobFlags, argv: list[str]) -> tuple[Any, str]:
+  """(config, workdir) from argv. Raises UsageError (one line) for a bad flag, a missing or
+  broken config file, an unknown config key or a malformed value."""
+  config_path = _config_path(argv, job_flags.default_config)
+  if not os.path.isfile(config_path):
+    raise UsageError(f'config file {config_path!r} does not exist; pass '
+                     '--config=configs/<name>.py')
+  try:
+    rest = parse_flags(job_flags, argv)
+    config = job_flags.config.value
+    config.to_dict()  # a config file that failed to load raises on first use
+  except (flags.Error, KeyError, AttributeError, ValueError, TypeError, OSError) as e:
+    raise UsageError(_one_line(e)) from e
+  if len(rest) > 1:
+    raise UsageError(f'unexpected argument {rest[1]!r}; flags are written --name=value')
+  return config, job_flags.workdir.value or default_workdir(config_path)
 
 
 class ProgressReporter:
@@ -69,56 +174,45 @@ class ProgressReporter:
       self._bar.close()
 
 
+class _StderrHandler(logging.StreamHandler):
+  """Writes to sys.stderr as it is at each record (pytest swaps it between tests)."""
+  stream = property(lambda self: sys.stderr, lambda self, value: None)
+
+
 def _log_to_stderr():
   """hashjax's log records (resume, checkpoint warnings) as `LEVEL message` lines on stderr;
   absl's root handler would drop INFO."""
   logger = logging.getLogger('hashjax')
   if not logger.handlers:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter('%(levelname)s %(message)s'))
     logger.addHandler(handler)
   logger.setLevel(logging.INFO)
   logger.propagate = False
 
 
-def run_job(prog: str, argv: list[str], default_config: str,
+def run_job(prog: str, argv: list[str], job_flags: JobFlags,
             job: Callable[[Any, str], Any]) -> int:
-  """The common CLI of the jobs: --config (an ml_collections config file, locked so a typo in
-  --config.KEY=VALUE is an error) and --workdir (default runs/<config name>).
+  """The common CLI of the jobs: parses argv into job_flags (default workdir
+  runs/<config name>), then runs job(config, workdir). Returns the exit code.
 
-  Runs job(config, workdir). A bad flag, config file, config value or data source prints one
-  line `PROG: error: ...` on stderr and returns exit code 2 (no traceback).
+  0: done (or --help). 2: a bad flag, config file, config value or data source, printed as
+  one line `PROG: error: ...` on stderr (no traceback). 1: the final checkpoint could not be
+  written, or the loss went NaN/inf (the message names the last good checkpoint).
   """
+  if any(arg in _HELP_ARGS for arg in argv[1:]):
+    print(f'usage: {prog} [--config=FILE] [--config.KEY=VALUE ...] [--flag=VALUE ...]\n\n'
+          f'{job_flags.flag_values.get_help()}')
+    return 0
   try:
-    # config_flags reads the config file and applies the --config.* overrides while the flag
-    # is defined and first read; unknown keys, bad values and unreadable files raise these.
-    config_flag = config_flags.DEFINE_config_file(
-        'config', default_config, 'Config file; override fields with --config.KEY=VALUE.',
-        lock_config=True)
-    workdir_flag = flags.DEFINE_string('workdir', None,
-                                       'Output directory (default: runs/<config name>).')
-    distributed = flags.DEFINE_enum(
-        'distributed', 'auto', ['auto', 'on', 'off'],
-        'Multi-process JAX: auto = on under SLURM / TPU pods or with --coordinator_address.')
-    coordinator = flags.DEFINE_string('coordinator_address', None,
-                                      'host:port of process 0 (multi-process jobs off SLURM/TPU).')
-    num_processes = flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
-    process_id = flags.DEFINE_integer('process_id', None, 'This process (0 .. num_processes-1).')
-    flags.FLAGS(argv)
-    config_path = flags.FLAGS['config'].config_filename.split(':')[0]
-    if not os.path.isfile(config_path):
-      return fail(prog, f'config file {config_path!r} does not exist; pass '
-                        '--config=configs/<name>.py')
-    config = config_flag.value
-    config.to_dict()  # a config file that failed to load raises on first use
-  except (flags.Error, KeyError, AttributeError, ValueError, TypeError, OSError) as e:
-    return fail(prog, _one_line(e))
-  workdir = workdir_flag.value or default_workdir(config_path)
+    config, workdir = load_config(job_flags, argv)
+  except UsageError as e:
+    return fail(prog, str(e))
   _log_to_stderr()
   try:
-    parallel.initialize_distributed(distributed.value, coordinator_address=coordinator.value,
-                                    num_processes=num_processes.value,
-                                    process_id=process_id.value)
+    parallel.initialize_distributed(
+        job_flags.distributed.value, coordinator_address=job_flags.coordinator_address.value,
+        num_processes=job_flags.num_processes.value, process_id=job_flags.process_id.value)
     job(config, workdir)
   except USER_ERRORS as e:
     return fail(prog, str(e))

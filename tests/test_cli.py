@@ -1,4 +1,7 @@
-"""train.py as a user runs it: one-line errors with exit code 2, and a tiny real run."""
+"""train.py and gan.py as a user runs them, called in-process (`main(argv)` returns the exit
+code): one-line errors with exit code 2, exit code 1 for a diverged run, flags parsed afresh
+on every call, the default workdir, and a tiny real run. One subprocess run checks the
+process boundary (the exit code reaching the shell)."""
 
 import json
 import os
@@ -8,29 +11,88 @@ import sys
 import numpy as np
 import pytest
 
+import gan
+import train
+from hashjax import cli
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--config.num_steps=4', '--config.log_every=2', '--config.eval_every=4',
         '--config.checkpoint_every=4', '--config.bits=8', '--config.split.query_per_class=3',
         '--config.split.train_per_class=5', '--config.batch_size=16']
 
 
-def _train(*args, cwd=ROOT):
-  return subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), *args], cwd=cwd,
-                        capture_output=True, text=True, timeout=300)
+def _call(main, capsys, *args):
+  """(exit code, stdout, stderr) of main([prog, *args])."""
+  prog = 'gan.py' if main is gan.main else 'train.py'
+  code = main([prog, *args])
+  out, err = capsys.readouterr()
+  return code, out, err
 
 
-def test_tiny_run_prints_metrics_and_writes_workdir(tmp_path):
-  proc = _train(f'--workdir={tmp_path}', *TINY)
-  assert proc.returncode == 0, proc.stderr
-  assert 'eval: step=4 map=' in proc.stdout + proc.stderr
+def _error_line(err, prog):
+  assert 'Traceback' not in err
+  last = err.strip().splitlines()[-1]
+  assert last.startswith(f'{prog}: error: '), err
+  return last
+
+
+@pytest.fixture
+def jobs(monkeypatch):
+  """Replaces both CLIs' jobs: [(config, workdir, extra)] of each call, nothing trained."""
+  calls = []
+  monkeypatch.setattr(train, '_train', lambda config, workdir: calls.append((config, workdir)))
+  monkeypatch.setattr(gan.gan_trainer, 'train_and_evaluate',
+                      lambda config, workdir, reporter: calls.append((config, workdir)))
+  monkeypatch.setattr(gan.gan_trainer, 'sample', lambda config, workdir, num, out: (
+      calls.append((config, workdir, num, out)) or 'grid.png'))
+  return calls
+
+
+def test_tiny_run_prints_metrics_and_writes_workdir(tmp_path, capsys):
+  code, out, err = _call(train.main, capsys, f'--workdir={tmp_path}', *TINY)
+  assert code == 0, err
+  assert 'eval: step=4 map=' in out + err
   assert json.loads((tmp_path / 'eval.json').read_text())['step'] == 4
   assert json.loads((tmp_path / 'config.json').read_text())['bits'] == 8
 
 
-def test_default_workdir_is_runs_config_name(tmp_path):
-  proc = _train(*TINY, cwd=tmp_path)
-  assert proc.returncode == 0, proc.stderr
-  assert (tmp_path / 'runs' / 'hashnet_digits' / 'eval.json').exists()
+@pytest.mark.parametrize('main,name', [(train.main, 'hashnet_digits'),
+                                       (gan.main, 'dcgan_digits')])
+def test_default_config_and_workdir(jobs, capsys, main, name):
+  assert _call(main, capsys)[0] == 0
+  (config, workdir), = jobs
+  assert workdir == os.path.join('runs', name)
+  assert config.dataset == 'digits' and ('bits' in config) == (name == 'hashnet_digits')
+
+
+def test_overrides_apply_afresh_on_every_call(jobs, capsys):
+  assert _call(train.main, capsys, '--config.bits=16', '--workdir=a')[0] == 0
+  assert _call(train.main, capsys, '--config.split.query_per_class=7')[0] == 0
+  assert _call(train.main, capsys, '--config=configs/hashnet_mnist.py', '--config.bits=64')[0] == 0
+  assert _call(train.main, capsys)[0] == 0
+  got = [(c.bits, c.split.query_per_class, c.dataset.split(':')[0], w) for c, w in jobs]
+  assert got == [(16, 30, 'digits', 'a'), (32, 7, 'digits', 'runs/hashnet_digits'),
+                 (64, 100, 'npz', 'runs/hashnet_mnist'), (32, 30, 'digits', 'runs/hashnet_digits')]
+  assert all(a is not b for (a, _), (b, _) in zip(jobs, jobs[1:]))  # a fresh config per call
+
+
+def test_an_error_leaves_nothing_for_the_next_call(capsys):
+  code, _, err = _call(train.main, capsys, '--config.bits=4')
+  assert code == 2 and 'bits=4 is out of range' in _error_line(err, 'train.py')
+  # bits=4 would fail first if it were still set:
+  code, _, err = _call(train.main, capsys, '--config.split.query_per_class=500')
+  assert code == 2 and 'query_per_class=500 is impossible' in _error_line(err, 'train.py')
+
+
+def test_gan_sample_flags_reach_the_job_and_reset(jobs, capsys, tmp_path):
+  code, out, _ = _call(gan.main, capsys, '--mode=sample', '--num=9', f'--out={tmp_path}/g.png',
+                       '--config.nz=16')
+  assert code == 0 and out.strip() == 'wrote grid.png'
+  assert _call(gan.main, capsys, '--mode=sample')[0] == 0
+  assert _call(gan.main, capsys)[0] == 0  # --mode is train again
+  (c1, _, num1, out1), (c2, _, num2, out2), (c3, _) = jobs
+  assert (c1.nz, num1, out1) == (16, 9, f'{tmp_path}/g.png')
+  assert (c2.nz, num2, out2) == (100, 64, None) and c3.nz == 100
 
 
 @pytest.fixture(scope='module')
@@ -45,20 +107,59 @@ def bad_npz(tmp_path_factory):
     (['--config.bits=4'], 'bits=4 is out of range; accepted: integers 8..1024'),
     (['--config.bits=abc'], "--config.bits=abc"),
     (['--config=no/such/config.py'], "config file 'no/such/config.py' does not exist"),
+    (['--config=no/such/config.py', '--config.bits=8'], "config file 'no/such/config.py'"),
     (['--config.split.query_per_class=500'], 'query_per_class=500 is impossible'),
     (['--config.dataset=npz:/no/such.npz'], "npz file '/no/such.npz' does not exist"),
     (['--config.dataset=tfds:smallnorb'], 'tfds build smallnorb'),
     (['--no_such_flag=1'], "Unknown command line flag 'no_such_flag'"),
+    (['--mode=sample'], "Unknown command line flag 'mode'"),  # gan.py's flag, not train.py's
+    (['stray'], "unexpected argument 'stray'"),
+    (['--distributed=maybe'], 'value should be one of <auto|on|off>'),
 ])
-def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
-  proc = _train(f'--workdir={tmp_path}', *args)
-  assert proc.returncode == 2
-  assert 'Traceback' not in proc.stderr
-  last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith('train.py: error: ') and message in last, proc.stderr
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
+  code, _, err = _call(train.main, capsys, f'--workdir={tmp_path}', *args)
+  assert code == 2 and message in _error_line(err, 'train.py')
 
 
-def test_malformed_npz_exit_2(tmp_path, bad_npz):
-  proc = _train(f'--workdir={tmp_path}', f'--config.dataset=npz:{bad_npz}')
-  assert proc.returncode == 2 and 'image must be uint8' in proc.stderr
-  assert 'Traceback' not in proc.stderr
+def test_malformed_npz_exit_2(tmp_path, capsys, bad_npz):
+  code, _, err = _call(train.main, capsys, f'--workdir={tmp_path}',
+                       f'--config.dataset=npz:{bad_npz}')
+  assert code == 2 and 'image must be uint8' in _error_line(err, 'train.py')
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--mode=sample'], 'no checkpoint in '),
+    (['--mode=sample', '--num=0'], 'num=0 must be ≥ 1'),
+    (['--mode=bogus'], 'flag --mode=bogus: value should be one of <train|sample>'),
+    (['--num=many'], 'flag --num=many'),
+    (['--config.bits=32'], "unknown config key 'bits'"),
+    (['--config.gan_loss=hinge'], "gan_loss='hinge'"),
+])
+def test_gan_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
+  code, _, err = _call(gan.main, capsys, f'--workdir={tmp_path}', *args)
+  assert code == 2 and message in _error_line(err, 'gan.py')
+
+
+@pytest.mark.parametrize('error', [cli.DivergedError, cli.CheckpointError])
+def test_diverged_or_unsaved_run_exits_1_with_the_message(monkeypatch, capsys, error):
+  def job(config, workdir):
+    raise error('loss is nan at step 7; the last good checkpoint is step 5')
+  monkeypatch.setattr(train, '_train', job)
+  code, _, err = _call(train.main, capsys)
+  assert code == 1
+  assert _error_line(err, 'train.py') == (
+      'train.py: error: loss is nan at step 7; the last good checkpoint is step 5')
+
+
+def test_help_lists_the_flags_and_exits_0(capsys):
+  code, out, _ = _call(gan.main, capsys, '--help')
+  assert code == 0 and '--mode' in out and "(default: 'configs/dcgan_digits.py')" in out
+
+
+def test_exit_code_reaches_the_shell(tmp_path):
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--config.bitz=48',
+                         f'--workdir={tmp_path}'], cwd=tmp_path, capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 2 and proc.stdout == ''
+  assert proc.stderr.strip().splitlines() == [
+      'train.py: error: unknown config key \'bitz\' Did you mean "bits" instead of "bitz"?']

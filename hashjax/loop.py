@@ -247,12 +247,14 @@ class _Session:
     row = self.metrics_log.flush()
     if row is not None:
       self.last_row = row
-      training.check_finite(row, self.job.loss_keys, self.last_good())
+      training.check_finite(row, self.job.loss_keys, self.last_good)
 
-  def last_good(self) -> str:
+  def last_good(self) -> str | None:
+    """The newest complete checkpoint (after the save in flight, if any, has finished)."""
+    self.ckpt.wait()
     latest = self.ckpt.latest_step()
-    return ('none (no checkpoint yet)' if latest is None
-            else f'step {latest} in {self.ckpt.directory}')
+    return None if latest is None else f'step {latest} in {self.ckpt.directory}'
+
 
   def evaluate(self, state, step: int) -> dict[str, Any] | None:
     row = self.job.evaluate(state, step)
@@ -262,10 +264,13 @@ class _Session:
     return row
 
   def save(self, state, rng, step: int, step_metrics, *, eval_row=None, final=False):
-    """Checkpoint `step` once its losses are known to be finite (this waits for the step)."""
+    """Checkpoint `step` once its losses and its state are known to be finite (this waits
+    for the step): nothing non-finite is ever saved."""
     if step_metrics is not None:
       row = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-      training.check_finite({**row, 'step': step}, self.job.loss_keys, self.last_good())
+      training.check_finite({**row, 'step': step}, self.job.loss_keys, self.last_good)
+    if not bool(training.all_finite(state)):
+      raise training.diverged(f'values in the state after step {step}', self.last_good())
     self.ckpt.save(step, checkpoint_tree(state, rng, step, self.cfg.batch_size),
                    metrics=eval_row, final=final)
 

@@ -10,6 +10,7 @@ import os
 from typing import Any, Callable, Protocol
 
 import jax
+import jax.numpy as jnp
 
 from hashjax import parallel
 from hashjax.checkpoint import append_or_warn, write_or_warn
@@ -19,14 +20,33 @@ class DivergedError(RuntimeError):
   """A loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
 
-def check_finite(row: dict[str, Any], keys: tuple[str, ...], last_checkpoint: str) -> None:
-  """Raises `DivergedError` if any of `keys` in a metrics row is NaN or infinite."""
+def diverged(what: str, last_checkpoint: str | None) -> DivergedError:
+  """The error for a run that turned non-finite (`what`: where, e.g. 'loss at step 4 (...)').
+  `last_checkpoint`: e.g. 'step 2 in DIR', or None when no checkpoint was saved."""
+  if last_checkpoint is None:
+    return DivergedError(f'non-finite {what}; no checkpoint was saved yet; start again with '
+                         'a lower learning rate')
+  return DivergedError(f'non-finite {what}; the last good checkpoint is {last_checkpoint}; '
+                       'resume from it with a lower learning rate')
+
+
+def check_finite(row: dict[str, Any], keys: tuple[str, ...],
+                 last_checkpoint: str | None | Callable[[], str | None]) -> None:
+  """Raises `DivergedError` if any of `keys` in a metrics row is NaN or infinite.
+  `last_checkpoint` may be a function, called only then."""
   bad = {k: row[k] for k in keys if k in row and not math.isfinite(row[k])}
   if bad:
     shown = ', '.join(f'{k}={v}' for k, v in bad.items())
-    raise DivergedError(f'non-finite loss at step {row["step"]} ({shown}); the last good '
-                        f'checkpoint is {last_checkpoint}; resume from it with a lower '
-                        'learning rate')
+    last = last_checkpoint() if callable(last_checkpoint) else last_checkpoint
+    raise diverged(f'loss at step {row["step"]} ({shown})', last)
+
+
+@jax.jit
+def all_finite(tree: Any) -> jax.Array:
+  """Whether every floating-point leaf of `tree` is free of NaN and ±inf (a scalar bool)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 class Reporter(Protocol):

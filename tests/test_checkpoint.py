@@ -4,14 +4,9 @@ failures a tmpfs cannot produce on demand (EDQUOT, failures surfacing only at wa
 import errno
 import json
 import os
-import random
-import re
-import signal
 import subprocess
 import sys
-import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -196,85 +191,3 @@ def test_training_on_a_tmpfs_sized_for_two_checkpoints(tmp_path):
     assert int(state.step) == 40
   finally:
     subprocess.run(['umount', '-l', str(mnt)], check=False)
-
-
-# -- processes killed, signalled, resumed ---------------------------------------------------
-
-TINY = ['--config.bits=16', '--config.batch_size=32', '--config.split.query_per_class=5',
-        '--config.split.train_per_class=20', '--config.eval_every=100000',
-        '--config.log_every=5']
-
-
-def _train_proc(workdir, *args):
-  return subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py'), f'--workdir={workdir}',
-                           *TINY, *args], cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-
-
-@pytest.fixture(scope='module')
-def uninterrupted(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('straight'))
-  cfg = _get_test_config(num_steps=240, checkpoint_every=3, eval_every=100000, log_every=5)
-  results = hash_trainer.train_and_evaluate(cfg, workdir)
-  return workdir, cfg, results
-
-
-def _same_state(workdir_a, workdir_b, step, cfg):
-  a, b = _params_at(workdir_a, step, cfg), _params_at(workdir_b, step, cfg)
-  for x, y in zip(jax.tree.leaves((a.params, a.opt_state)), jax.tree.leaves((b.params, b.opt_state))):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def _rows(path):
-  # Rows past the last checkpoint are dropped on resume, so count the newest step instead.
-  if not os.path.exists(path):
-    return (0, 0)
-  lines = open(path).read().splitlines()
-  return (os.stat(path).st_mtime_ns, len(lines))
-
-
-def test_kill_9_at_random_moments_always_resumes(tmp_path, uninterrupted):
-  straight, cfg, straight_results = uninterrupted
-  workdir = str(tmp_path / 'killed')
-  rng = random.Random(1234)
-  args = ['--config.num_steps=240', '--config.checkpoint_every=3']
-  metrics = os.path.join(workdir, 'metrics.jsonl')
-  for trial in range(3):
-    before = set(os.listdir(os.path.join(workdir, 'checkpoints'))) if trial else set()
-    rows_before = _rows(metrics)
-    proc = _train_proc(workdir, *args)
-    deadline = time.time() + 120  # wait until this process trains, then kill it at random
-    while time.time() < deadline and _rows(metrics) == rows_before and proc.poll() is None:
-      time.sleep(0.02)
-    time.sleep(rng.uniform(0.0, 2.0))
-    proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate()
-    match = re.search(r'resuming from checkpoint step (\d+)', err)
-    if trial:  # every restart resumes from a checkpoint that was complete on disk
-      assert match is not None and match.group(1) in before, err[-2000:]
-    assert proc.returncode == -signal.SIGKILL, 'the run ended before it was killed'
-  proc = _train_proc(workdir, *args)
-  _, err = proc.communicate(timeout=300)
-  assert proc.returncode == 0, err[-2000:]
-  resumed = json.load(open(os.path.join(workdir, 'eval.json')))
-  assert resumed['map'] == straight_results['map']
-  _same_state(straight, workdir, 240, cfg)
-
-
-def test_sigterm_saves_exits_0_and_resumes_bit_identically(tmp_path, uninterrupted):
-  straight, cfg, _ = uninterrupted
-  workdir = str(tmp_path / 'term')
-  proc = _train_proc(workdir, '--config.num_steps=240', '--config.checkpoint_every=1000')
-  metrics = os.path.join(workdir, 'metrics.jsonl')
-  deadline = time.time() + 120
-  while time.time() < deadline and not (os.path.exists(metrics) and os.path.getsize(metrics)):
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGTERM)
-  _, err = proc.communicate(timeout=120)
-  assert proc.returncode == 0, err[-2000:]
-  saved = re.search(r'SIGTERM received: saved step (\d+)', err)
-  assert saved, err[-2000:]
-  step = int(saved.group(1))
-  assert 0 < step < 240 and str(step) in os.listdir(os.path.join(workdir, 'checkpoints'))
-  hash_trainer.train_and_evaluate(cfg, workdir)
-  _same_state(straight, workdir, 240, cfg)

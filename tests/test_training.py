@@ -1,3 +1,4 @@
+import jax.numpy as jnp
 import pytest
 
 from hashjax import training
@@ -31,3 +32,16 @@ def test_check_finite_names_step_and_checkpoint():
   with pytest.raises(training.DivergedError, match=r'non-finite loss at step 4 \(loss=inf\); '
                                                    r'the last good checkpoint is step 2'):
     training.check_finite({'step': 4, 'loss': float('inf')}, ('loss',), 'step 2')
+
+
+def test_check_finite_without_a_checkpoint_says_start_again():
+  with pytest.raises(training.DivergedError, match=r'non-finite loss at step 1 \(loss=nan\); no '
+                                                   r'checkpoint was saved yet; start again'):
+    training.check_finite({'step': 1, 'loss': float('nan')}, ('loss',), None)
+
+
+def test_all_finite_looks_at_every_float_leaf():
+  tree = {'w': jnp.ones(3), 'step': jnp.int32(4), 'b': {'x': jnp.zeros((2, 2), jnp.bfloat16)}}
+  assert bool(training.all_finite(tree))
+  for bad in (jnp.inf, -jnp.inf, jnp.nan):
+    assert not bool(training.all_finite({**tree, 'b': {'x': jnp.full((2, 2), bad, jnp.bfloat16)}}))

@@ -240,7 +240,7 @@ def _toy_metric_modes(cfg: GanConfig) -> dict[str, str]:
   return {'modes': 'max', 'high_quality': 'max', 'kde_jsd': 'min'} if cfg.model == 'mlp' else {}
 
 
-class GanJob:
+class GanJob(loop.Job):
   """The GAN as a job of `hashjax.loop`: the state is a `GANState`; every `sample_every`
   steps a sample grid; evaluation is the held-out JSD estimate (`gan_eval.evaluate_jsd`,
   with `eval_holdout` > 0); the outputs are eval.json and jsd_curve.png."""
@@ -249,7 +249,7 @@ class GanJob:
 
   def __init__(self, config: ml_collections.ConfigDict | GanConfig, workdir: str):
     self.cfg = config if isinstance(config, GanConfig) else gan_config(config)
-    self._config, self.workdir = config, workdir
+    self.config, self.workdir = config, workdir
     self.samples_dir = os.path.join(workdir, 'samples')
     os.makedirs(self.samples_dir, exist_ok=True)
     (self.images, self.labels, self.holdout, self.holdout_labels,
@@ -260,17 +260,8 @@ class GanJob:
     self.init_state = functools.partial(_init_state, self.cfg, self.spec)
     self.train_step = bound_train_step(self.cfg, self.spec.num_classes)
 
-  def config_dict(self) -> dict[str, Any]:
-    if isinstance(self._config, GanConfig):
-      return dataclasses.asdict(self._config)
-    return self._config.to_dict()
-
   def examples(self, positions: np.ndarray) -> dict[str, np.ndarray]:
     return {'image': gan_eval.as_float(self.images[positions]), 'label': self.labels[positions]}
-
-  def start(self, state: GANState, first_step: int) -> GANState:
-    del first_step
-    return state
 
   def sample_path(self, step: int) -> str:
     return os.path.join(self.samples_dir, f'step_{step:06d}.png')

@@ -9,7 +9,6 @@ newest checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import os
@@ -271,7 +270,7 @@ def global_batch(cfg: HashConfig, source: data_lib.Source, split: data_lib.Split
                            cfg.batch_size, cfg.seed, step, mesh)
 
 
-class HashJob:
+class HashJob(loop.Job):
   """HashNet as a job of `hashjax.loop`: the state is a `TrainState`; evaluation encodes
   queries and database and scores Hamming retrieval (`evaluate`); the outputs are eval.json
   and codes.npz (packed codes and labels of the final evaluation)."""
@@ -282,18 +281,13 @@ class HashJob:
 
   def __init__(self, config: ml_collections.ConfigDict | HashConfig, workdir: str):
     self.cfg = config if isinstance(config, HashConfig) else hash_config(config)
-    self._config, self.workdir = config, workdir
+    self.config, self.workdir = config, workdir
     self.source, self.split = load_data(self.cfg)
     self.num_examples = len(self.split.train)
     image_shape = self.source.images(self.split.train[:1]).shape[1:]
     self.init_state = functools.partial(_init_state, self.cfg, image_shape)
     self.train_step = bound_train_step(self.cfg)
     self.codes: dict[str, np.ndarray] | None = None  # of the latest evaluation
-
-  def config_dict(self) -> dict[str, Any]:
-    if isinstance(self._config, HashConfig):
-      return dataclasses.asdict(self._config)
-    return self._config.to_dict()
 
   def examples(self, positions: np.ndarray) -> dict[str, np.ndarray]:
     return _examples(self.source, self.split, positions)
@@ -308,9 +302,6 @@ class HashJob:
     log.info('backbone weights loaded from %s', self.cfg.pretrained)
     return state.replace(params=variables['params'],
                          batch_stats=variables.get('batch_stats', state.batch_stats))
-
-  def after_step(self, state: TrainState, step: int) -> None:
-    del state, step
 
   def evaluate(self, state: TrainState, step: int) -> dict[str, Any]:
     del step  # the state knows it

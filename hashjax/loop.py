@@ -8,11 +8,11 @@ save-and-stop, evaluations every `eval_every` steps into eval.jsonl, checkpoints
 honoured, also across resumes), and at the end the final evaluation (eval.json, written
 before the final checkpoint so a full disk cannot lose it) and the final checkpoint.
 
-The contract (`Job`): what a job provides.
+The contract (`Job`, a base class with defaults): what a job provides.
 
   cfg             settings with batch_size, num_steps, seed, log_every, eval_every,
                   checkpoint_every and checkpoint (a `config.CheckpointConfig`).
-  config_dict()   what config.json records.
+  config          what config.json records (a ConfigDict or dataclass; default cfg).
   loss_keys       metrics whose non-finite value stops the run.
   metric_modes    evaluation keys usable as `checkpoint.best_metric` → 'max' or 'min'.
   eval_at_start   evaluate the untrained model too (step 0 of a fresh run).
@@ -32,10 +32,11 @@ The contract (`Job`): what a job provides.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -50,23 +51,40 @@ from hashjax.models import conv
 log = logging.getLogger(__name__)
 
 
-class Job(Protocol):
-  """What `run` needs from a job (see the module docstring)."""
+class Job:
+  """A job of `run` (see the module docstring). Subclasses set `cfg`, `loss_keys`,
+  `num_examples`, `init_state` and `train_step`, and define `examples`, `evaluate` and
+  `finish`; the rest has defaults."""
   cfg: Any
-  loss_keys: tuple[str, ...]
-  metric_modes: dict[str, str]
-  eval_at_start: bool
+  config: Any = None  # what config.json records: a ConfigDict or a config dataclass
+  loss_keys: tuple[str, ...] = ()
+  metric_modes: dict[str, str] = {}
+  eval_at_start: bool = False
   num_examples: int
   train_step: Callable[[Any, dict[str, jax.Array], jax.Array], tuple[Any, dict[str, jax.Array]]]
   init_state: Callable[[jax.Array], Any]
 
-  def config_dict(self) -> dict[str, Any]: ...
-  def examples(self, positions: np.ndarray) -> dict[str, np.ndarray]: ...
-  def start(self, state: Any, first_step: int) -> Any: ...
-  def after_step(self, state: Any, step: int) -> None: ...
-  def evaluate(self, state: Any, step: int) -> dict[str, Any] | None: ...
+  def config_dict(self) -> dict[str, Any]:
+    config = self.cfg if self.config is None else self.config
+    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config.to_dict()
+
+  def examples(self, positions: np.ndarray) -> dict[str, np.ndarray]:
+    raise NotImplementedError
+
+  def start(self, state: Any, first_step: int) -> Any:
+    del first_step
+    return state
+
+  def after_step(self, state: Any, step: int) -> None:
+    del state, step
+
+  def evaluate(self, state: Any, step: int) -> dict[str, Any] | None:
+    del state, step
+    return None
+
   def finish(self, state: Any, eval_row: dict[str, Any] | None,
-             last_log_row: dict[str, Any] | None) -> dict[str, Any]: ...
+             last_log_row: dict[str, Any] | None) -> dict[str, Any]:
+    raise NotImplementedError
 
 
 def jit_train_step(train_step, mesh: Mesh):

@@ -125,10 +125,19 @@ def fresh_state(job: Job, mesh: Mesh) -> tuple[Any, jax.Array]:
   return init_replicated(job.init_state, init_rng, mesh), parallel.replicate(step_rng, mesh)
 
 
+def abstract_state(job: Job, mesh: Mesh) -> tuple[Any, jax.ShapeDtypeStruct]:
+  """Shapes, dtypes and (replicated) shardings of (state, step RNG key), built without
+  initialising anything."""
+  key = jax.eval_shape(jax.random.PRNGKey, 0)
+  repl = parallel.replicated(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
+                      (jax.eval_shape(job.init_state, key), key))
+
+
 def restore(job: Job, ckpt: Checkpointer, step: int, mesh: Mesh) -> tuple[Any, jax.Array]:
   """(state, step RNG key) of checkpoint `step`; a batch size unlike the run's is a
   `ConfigError`."""
-  state, rng = fresh_state(job, mesh)
+  state, rng = abstract_state(job, mesh)
   restored = ckpt.restore(step, checkpoint_tree(state, rng, 0, job.cfg.batch_size))
   seen, at = int(restored['examples_seen']), int(restored['state'].step)
   if seen != at * job.cfg.batch_size:

@@ -1,6 +1,7 @@
 """Examples/sec of one DCGAN train step (D on real + fake, then G; Adam), hashjax vs PyTorch.
 
   python benchmarks/gan_step.py [--image-size=64] [--batch=64] [--steps=5] [--rounds=4]
+      [--no-torch] [--peak-tflops=P]
 
 Same architecture in both (the reference DCGAN: ngf = ndf = 64, nz = 100, 3 channels), same
 losses (BCE, non-saturating G), same optimizers. PyTorch is measured when `torch` is
@@ -8,7 +9,9 @@ installed (`pip install torch==2.13.0`); the ratio printed is hashjax / PyTorch.
 timed in alternating rounds of `--steps` steps each, and the medians over rounds are
 reported, so that this VM's drifting speed (±15% over minutes) falls on both sides. Also times
 hashjax with flax's `nn.ConvTranspose` generator (lax.conv_transpose), to show what the
-matmul + col2im formulation buys on this machine.
+matmul + col2im formulation buys on this machine. Prints the step's FLOPs (XLA's cost
+analysis) and TFLOP/s, and its FLOP utilisation against `--peak-tflops` when given;
+`--no-torch` skips PyTorch (a CPU baseline, no match for a GPU step).
 """
 
 import argparse
@@ -28,7 +31,8 @@ from hashjax.models import dcgan
 
 
 def hashjax_step(size, batch, conv_transpose=False):
-  """A warmed-up (compiled) callable running one hashjax DCGAN train step."""
+  """(a warmed-up (compiled) callable running one hashjax DCGAN train step, its FLOPs or
+  None)."""
   c = dcgan_digits.get_config()
   c.image_size, c.ngf, c.ndf, c.batch_size = size, 64, 64, batch
   cfg = gan_config(c)
@@ -45,14 +49,15 @@ def hashjax_step(size, batch, conv_transpose=False):
     batch = {'image': np.random.default_rng(0).uniform(-1, 1, (batch, size, size, 3)).astype(np.float32),
              'label': np.zeros(batch, np.int32)}
     rng = jax.random.PRNGKey(1)
+    step = step.lower(state, batch, rng).compile()  # compiled once: run and cost-analysed
     holder = {'state': state}
 
     def run():
       holder['state'], metrics = step(holder['state'], batch, rng)
       jax.block_until_ready(metrics)
     run()
-    run()  # compile / warm up (while the generator is the one asked for)
-    return run
+    run()  # warm up
+    return run, rounds.compiled_flops(step)
   finally:
     dcgan.StridedConvTranspose = original
 
@@ -105,20 +110,25 @@ def main():
   parser.add_argument('--steps', type=int, default=5, help='steps per round')
   parser.add_argument('--rounds', type=int, default=4)
   parser.add_argument('--skip-conv-transpose', action='store_true')
+  parser.add_argument('--no-torch', action='store_true', help='hashjax only')
+  parser.add_argument('--peak-tflops', type=float, default=0.0,
+                      help="one device's peak TFLOP/s (float32), for the FLOP utilisation")
   args = parser.parse_args()
   size, batch = args.image_size, args.batch
   print(f'DCGAN {size}x{size}, batch {batch}, D+G step, devices: {jax.devices()}')
-  ours = hashjax_step(size, batch)
+  ours, flops = hashjax_step(size, batch)
   if not args.skip_conv_transpose:
-    plain = hashjax_step(size, batch, conv_transpose=True)
+    plain, _ = hashjax_step(size, batch, conv_transpose=True)
     t_ct = rounds.seconds_per_step(plain, max(2, args.steps // 5))
     t = rounds.seconds_per_step(ours, args.steps)
     print(f'hashjax (nn.ConvTranspose G):  {batch / t_ct:8.1f} examples/s; the strided layers '
           f'are {t_ct / t:.1f}x faster')
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    torch = None
+  torch = None
+  if not args.no_torch:
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      pass
   theirs = None
   if torch is not None:
     torch.set_num_threads(os.cpu_count())
@@ -135,9 +145,9 @@ def main():
                                     args.rounds, on_round=report)
   t = float(np.median(times['hashjax']))
   print(f'hashjax (strided layers G):   {batch / t:8.1f} examples/s ({t * 1e3:.0f} ms/step, '
-        f'median of {args.rounds} rounds)')
+        f'median of {args.rounds} rounds; {rounds.flops_summary(flops, t, args.peak_tflops)})')
   if torch is None:
-    print('PyTorch not installed: pip install torch==2.13.0 to compare')
+    print('PyTorch not installed (pip install torch==2.13.0) or --no-torch: no comparison')
     return
   t_torch = float(np.median(times['torch']))
   ratio, low, high = rounds.ratio_summary(times['hashjax'], times['torch'])

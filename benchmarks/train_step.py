@@ -1,6 +1,7 @@
 """Examples/sec of the HashNet train step, hashjax vs PyTorch on the same machine.
 
   python benchmarks/train_step.py [--models=small_cnn,alexnet,resnet50] [--steps=5] [--rounds=4]
+      [--dtype=bfloat16] [--batch=N] [--no-torch] [--peak-tflops=P]
 
 For each model (small_cnn 32 px batch 256, alexnet 224 px batch 32, resnet50 224 px batch 16
 on CPU) it times hashjax's jitted step (HashNet balanced pairwise loss, SGD momentum 0.9 +
@@ -8,8 +9,11 @@ weight decay, hash layer lr ×10) and, when torch is installed (`pip install tor
 a PyTorch implementation of the identical network, loss and optimizer. The two are timed in
 alternating rounds of `--steps` steps, so that this VM's drifting speed falls on both; it
 prints the medians over rounds and the median of the per-round ratios. It also reports
-hashjax's compile time, and the input pipeline's examples/sec (indices → uint8 images →
-float → device) against the step's.
+hashjax's compile time, the step's FLOPs (XLA's cost analysis of the compiled step, one
+device's program; a multiply-add counts 2) and TFLOP/s, its model FLOP utilisation against
+`--peak-tflops` (one device's peak) when given, and the input pipeline's examples/sec
+(indices → uint8 images → float → device) against the step's. `--batch` replaces every
+model's batch; `--no-torch` skips PyTorch (a CPU baseline, no match for a GPU step).
 """
 
 import argparse
@@ -45,7 +49,8 @@ def _config(model, batch, dtype='float32'):
 
 
 def hashjax_step(model, dtype='float32'):
-  """(a warmed-up callable running one hashjax train step, its compile time in s)."""
+  """(a warmed-up callable running one hashjax train step, its compile time in s, its FLOPs
+  per step or None)."""
   size, channels, batch = SETTINGS[model]
   cfg = _config(model, batch, dtype)
   mesh = parallel.make_mesh()
@@ -57,6 +62,7 @@ def hashjax_step(model, dtype='float32'):
   step = hash_trainer.make_train_step(cfg, mesh)
   key = parallel.replicate(np.asarray(jax.random.PRNGKey(1)), mesh)
   batch_dev = parallel.global_batch(local, mesh)
+  step = step.lower(state, batch_dev, key).compile()  # compiled once: run and cost-analysed
   holder = {'state': state}
 
   def run():
@@ -66,7 +72,7 @@ def hashjax_step(model, dtype='float32'):
   run()
   compile_s = time.perf_counter() - t0
   run()
-  return run, compile_s
+  return run, compile_s, rounds.compiled_flops(step)
 
 
 def pipeline_rate(model, steps):
@@ -189,22 +195,31 @@ def main():
   parser.add_argument('--steps', type=int, default=5, help='steps per round')
   parser.add_argument('--rounds', type=int, default=4)
   parser.add_argument('--dtype', default='float32', help='compute dtype (bfloat16 on GPU/TPU)')
+  parser.add_argument('--batch', type=int, default=0, help="every model's batch (0: defaults)")
+  parser.add_argument('--no-torch', action='store_true', help='hashjax only')
+  parser.add_argument('--peak-tflops', type=float, default=0.0,
+                      help="one device's peak TFLOP/s at --dtype, for the FLOP utilisation")
   args = parser.parse_args()
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-    torch.set_num_threads(os.cpu_count())
-  except ImportError:
-    torch = None
-    print('PyTorch not installed (pip install torch==2.13.0): hashjax only')
+  if args.batch:
+    SETTINGS.update({m: (size, ch, args.batch) for m, (size, ch, _) in SETTINGS.items()})
+  torch = None
+  if args.no_torch:
+    print('--no-torch: hashjax only')
+  else:
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+      torch.set_num_threads(os.cpu_count())
+    except ImportError:
+      print('PyTorch not installed (pip install torch==2.13.0): hashjax only')
   print(f'devices: {jax.devices()}')
   for model in args.models.split(','):
     size, _, batch = SETTINGS[model]
-    ours, compile_s = hashjax_step(model, args.dtype)
+    ours, compile_s, flops = hashjax_step(model, args.dtype)
     theirs = torch_step(model) if torch is not None else None
     times = rounds.alternating_rounds({'hashjax': ours, 'torch': theirs}, args.steps, args.rounds)
     t = float(np.median(times['hashjax']))
-    line = (f'{model:9s} {size}px batch {batch}: hashjax {batch / t:8.1f} ex/s '
-            f'(compile {compile_s:.1f} s)')
+    line = (f'{model:9s} {size}px batch {batch} {args.dtype}: hashjax {batch / t:8.1f} ex/s '
+            f'(compile {compile_s:.1f} s; {rounds.flops_summary(flops, t, args.peak_tflops)})')
     if theirs is not None:
       t_torch = float(np.median(times['torch']))
       ratio, low, high = rounds.ratio_summary(times['hashjax'], times['torch'])

@@ -1,9 +1,12 @@
+import contextlib
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from hashjax import ops
 from hashjax.models.dcgan import Discriminator, Generator, StridedConv, StridedConvTranspose
 
 
@@ -12,25 +15,32 @@ UP = (lambda f: nn.ConvTranspose(f, (4, 4), strides=(2, 2), padding=((2, 2), (2,
 DOWN = (lambda f: nn.Conv(f, (4, 4), strides=(2, 2), padding=1), StridedConv, 0.5)
 
 
+def on_path(path):
+  """A context tracing the CPU kernels ('cpu') or the other backends' ops ('portable')."""
+  if path == 'portable':
+    return ops.force_portable()
+  if not ops.cpu_kernels():
+    pytest.skip('the CPU kernels run on an XLA:CPU backend only')
+  return contextlib.nullcontext()
+
+
+@pytest.mark.parametrize('path', ['cpu', 'portable'])
 @pytest.mark.parametrize('layers,shape,features', [
-    (UP, (2, 4, 4, 3), 5), (UP, (1, 8, 6, 16), 8), (UP, (3, 1, 1, 2), 1),
-    (UP, (2, 10, 8, 6), 32),  # four-phase convolution (≥ 8 px, ≥ 32 features)
-    (DOWN, (2, 8, 8, 3), 5), (DOWN, (1, 4, 6, 16), 8), (DOWN, (3, 2, 2, 2), 1),
-    (DOWN, (1, 16, 18, 32), 4)])  # its input gradient takes the four-phase path
-def test_strided_layers_equal_flax_layers_with_the_same_kernel(layers, shape, features):
+    (UP, (2, 4, 4, 3), 5), (UP, (2, 10, 8, 6), 32),
+    (DOWN, (2, 8, 8, 3), 5), (DOWN, (1, 16, 18, 32), 4)])  # more shapes: test_ops_strided.py
+def test_strided_layers_equal_flax_layers_with_the_same_kernel(layers, shape, features, path):
   make_reference, make_ours, scale = layers
   x = jax.random.normal(jax.random.PRNGKey(0), shape)
   reference, ours = make_reference(features), make_ours(features)
   variables = reference.init(jax.random.PRNGKey(1), x)
-  assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(2), x)) == jax.tree.map(
-      jnp.shape, variables)  # same parameter names and kernel layout: interchangeable
-  y_ref, y = reference.apply(variables, x), ours.apply(variables, x)
-  assert y.shape == (shape[0], int(scale * shape[1]), int(scale * shape[2]), features)
-  np.testing.assert_allclose(y, y_ref, atol=2e-6)
-  # The hand-written backward passes give autodiff's gradients for the kernel and the input.
   loss = lambda m: lambda v, x: jnp.sum(jnp.sin(m.apply(v, x)))
+  with on_path(path):
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(2), x)) == jax.tree.map(
+        jnp.shape, variables)  # same parameter names and kernel layout: interchangeable
+    y, g = ours.apply(variables, x), jax.grad(loss(ours), argnums=(0, 1))(variables, x)
+  assert y.shape == (shape[0], int(scale * shape[1]), int(scale * shape[2]), features)
+  np.testing.assert_allclose(y, reference.apply(variables, x), atol=2e-6)
   g_ref = jax.grad(loss(reference), argnums=(0, 1))(variables, x)
-  g = jax.grad(loss(ours), argnums=(0, 1))(variables, x)
   for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-5)  # float32 sums of ~100 terms
 
@@ -89,3 +99,34 @@ def test_initialisation_scales():
 def test_unsupported_resolution():
   with pytest.raises(ValueError, match='image_size=48 is not supported'):
     Generator(image_size=48).init(jax.random.PRNGKey(0), jnp.zeros((1, 100)))
+
+
+def test_tiny_generator_and_discriminator_agree_on_both_paths():
+  """A D + G forward and backward pass (BatchNorm in training mode), traced with the CPU
+  kernels and with flax's and lax's own ops: the same variables, values and gradients."""
+  if not ops.cpu_kernels():
+    pytest.skip('the CPU kernels run on an XLA:CPU backend only')
+  g = Generator(image_size=32, nz=4, ngf=4, channels=3, num_classes=2)
+  d = Discriminator(image_size=32, ndf=4, num_classes=2)
+  z, labels = jax.random.normal(jax.random.PRNGKey(0), (2, 4)), jnp.arange(2)
+
+  def losses(g_vars, d_vars, z):
+    fake, _ = g.apply(g_vars, z, labels, train=True, mutable=['batch_stats'])
+    logits, _ = d.apply(d_vars, fake, labels, train=True, mutable=['batch_stats'])
+    return jnp.sum(jax.nn.softplus(-logits)), fake
+
+  def run():
+    g_vars = g.init(jax.random.PRNGKey(1), z, labels)
+    d_vars = d.init(jax.random.PRNGKey(2), jnp.zeros((2, 32, 32, 3)), labels)
+    (loss, fake), grads = jax.value_and_grad(losses, argnums=(0, 1, 2), has_aux=True)(
+        g_vars, d_vars, z)
+    return (g_vars, d_vars), (loss, fake), grads
+
+  cpu = run()
+  with ops.force_portable():
+    portable = run()
+  variables = lambda out: jax.tree_util.tree_flatten_with_path(out[0])
+  assert [(k, v.shape) for k, v in variables(cpu)[0]] == [(k, v.shape)
+                                                          for k, v in variables(portable)[0]]
+  for a, b in zip(jax.tree.leaves(cpu[1:]), jax.tree.leaves(portable[1:])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -1,8 +1,11 @@
+"""hashjax/models: HashNet, its backbones, and their two paths through hashjax.ops."""
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from hashjax import HashNet, hash_activation
+from hashjax import HashNet, hash_activation, ops
 
 
 @pytest.mark.parametrize('size', [8, 28, 32])
@@ -67,18 +70,35 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
   assert z.dtype == jnp.float32 and jnp.allclose(z, z32, atol=0.05)
 
 
-@pytest.mark.parametrize('shape,window,stride,padding', [
-    ((2, 8, 8, 3), 2, 2, 0), ((2, 7, 9, 4), 2, 2, 0), ((1, 55, 55, 2), 3, 2, 0),
-    ((2, 16, 16, 3), 3, 2, 1)])
-def test_max_pool_equals_flax_max_pool(shape, window, stride, padding):
-  import flax.linen as nn
-  from hashjax.models.backbones import max_pool
-  x = jax.random.normal(jax.random.PRNGKey(0), shape)
-  ref = lambda x: nn.max_pool(x, (window,) * 2, (stride,) * 2, padding=((padding,) * 2,) * 2)
-  ours = lambda x: max_pool(x, window, stride, padding)
-  assert jnp.array_equal(ours(x), ref(x))
-  loss = lambda f: lambda x: jnp.sum(jnp.sin(f(x)))
-  assert jnp.allclose(jax.grad(loss(ours))(x), jax.grad(loss(ref))(x))
-  # Ties (few distinct values): the gradient goes to the first maximum, as in flax and PyTorch.
-  ties = jnp.floor(x * 2)
-  assert jnp.array_equal(jax.grad(loss(ours))(ties), jax.grad(loss(ref))(ties))
+@pytest.mark.parametrize('backbone', ['small_cnn', 'alexnet', 'resnet18', 'resnet50'])
+def test_both_paths_have_the_same_variables(backbone):
+  """Checkpoints and pretrained weights fit either path: the same names, shapes and dtypes."""
+  model = HashNet(bits=16, backbone=backbone)
+  size = 8 if backbone == 'small_cnn' else 64
+  init = lambda: jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                                   jnp.zeros((1, size, size, 3))))
+  cpu = init()
+  with ops.force_portable():
+    portable = init()
+  assert jax.tree.structure(cpu) == jax.tree.structure(portable)
+  assert jax.tree.leaves(cpu) == jax.tree.leaves(portable)
+
+
+def test_tiny_small_cnn_hashnet_agrees_on_both_paths():
+  """Forward and backward (parameters and images) traced with the CPU kernels (max pools,
+  dense layers) and with flax's own layers give the same values and gradients."""
+  if not ops.cpu_kernels():
+    pytest.skip('the CPU kernels run on an XLA:CPU backend only')
+  model = HashNet(bits=8, backbone='small_cnn')
+  x = jnp.floor(2 * jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 1)))  # pooling ties
+  variables = model.init(jax.random.PRNGKey(0), x)
+  loss = lambda v, x: jnp.sum(jnp.tanh(model.apply(v, x)) ** 2)
+  run = lambda: (jax.value_and_grad(loss, argnums=(0, 1))(variables, x),
+                 str(jax.make_jaxpr(lambda v, x: model.apply(v, x))(variables, x)))
+  cpu, cpu_jaxpr = run()
+  with ops.force_portable():
+    portable, portable_jaxpr = run()
+  assert cpu_jaxpr.count('custom_vjp_call[') == 4  # two pools, the hidden and hash layers
+  assert 'custom_vjp' not in portable_jaxpr
+  for a, b in zip(jax.tree.leaves(cpu), jax.tree.leaves(portable)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -13,6 +13,9 @@ features [B, F]. `train` switches dropout and BatchNorm batch statistics.
 * `resnet18` / `resnet50` (torchvision's ResNet v1.5, stride in the 3×3 conv; F = 512 / 2048):
   conv 64@7/2, BN, ReLU, maxpool 3/2, four stages, global average pool. BatchNorm keeps running
   averages in the `batch_stats` collection.
+
+Max pooling, dense layers and ResNet's convolutions (the ones with 1×1 kernels) go through
+`hashjax.ops`: XLA:CPU kernels on CPU, flax's layers elsewhere, the same parameters either way.
 """
 
 from __future__ import annotations
@@ -21,89 +24,11 @@ import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from hashjax.models.conv import conv_general_dilated
-from hashjax.models.dense import Dense
+from hashjax import ops
 
 BACKBONES = ('small_cnn', 'alexnet', 'resnet18', 'resnet50')
-
-# ResNet's convolutions: XLA's, with a matmul kernel gradient for its 1×1 convolutions on CPU
-# (conv.py; ResNet-50 step 1.11× against XLA's kernel gradient everywhere, 0.78× with the
-# matmul form for the 3×3 and 7×7 convolutions too). The small CNN and AlexNet have no 1×1
-# convolutions and use plain `nn.Conv`. (ResNet-18 was not measured; it shares this code.)
-Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
-
-
-def max_pool(x_BxHxWxC, window: int, stride: int, padding: int = 0):
-  """Max pooling [B, H, W, C] → [B, (H + 2·padding − window) // stride + 1, …, C].
-
-  The same values and gradient as `nn.max_pool(x, (window,)*2, (stride,)*2, padding)`
-  (padding with −inf; the gradient goes to the first maximum of each window, as in PyTorch),
-  but faster on CPU: the forward pass compares the window² strided slices in turn, keeping
-  each window's maximum and the index of its first maximum (an int8 array) for the backward
-  pass, which sums the masked output gradient into the input grid phase by phase. XLA's
-  select-and-scatter gradient was 1.2–2.7× slower on CPU, and differentiating a plain chain of
-  maxima let XLA recompute it inside the backward pass (AlexNet's first pool, forward +
-  backward: 218 ms that way, 112 ms with an argmax over stacked taps, 40 ms with this).
-  """
-  x = x_BxHxWxC
-  if padding:
-    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
-                constant_values=-jnp.inf)
-  return _max_pool(x, window, stride)
-
-
-def _windows(x_BxHxWxC, window: int, stride: int) -> list[jax.Array]:
-  """The window² strided slices [B, oh, ow, C], tap (i, j) at index i·window + j."""
-  _, h, w, _ = x_BxHxWxC.shape
-  oh, ow = (h - window) // stride + 1, (w - window) // stride + 1
-  return [x_BxHxWxC[:, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride]
-          for i in range(window) for j in range(window)]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _max_pool(x_BxHxWxC, window: int, stride: int):
-  return functools.reduce(jnp.maximum, _windows(x_BxHxWxC, window, stride))
-
-
-def _max_pool_fwd(x_BxHxWxC, window, stride):
-  maximum = tap = None
-  for index, part in enumerate(_windows(x_BxHxWxC, window, stride)):
-    if maximum is None:
-      maximum, tap = part, jnp.zeros(part.shape, jnp.int8)
-    else:
-      larger = part > maximum  # strict: ties keep the first tap
-      maximum, tap = jnp.where(larger, part, maximum), jnp.where(larger, jnp.int8(index), tap)
-  # XLA still recomputes the chain inside the backward pass's fusion, but with the barrier
-  # far less of it: AlexNet's three pool gradients took 117 ms a step with it, 204 without.
-  maximum, tap = jax.lax.optimization_barrier((maximum, tap))
-  return maximum, (tap, x_BxHxWxC.shape)
-
-
-def _max_pool_bwd(window, stride, residuals, dy_BxhxwxC):
-  """Input row stride·m + a gets the output rows m − k through taps i = a + stride·k: each
-  phase (a, c) of the input grid is a sum of shifted, masked dy; the phases interleave."""
-  tap, (b, h, w, c) = residuals
-  oh, ow = dy_BxhxwxC.shape[1:3]
-  mh, mw = -(-h // stride), -(-w // stride)
-  zero = jnp.zeros((), dy_BxhxwxC.dtype)
-  phases = []
-  for a in range(stride):
-    for d in range(stride):
-      total = jnp.zeros((b, mh, mw, c), dy_BxhxwxC.dtype)
-      for k in range(-(-(window - a) // stride)):
-        for l in range(-(-(window - d) // stride)):
-          picked = jnp.where(tap == (a + stride * k) * window + d + stride * l, dy_BxhxwxC, zero)
-          total = total + jnp.pad(picked, ((0, 0), (k, mh - oh - k), (l, mw - ow - l), (0, 0)))
-      phases.append(total)
-  dx = jnp.stack(phases, axis=3).reshape(b, mh, mw, stride, stride, c)
-  dx = dx.transpose(0, 1, 3, 2, 4, 5).reshape(b, stride * mh, stride * mw, c)
-  return (dx[:, :h, :w],)
-
-
-_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 class SmallCNN(nn.Module):
@@ -117,9 +42,9 @@ class SmallCNN(nn.Module):
     for width in (32, 64):
       x = nn.relu(nn.Conv(width, (3, 3), dtype=self.dtype)(x))
       x = nn.relu(nn.Conv(width, (3, 3), dtype=self.dtype)(x))
-      x = max_pool(x, 2, 2)
+      x = ops.max_pool(x, 2, 2)
     x = x.reshape(x.shape[0], -1)
-    return nn.relu(Dense(self.features, dtype=self.dtype)(x))
+    return nn.relu(ops.Dense(self.features, dtype=self.dtype)(x))
 
 
 def adaptive_avg_pool(x, output_size: tuple[int, int]):
@@ -146,7 +71,7 @@ class AlexNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
-    pool = functools.partial(max_pool, window=3, stride=2)
+    pool = functools.partial(ops.max_pool, window=3, stride=2)
     conv = functools.partial(nn.Conv, dtype=self.dtype)
     x = pool(nn.relu(conv(64, (11, 11), (4, 4), padding=2)(x)))
     x = pool(nn.relu(conv(192, (5, 5), padding=2)(x)))
@@ -158,7 +83,7 @@ class AlexNet(nn.Module):
     x = x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
     for _ in range(2):
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-      x = nn.relu(Dense(4096, dtype=self.dtype)(x))
+      x = nn.relu(ops.Dense(4096, dtype=self.dtype)(x))
     return x
 
 
@@ -171,7 +96,7 @@ class BasicBlock(nn.Module):
   def __call__(self, x, *, train: bool):
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                              dtype=self.dtype)
-    conv = functools.partial(Conv, use_bias=False, dtype=self.dtype)
+    conv = functools.partial(ops.Conv, use_bias=False, dtype=self.dtype)
     residual = x
     y = conv(self.filters, (3, 3), self.strides, padding=1)(x)
     y = nn.relu(norm()(y))
@@ -193,7 +118,7 @@ class Bottleneck(nn.Module):
   def __call__(self, x, *, train: bool):
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                              dtype=self.dtype)
-    conv = functools.partial(Conv, use_bias=False, dtype=self.dtype)
+    conv = functools.partial(ops.Conv, use_bias=False, dtype=self.dtype)
     residual = x
     y = nn.relu(norm()(conv(self.filters, (1, 1))(x)))
     y = conv(self.filters, (3, 3), self.strides, padding=1)(y)
@@ -215,12 +140,12 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
-    x = Conv(64, (7, 7), (2, 2), padding=3, use_bias=False, dtype=self.dtype,
-             name='conv1')(x)
+    x = ops.Conv(64, (7, 7), (2, 2), padding=3, use_bias=False, dtype=self.dtype,
+                 name='conv1')(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
                      name='bn1')(x)
     x = nn.relu(x)
-    x = max_pool(x, 3, 2, padding=1)
+    x = ops.max_pool(x, 3, 2, padding=1)
     for stage, num_blocks in enumerate(self.stage_sizes):
       for b in range(num_blocks):
         strides = 2 if stage > 0 and b == 0 else 1

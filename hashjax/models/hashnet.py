@@ -8,8 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hashjax import ops
 from hashjax.models.backbones import make_backbone
-from hashjax.models.dense import Dense
 
 
 class HashNet(nn.Module):
@@ -33,7 +33,7 @@ class HashNet(nn.Module):
   def __call__(self, images_BxHxWxC: jax.Array, *, train: bool = False) -> jax.Array:
     backbone = make_backbone(self.backbone, dtype=self.dtype, name='backbone')
     features_BxF = backbone(images_BxHxWxC.astype(self.dtype), train=train)
-    z_BxK = Dense(self.bits, dtype=self.dtype, name='hash_layer')(features_BxF)
+    z_BxK = ops.Dense(self.bits, dtype=self.dtype, name='hash_layer')(features_BxF)
     return z_BxK.astype(jnp.float32)
 
 

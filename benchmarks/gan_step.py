@@ -9,7 +9,8 @@ installed (`pip install torch==2.13.0`); the ratio printed is hashjax / PyTorch.
 timed in alternating rounds of `--steps` steps each, and the medians over rounds are
 reported, so that this VM's drifting speed (±15% over minutes) falls on both sides. Also times
 hashjax with flax's `nn.ConvTranspose` generator (lax.conv_transpose), to show what the
-matmul + col2im formulation buys on this machine. Prints the step's FLOPs (XLA's cost
+generator's XLA:CPU kernels (`hashjax.ops.strided_conv_transpose`) buy on CPU; on other
+backends the generator runs lax.conv_transpose either way. Prints the step's FLOPs (XLA's cost
 analysis) and TFLOP/s, and its FLOP utilisation against `--peak-tflops` when given;
 `--no-torch` skips PyTorch (a CPU baseline, no match for a GPU step).
 """

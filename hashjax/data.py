@@ -1,6 +1,7 @@
 """Image sources, the retrieval protocol split, and deterministic batches.
 
-Data flows one way: a *source* (`digits`, `npz:PATH`, `tfds:NAME[:SPLIT]`) gives uint8 images
+Data flows one way: a *source* (`digits`, `npz:PATH`, `tfds:NAME[:SPLIT]`, `pairs:SPEC`, and
+the image files `folder:PATH` and `list:PATH` of `hashjax.image_files`) gives uint8 images
 [N, H, W, C] and labels (class ids [N] or multi-hot [N, L]); `protocol_split` divides its
 indices into query / database / training sets; `batch_indices` picks the training examples of
 a step from (seed, step) alone, so a resumed run sees exactly the batches it would have seen.
@@ -114,7 +115,7 @@ def _resize(image_HxWxC: np.ndarray, size: int | None) -> np.ndarray:
   return out[..., None] if out.ndim == 2 else out
 
 
-SOURCES = 'digits, npz:PATH, tfds:NAME[:SPLIT], folder:PATH, list:PATH'
+SOURCES = 'digits, npz:PATH, tfds:NAME[:SPLIT], folder:PATH, list:PATH, pairs:SPEC'
 
 
 def load_source(spec: str, *, image_size: int | None = None,
@@ -128,9 +129,12 @@ def load_source(spec: str, *, image_size: int | None = None,
       SPLIT defaults to 'train'), or 'folder:PATH' (every jpg/png/webp under PATH, center
       cropped and resized to image_size, RGB; subfolder names become class labels), or
       'list:PATH' (a text file of `relative/image.jpg 0 1 0 ...` lines: multi-hot labels,
-      images relative to the list file's folder, resized to image_size; NUS-WIDE, MS-COCO).
+      images relative to the list file's folder, resized to image_size; NUS-WIDE, MS-COCO),
+      or 'pairs:SPEC' (two items of the single-label source SPEC side by side, C² classes
+      with ~1/C² of pairs similar: `pair_source`; e.g. 'pairs:npz:mnist_t10k.npz' is a
+      100-class set of 56×28 images).
     image_size: resize images to image_size × image_size pixels (None: keep their size;
-      required for folders).
+      required for folders and lists; for pairs it applies to each half).
     cache_dir: where a folder's decoded images are cached as one uint8 array file (None: no
       cache).
 
@@ -143,15 +147,49 @@ def load_source(spec: str, *, image_size: int | None = None,
     # Pixel values are 0..16; spread them over 0..255 like any other uint8 image.
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
     return _array_source(images, digits.target.astype(np.int64), image_size)
-  if spec.startswith('npz:'):
-    return _load_npz(spec[len('npz:'):], image_size)
-  if spec.startswith('tfds:'):
-    return _load_tfds(spec[len('tfds:'):], image_size)
-  if spec.startswith('folder:'):
-    return _load_folder(spec[len('folder:'):], image_size, cache_dir)
-  if spec.startswith('list:'):
-    return _load_list(spec[len('list:'):], image_size)
-  raise DataError(f'unknown dataset {spec!r}; accepted: {SOURCES}')
+  kind, _, rest = spec.partition(':') if isinstance(spec, str) else ('', '', '')
+  if kind not in ('npz', 'tfds', 'folder', 'list', 'pairs'):
+    raise DataError(f'unknown dataset {spec!r}; accepted: {SOURCES}')
+  if not rest:
+    raise DataError(f'dataset {spec!r} names no {kind} source; accepted: {SOURCES}')
+  if kind == 'npz':
+    return _load_npz(rest, image_size)
+  if kind == 'tfds':
+    return _load_tfds(rest, image_size)
+  if kind == 'pairs':
+    return pair_source(load_source(rest, image_size=image_size, cache_dir=cache_dir))
+  from hashjax import image_files  # pylint: disable=g-import-not-at-top  # imports this module
+  if kind == 'folder':
+    return image_files.load_folder(rest, image_size, cache_dir)
+  return image_files.load_list(rest, image_size)
+
+
+def pair_source(base: Source, num_items: int | None = None, seed: int = 0) -> ArraySource:
+  """A set with rare similar pairs: two items of `base` side by side.
+
+  Item n is base image a_n on the left and b_n on the right (two independent permutations of
+  the base, cycled), label C·y(a_n) + y(b_n) with C = max class id + 1. With C balanced
+  classes the C² pair classes hold ~1/C² of the items each, so ~1/C² of pairs are similar
+  (~1% for digits, against ~10% for the digits alone).
+
+  Args:
+    base: single-label source of equal-size images [N, H, W, C] (class ids 0..C−1).
+    num_items: items to build (None: N). seed: the pairing (deterministic; fixed at 0 by
+      the `pairs:` spec).
+
+  Returns:
+    ArraySource with uint8 images [num_items, H, 2W, C] and int64 labels [num_items].
+  """
+  if base.labels.ndim != 1:
+    raise DataError('a pairs: source needs single-label data (class ids), not multi-hot labels')
+  n = len(base)
+  num_items = n if num_items is None else num_items
+  rng = np.random.default_rng([seed, 0x9A1E])
+  draw = lambda: np.concatenate([rng.permutation(n) for _ in range(-(-num_items // n))])
+  left, right = draw()[:num_items], draw()[:num_items]
+  images = np.concatenate([base.images(left), base.images(right)], axis=2)
+  labels = (int(base.labels.max()) + 1) * base.labels[left] + base.labels[right]
+  return ArraySource(images, labels.astype(np.int64))
 
 
 def _array_source(images, labels, image_size):
@@ -200,7 +238,8 @@ def _load_tfds(name_split: str, image_size: int | None) -> TfdsSource:
     raise DataError(
         f'tfds dataset {name!r} (split {split!r}) is not prepared for random access: run '
         f'`tfds build {name} --file_format=array_record` once on a machine with network '
-        f'(set TFDS_DATA_DIR to where it went); tfds said: {str(e.args[0] if e.args else e).splitlines()[0]}') from None
+        f'(set TFDS_DATA_DIR to where it went); tfds said: '
+        f'{str(e.args[0] if e.args else e).splitlines()[0]}') from None
   if len(records) == 0:
     raise DataError(f'tfds dataset {name!r} split {split!r} is empty')
   first = records[0]
@@ -214,79 +253,6 @@ def _load_tfds(name_split: str, image_size: int | None) -> TfdsSource:
   return TfdsSource(records, labels.astype(np.int64), image_size)
 
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp')
-
-
-def _list_images(root: str) -> tuple[list[str], np.ndarray, list[str]]:
-  """Image files under root (sorted) and class ids from their top-level subfolder."""
-  paths = []
-  for folder, dirs, files in os.walk(root):
-    dirs.sort()
-    paths += [os.path.relpath(os.path.join(folder, f), root) for f in sorted(files)
-              if f.lower().endswith(IMAGE_EXTENSIONS)]
-  groups = [p.split(os.sep)[0] if os.sep in p else '' for p in paths]
-  class_names = sorted(set(groups))
-  index = {name: i for i, name in enumerate(class_names)}
-  return paths, np.array([index[g] for g in groups], np.int64), class_names
-
-
-def _decode_square(path: str, size: int) -> np.ndarray | None:
-  """RGB uint8 [size, size, 3]: the central square crop, resized; None if undecodable."""
-  from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
-  try:
-    with Image.open(path) as im:
-      im = im.convert('RGB')
-      w, h = im.size
-      side = min(w, h)
-      left, top = (w - side) // 2, (h - side) // 2
-      im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
-      return np.asarray(im, np.uint8)
-  except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError):
-    return None
-
-
-def _load_folder(root: str, image_size: int | None, cache_dir: str | None) -> ArraySource:
-  import concurrent.futures  # pylint: disable=g-import-not-at-top
-  import hashlib  # pylint: disable=g-import-not-at-top
-  import logging  # pylint: disable=g-import-not-at-top
-  if not os.path.isdir(root):
-    raise DataError(f'image folder {root!r} does not exist')
-  if image_size is None:
-    raise DataError('a folder: source needs image_size (the model resolution)')
-  paths, labels, _ = _list_images(root)
-  if not paths:
-    raise DataError(f'image folder {root!r} holds no image file '
-                    f'({", ".join(IMAGE_EXTENSIONS)})')
-  stats = [os.stat(os.path.join(root, p)) for p in paths]
-  key = hashlib.sha1(repr((os.path.abspath(root), image_size,
-                           [(p, st.st_size, st.st_mtime_ns) for p, st in zip(paths, stats)])
-                          ).encode()).hexdigest()[:16]
-  cache = os.path.join(cache_dir, f'folder_{key}.npz') if cache_dir else None
-  if cache and os.path.exists(cache):
-    with np.load(cache) as f:
-      return ArraySource(f['image'], f['label'])
-  with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-    decoded = list(pool.map(lambda p: _decode_square(os.path.join(root, p), image_size), paths))
-  good = [i for i, im in enumerate(decoded) if im is not None]
-  if len(good) < len(paths):
-    bad = [paths[i] for i, im in enumerate(decoded) if im is None]
-    logging.getLogger(__name__).warning(
-        'skipped %d of %d files in %s that could not be decoded (e.g. %s)', len(bad),
-        len(paths), root, bad[0])
-  if not good:
-    raise DataError(f'no image in {root!r} could be decoded ({len(paths)} tried)')
-  images, labels = np.stack([decoded[i] for i in good]), labels[good]
-  if cache:
-    from hashjax.checkpoint import write_or_warn  # pylint: disable=g-import-not-at-top
-    os.makedirs(cache_dir, exist_ok=True)
-
-    def write(tmp):
-      with open(tmp, 'wb') as f:
-        np.savez(f, image=images, label=labels)
-    write_or_warn(cache, write)
-  return ArraySource(images, labels)
-
-
 def fit_to_size(images_NxHxWxC: np.ndarray, size: int) -> np.ndarray:
   """Makes images size × size: smaller ones are padded with black around (28 → 32 keeps
   MNIST digits pixel-exact), others resized."""
@@ -298,67 +264,6 @@ def fit_to_size(images_NxHxWxC: np.ndarray, size: int) -> np.ndarray:
     return np.pad(images_NxHxWxC, ((0, 0), (top, size - h - top), (left, size - w - left),
                                    (0, 0)))
   return np.stack([_resize(im, size) for im in images_NxHxWxC])
-
-
-# ---------------------------------------------------------------------------------------------
-# list:PATH — an image list with multi-hot labels (NUS-WIDE, MS-COCO in the HashNet release)
-# ---------------------------------------------------------------------------------------------
-
-
-class ListSource:
-  """Images named by a list file, decoded on access (RGB, resized to image_size × image_size
-  with PIL bilinear), with multi-hot labels int64 [N, L]."""
-
-  def __init__(self, paths: list[str], labels: np.ndarray, image_size: int):
-    self.paths = paths
-    self.labels = labels
-    self._image_size = image_size
-
-  def __len__(self) -> int:
-    return len(self.labels)
-
-  def images(self, indices: np.ndarray) -> np.ndarray:
-    return np.stack([_decode_resized(self.paths[int(i)], self._image_size) for i in indices])
-
-
-def _decode_resized(path: str, size: int) -> np.ndarray:
-  from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
-  try:
-    with Image.open(path) as im:
-      return np.asarray(im.convert('RGB').resize((size, size), Image.BILINEAR), np.uint8)
-  except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as e:
-    raise DataError(f'image {path!r} cannot be decoded ({e})') from None
-
-
-def _load_list(path: str, image_size: int | None, root: str | None = None) -> ListSource:
-  """Reads a list file: one `relative/image.jpg 0 1 0 ... 1` line per image (multi-hot labels,
-  the same number on every line; blank lines and '#' comments skipped). Images are resolved
-  relative to `root` (default: the list file's folder) and must all exist."""
-  if not os.path.isfile(path):
-    raise DataError(f'image list {path!r} does not exist')
-  if image_size is None:
-    raise DataError('a list: source needs image_size (the model resolution)')
-  root = os.path.dirname(os.path.abspath(path)) if root is None else root
-  paths, rows = [], []
-  with open(path) as f:
-    for n, line in enumerate(f, 1):
-      parts = line.split('#')[0].split()
-      if not parts:
-        continue
-      if len(parts) < 2 or any(p not in ('0', '1') for p in parts[1:]):
-        raise DataError(f'{path}:{n}: expected "relative/path.jpg 0 1 ..." (a path and 0/1 '
-                        f'labels), got {line.strip()[:80]!r}')
-      if rows and len(parts) - 1 != len(rows[0]):
-        raise DataError(f'{path}:{n}: {len(parts) - 1} labels, but line 1 of the list has '
-                        f'{len(rows[0])}')
-      image = os.path.join(root, parts[0])
-      if not os.path.isfile(image):
-        raise DataError(f'{path}:{n}: image {image!r} does not exist')
-      paths.append(image)
-      rows.append([int(p) for p in parts[1:]])
-  if not paths:
-    raise DataError(f'image list {path!r} names no image')
-  return ListSource(paths, np.asarray(rows, np.int64), image_size)
 
 
 @dataclasses.dataclass(frozen=True)

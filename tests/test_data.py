@@ -3,8 +3,9 @@ import os
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from PIL import Image
 
-from hashjax import data
+from hashjax import data, losses
 
 
 def test_digits_source():
@@ -43,6 +44,52 @@ def test_not_an_npz_file(tmp_path):
     data.load_source(f'npz:{path}')
   with pytest.raises(data.DataError, match='unknown dataset'):
     data.load_source('imagenet')
+
+
+@pytest.mark.parametrize('spec', ['npz:', 'list:', 'folder:', 'tfds:', 'pairs:', 'npz'])
+def test_a_spec_without_its_path_is_a_clear_error(spec):
+  kind = spec.rstrip(':')
+  with pytest.raises(data.DataError, match=f"dataset '{spec}' names no {kind} source; accepted: "
+                                           'digits, npz:PATH, .*pairs:SPEC'):
+    data.load_source(spec)
+
+
+def test_pair_source_labels_and_imbalance():
+  base = data.load_source('digits')
+  pairs = data.pair_source(base, num_items=3000, seed=0)
+  assert pairs.images(np.arange(2)).shape == (2, 8, 16, 1)
+  assert len(pairs) == 3000 and pairs.labels.min() >= 0 and pairs.labels.max() <= 99
+  # Label 10·a + b: the left half is a base image of class a, the right one of class b.
+  all_images = base.images(np.arange(len(base)))
+  for n in range(5):
+    image = pairs.images(np.array([n]))[0]
+    left, right = image[:, :8], image[:, 8:]
+    lefts = np.flatnonzero((all_images == left).all(axis=(1, 2, 3)))
+    rights = np.flatnonzero((all_images == right).all(axis=(1, 2, 3)))
+    assert pairs.labels[n] // 10 in base.labels[lefts]
+    assert pairs.labels[n] % 10 in base.labels[rights]
+  np.testing.assert_array_equal(pairs.labels, data.pair_source(base, 3000, 0).labels)
+  assert not np.array_equal(pairs.labels, data.pair_source(base, 3000, 1).labels)
+  counts = np.bincount(pairs.labels, minlength=100)
+  similar = (counts * (counts - 1)).sum() / (3000 * 2999)
+  assert 0.008 < similar < 0.013  # ~1% of pairs, vs ~10% for the digits alone
+
+
+def test_pairs_spec_pairs_any_single_label_source(tmp_path):
+  spec = data.load_source('pairs:digits')
+  np.testing.assert_array_equal(spec.labels, data.pair_source(data.load_source('digits')).labels)
+  assert len(spec) == 1797 and spec.images(np.arange(1)).shape == (1, 8, 16, 1)
+  assert data.load_source('pairs:digits', image_size=12).images(np.arange(1)).shape == (
+      1, 12, 24, 1)  # image_size applies to each half
+  # Three classes: label 3·a + b (C = max class id + 1).
+  path = tmp_path / 'three.npz'
+  np.savez(path, image=np.arange(6, dtype=np.uint8).reshape(6, 1, 1), label=np.arange(6) % 3)
+  three = data.load_source(f'pairs:npz:{path}')
+  left, right = three.images(np.arange(6))[:, 0, :, 0].T
+  np.testing.assert_array_equal(three.labels, 3 * (left % 3) + right % 3)
+  np.savez(path, image=np.zeros((4, 2, 2), np.uint8), label=np.eye(4, 2, dtype=np.int64))
+  with pytest.raises(data.DataError, match='a pairs: source needs single-label data'):
+    data.load_source(f'pairs:npz:{path}')
 
 
 def test_tfds_source_through_data_source_mock():
@@ -111,7 +158,6 @@ def test_class_list_restricts_items(tmp_path):
 
 
 def _folder(tmp_path):
-  from PIL import Image
   root = tmp_path / 'faces'
   for cls, color in (('cats', (255, 0, 0)), ('dogs', (0, 0, 255))):
     (root / cls).mkdir(parents=True)
@@ -152,3 +198,53 @@ def test_fit_to_size_pads_28_to_32_and_resizes_8():
   padded = data.fit_to_size(images, 32)
   assert padded.shape == (2, 32, 32, 1) and padded[0, 0, 0, 0] == 0 and padded[0, 2, 2, 0] == 200
   assert data.fit_to_size(np.zeros((1, 8, 8, 1), np.uint8), 32).shape == (1, 32, 32, 1)
+
+
+# --- list:PATH (multi-hot image lists) -------------------------------------------------------
+
+
+def _write_list(root, lines, images=('a.png', 'b/c.png', 'b/d.png')):
+  os.makedirs(root / 'b', exist_ok=True)
+  for i, name in enumerate(images):
+    Image.fromarray(np.full((10, 14, 3), 40 * i, np.uint8)).save(root / name)
+  path = root / 'all.txt'
+  path.write_text('\n'.join(lines) + '\n')
+  return str(path)
+
+
+def test_list_source_reads_multi_hot_labels_and_resizes(tmp_path):
+  path = _write_list(tmp_path, ['# path labels', 'a.png 1 0 0 1', 'b/c.png 0 1 0 0', '',
+                                'b/d.png 0 0 1 1'])
+  source = data.load_source(f'list:{path}', image_size=8)
+  np.testing.assert_array_equal(source.labels, [[1, 0, 0, 1], [0, 1, 0, 0], [0, 0, 1, 1]])
+  images = source.images(np.array([2, 0]))
+  assert images.shape == (2, 8, 8, 3) and images.dtype == np.uint8
+  assert images[0].mean() == pytest.approx(80, abs=1) and images[1].max() == 0
+  split = data.protocol_split(source.labels, seed=0, num_query=1, num_train=1)
+  assert len(split.query) == 1 and len(split.database) == 2
+  sim = np.asarray(losses.similarity_matrix(source.labels))
+  assert sim[0, 2] == 1 and sim[0, 1] == 0  # shares label 3 / nothing
+
+
+@pytest.mark.parametrize('lines,size,message', [
+    (['a.png 1 0', 'b/c.png 0 2'], 8, r'all.txt:2: expected'),
+    (['a.png'], 8, r'all.txt:1: expected'),
+    (['a.png 1 0', 'b/c.png 0 1 1'], 8, r'all.txt:2: 3 labels, but line 1 .* has 2'),
+    (['a.png 1 0', 'missing.png 0 1'], 8, r"all.txt:2: image .*missing.png' does not exist"),
+    (['# nothing'], 8, 'names no image'),
+    (['a.png 1 0'], None, 'needs image_size'),
+])
+def test_list_source_errors(tmp_path, lines, size, message):
+  path = _write_list(tmp_path, lines)
+  with pytest.raises(data.DataError, match=message):
+    data.load_source(f'list:{path}', image_size=size)
+
+
+def test_list_source_missing_file_and_undecodable_image(tmp_path):
+  with pytest.raises(data.DataError, match='does not exist'):
+    data.load_source(f'list:{tmp_path}/nope.txt', image_size=8)
+  path = _write_list(tmp_path, ['a.png 1', 'bad.png 1'])
+  (tmp_path / 'bad.png').write_bytes(b'not an image')
+  source = data.load_source(f'list:{path}', image_size=8)
+  with pytest.raises(data.DataError, match="bad.png' cannot be decoded"):
+    source.images(np.array([1]))

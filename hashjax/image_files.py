@@ -1,0 +1,147 @@
+"""Image files as data sources: a folder of images (`folder:PATH`) and an image list with
+multi-hot labels (`list:PATH`, NUS-WIDE and MS-COCO in the HashNet release).
+
+Opened through `hashjax.data.load_source`; both decode with PIL to RGB uint8 at the model
+resolution `image_size`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from hashjax.data import ArraySource, DataError
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp')
+
+
+def _list_images(root: str) -> tuple[list[str], np.ndarray, list[str]]:
+  """Image files under root (sorted) and class ids from their top-level subfolder."""
+  paths = []
+  for folder, dirs, files in os.walk(root):
+    dirs.sort()
+    paths += [os.path.relpath(os.path.join(folder, f), root) for f in sorted(files)
+              if f.lower().endswith(IMAGE_EXTENSIONS)]
+  groups = [p.split(os.sep)[0] if os.sep in p else '' for p in paths]
+  class_names = sorted(set(groups))
+  index = {name: i for i, name in enumerate(class_names)}
+  return paths, np.array([index[g] for g in groups], np.int64), class_names
+
+
+def _decode_square(path: str, size: int) -> np.ndarray | None:
+  """RGB uint8 [size, size, 3]: the central square crop, resized; None if undecodable."""
+  from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as im:
+      im = im.convert('RGB')
+      w, h = im.size
+      side = min(w, h)
+      left, top = (w - side) // 2, (h - side) // 2
+      im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+      return np.asarray(im, np.uint8)
+  except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError):
+    return None
+
+
+def load_folder(root: str, image_size: int | None, cache_dir: str | None) -> ArraySource:
+  import concurrent.futures  # pylint: disable=g-import-not-at-top
+  import hashlib  # pylint: disable=g-import-not-at-top
+  import logging  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(root):
+    raise DataError(f'image folder {root!r} does not exist')
+  if image_size is None:
+    raise DataError('a folder: source needs image_size (the model resolution)')
+  paths, labels, _ = _list_images(root)
+  if not paths:
+    raise DataError(f'image folder {root!r} holds no image file '
+                    f'({", ".join(IMAGE_EXTENSIONS)})')
+  stats = [os.stat(os.path.join(root, p)) for p in paths]
+  key = hashlib.sha1(repr((os.path.abspath(root), image_size,
+                           [(p, st.st_size, st.st_mtime_ns) for p, st in zip(paths, stats)])
+                          ).encode()).hexdigest()[:16]
+  cache = os.path.join(cache_dir, f'folder_{key}.npz') if cache_dir else None
+  if cache and os.path.exists(cache):
+    with np.load(cache) as f:
+      return ArraySource(f['image'], f['label'])
+  with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+    decoded = list(pool.map(lambda p: _decode_square(os.path.join(root, p), image_size), paths))
+  good = [i for i, im in enumerate(decoded) if im is not None]
+  if len(good) < len(paths):
+    bad = [paths[i] for i, im in enumerate(decoded) if im is None]
+    logging.getLogger(__name__).warning(
+        'skipped %d of %d files in %s that could not be decoded (e.g. %s)', len(bad),
+        len(paths), root, bad[0])
+  if not good:
+    raise DataError(f'no image in {root!r} could be decoded ({len(paths)} tried)')
+  images, labels = np.stack([decoded[i] for i in good]), labels[good]
+  if cache:
+    from hashjax.checkpoint import write_or_warn  # pylint: disable=g-import-not-at-top
+    os.makedirs(cache_dir, exist_ok=True)
+
+    def write(tmp):
+      with open(tmp, 'wb') as f:
+        np.savez(f, image=images, label=labels)
+    write_or_warn(cache, write)
+  return ArraySource(images, labels)
+
+
+# ---------------------------------------------------------------------------------------------
+# list:PATH — an image list with multi-hot labels (NUS-WIDE, MS-COCO in the HashNet release)
+# ---------------------------------------------------------------------------------------------
+
+
+class ListSource:
+  """Images named by a list file, decoded on access (RGB, resized to image_size × image_size
+  with PIL bilinear), with multi-hot labels int64 [N, L]."""
+
+  def __init__(self, paths: list[str], labels: np.ndarray, image_size: int):
+    self.paths = paths
+    self.labels = labels
+    self._image_size = image_size
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def images(self, indices: np.ndarray) -> np.ndarray:
+    return np.stack([_decode_resized(self.paths[int(i)], self._image_size) for i in indices])
+
+
+def _decode_resized(path: str, size: int) -> np.ndarray:
+  from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as im:
+      return np.asarray(im.convert('RGB').resize((size, size), Image.BILINEAR), np.uint8)
+  except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as e:
+    raise DataError(f'image {path!r} cannot be decoded ({e})') from None
+
+
+def load_list(path: str, image_size: int | None, root: str | None = None) -> ListSource:
+  """Reads a list file: one `relative/image.jpg 0 1 0 ... 1` line per image (multi-hot labels,
+  the same number on every line; blank lines and '#' comments skipped). Images are resolved
+  relative to `root` (default: the list file's folder) and must all exist."""
+  if not os.path.isfile(path):
+    raise DataError(f'image list {path!r} does not exist')
+  if image_size is None:
+    raise DataError('a list: source needs image_size (the model resolution)')
+  root = os.path.dirname(os.path.abspath(path)) if root is None else root
+  paths, rows = [], []
+  with open(path) as f:
+    for n, line in enumerate(f, 1):
+      parts = line.split('#')[0].split()
+      if not parts:
+        continue
+      if len(parts) < 2 or any(p not in ('0', '1') for p in parts[1:]):
+        raise DataError(f'{path}:{n}: expected "relative/path.jpg 0 1 ..." (a path and 0/1 '
+                        f'labels), got {line.strip()[:80]!r}')
+      if rows and len(parts) - 1 != len(rows[0]):
+        raise DataError(f'{path}:{n}: {len(parts) - 1} labels, but line 1 of the list has '
+                        f'{len(rows[0])}')
+      image = os.path.join(root, parts[0])
+      if not os.path.isfile(image):
+        raise DataError(f'{path}:{n}: image {image!r} does not exist')
+      paths.append(image)
+      rows.append([int(p) for p in parts[1:]])
+  if not paths:
+    raise DataError(f'image list {path!r} names no image')
+  return ListSource(paths, np.asarray(rows, np.int64), image_size)

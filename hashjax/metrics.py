@@ -377,3 +377,28 @@ def recall_at_radius(query_codes, db_codes, query_labels, db_labels, *, radius: 
                      chunk_size: int | None = None) -> float:
   """Mean recall of the Hamming ball of `radius` bits (relevant retrieved / relevant)."""
   return _radius_metrics(query_codes, db_codes, query_labels, db_labels, radius, chunk_size)[1]
+
+
+def inner_product_map(query_h_QxK, db_h_NxK, query_labels, db_labels, *, topk=None,
+                      chunk_size: int = 256) -> float:
+  """mAP@topk ranking the database by −⟨h_q, h_i⟩ of real-valued codes (e.g. tanh(β z), no
+  sign), ties by database index; the AP convention of the Hamming metrics above.
+
+  On ±1 codes it equals `mean_average_precision` (−⟨b_q, b_i⟩ = 2·Hamming − K).
+  """
+  _check_cutoff(topk, 'topk')
+  query_h_QxK, db_h_NxK, query_labels, db_labels = _check_inputs(
+      query_h_QxK, db_h_NxK, query_labels, db_labels)
+  q, db = query_h_QxK.astype(np.float32), db_h_NxK.astype(np.float32)
+  k = len(db) if topk is None else min(int(topk), len(db))
+  aps = []
+  for start in range(0, len(q), chunk_size):
+    stop = start + chunk_size
+    order_CxK = np.argsort(-(q[start:stop] @ db.T), axis=1, kind='stable')[:, :k]
+    ranked = db_labels[order_CxK]
+    if ranked.ndim == 2:
+      rel_CxK = query_labels[start:stop, None] == ranked
+    else:
+      rel_CxK = (query_labels[start:stop, None, :] * ranked).sum(-1) > 0
+    aps.append(_index_ap(rel_CxK, k))
+  return float(np.concatenate(aps).mean())

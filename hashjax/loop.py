@@ -43,10 +43,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from hashjax import data as data_lib
-from hashjax import parallel, training
+from hashjax import ops, parallel, training
 from hashjax.checkpoint import Checkpointer, PreemptionGuard
 from hashjax.config import ConfigError
-from hashjax.models import conv
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +88,11 @@ class Job:
 
 def jit_train_step(train_step, mesh: Mesh):
   """`train_step(state, batch, rng)` jitted over the mesh: the batch sharded on 'data', state
-  and RNG key replicated, the state donated; on CPU compiled with `cpu_compiler_options`
-  (Eigen convolutions and dots; docs/PERFORMANCE.md)."""
+  and RNG key replicated, the state donated; compiled with `ops.compiler_options()` (on CPU:
+  Eigen convolutions and dots; docs/PERFORMANCE.md)."""
   repl, rows = parallel.replicated(mesh), parallel.data_sharding(mesh)
   return jax.jit(train_step, in_shardings=(repl, rows, repl), out_shardings=(repl, repl),
-                 donate_argnums=0, compiler_options=conv.cpu_compiler_options())
+                 donate_argnums=0, compiler_options=ops.compiler_options())
 
 
 def init_replicated(init_state: Callable[[jax.Array], Any], rng, mesh: Mesh):

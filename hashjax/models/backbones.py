@@ -14,8 +14,9 @@ features [B, F]. `train` switches dropout and BatchNorm batch statistics.
   conv 64@7/2, BN, ReLU, maxpool 3/2, four stages, global average pool. BatchNorm keeps running
   averages in the `batch_stats` collection.
 
-Max pooling, dense layers and ResNet's convolutions (the ones with 1×1 kernels) go through
-`hashjax.ops`: XLA:CPU kernels on CPU, flax's layers elsewhere, the same parameters either way.
+Max pooling, dense layers and ResNet's convolutions (for their 1×1 kernel gradients) go
+through `hashjax.ops`: XLA:CPU kernels on CPU, flax's layers elsewhere, the same parameters
+either way.
 """
 
 from __future__ import annotations

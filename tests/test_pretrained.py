@@ -122,19 +122,25 @@ def _config(tmp_path, **overrides):
 
 
 def test_a_fresh_run_starts_from_the_pretrained_backbone(tmp_path):
-  from hashjax import hash_trainer  # pylint: disable=g-import-not-at-top
-  from hashjax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
-  from hashjax.config import hash_config  # pylint: disable=g-import-not-at-top
+  from hashjax import hash_trainer, loop, parallel  # pylint: disable=g-import-not-at-top
   source = _random_variables('resnet18')
   np.savez(tmp_path / 'r18.npz', **pretrained.to_torch_state_dict(source, 'resnet18'))
-  cfg = hash_config(_config(tmp_path, pretrained=str(tmp_path / 'r18.npz')))
-  state, _ = hash_trainer._restore_or_init(  # pylint: disable=protected-access
-      cfg, Checkpointer(str(tmp_path / 'ckpt')), (32, 32, 3), str(tmp_path))
-  loaded = state.variables()
+  rng = np.random.default_rng(0)  # RGB images for the 3-channel torchvision stem
+  np.savez(tmp_path / 'rgb.npz', image=rng.integers(0, 256, (40, 32, 32, 3), np.uint8),
+           label=np.arange(40) % 4)
+  cfg = _config(tmp_path, pretrained=str(tmp_path / 'r18.npz'),
+                dataset=f'npz:{tmp_path / "rgb.npz"}')
+  cfg.split.query_per_class, cfg.split.train_per_class = 2, 5
+  job = hash_trainer.HashJob(cfg, str(tmp_path / 'run'))
+  state, _ = loop.fresh_state(job, parallel.make_mesh())
+  loaded = job.start(state, first_step=0).variables()
   for collection in ('params', 'batch_stats'):
     for a, b in zip(jax.tree.leaves(loaded[collection]['backbone']),
                     jax.tree.leaves(source[collection]['backbone'])):
       np.testing.assert_array_equal(np.asarray(a), b)
+  resumed = job.start(state, first_step=5).variables()  # a resumed run keeps its own weights
+  assert not np.array_equal(np.asarray(jax.tree.leaves(resumed['params']['backbone'])[0]),
+                            jax.tree.leaves(source['params']['backbone'])[0])
 
 
 def test_pretrained_config_errors(tmp_path):

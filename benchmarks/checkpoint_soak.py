@@ -25,7 +25,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import hashnet_digits  # pylint: disable=g-import-not-at-top
-from hashjax import checkpoint as ckpt_lib, hash_trainer
+from hashjax import checkpoint as ckpt_lib, hash_trainer, loop
 
 _durations = []
 _real_save = ckpt_lib.Checkpointer.save
@@ -99,14 +99,13 @@ def main():
       step_times += [c.batch_size / r['examples_per_sec'] for r in rows[1:]]
       ck = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
       latest = ck.latest_step()
+      ck.close()
       try:
-        state = hash_trainer._restore_or_init(  # pylint: disable=protected-access
-            hash_trainer.hash_config(c), ck, (8, 8, 1), workdir)[0]
+        state = loop.load_checkpoint(hash_trainer.HashJob(c, workdir), workdir)[0]
         ok = latest is not None and int(state.step) == latest
       except Exception:  # pylint: disable=broad-except
         ok = False
       totals['lost'] += 0 if ok else 1
-      ck.close()
       print(f'round {rnd}: newest checkpoint {latest}, free {ckpt_lib.free_bytes(mnt)} B, '
             f'row {dict((k, last[k]) for k in last if k.startswith("checkpoint_"))}')
   finally:

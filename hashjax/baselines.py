@@ -64,7 +64,7 @@ class ITQModel(NamedTuple):
   mean_D: np.ndarray
   pca_DxK: np.ndarray  # top-K principal directions (columns)
   rotation_KxK: np.ndarray  # orthogonal
-  quantization_error_T: np.ndarray  # ‖B − V R‖²_F / N before each update, [iterations + 1]
+  quantization_errors: np.ndarray  # ‖B − V R‖²_F / N before each update, [iterations + 1]
 
 
 def quantization_error(v_NxK: np.ndarray, rotation_KxK: np.ndarray) -> float:

@@ -60,7 +60,7 @@ class SubsetSource:
 
 
 def read_class_list(path: str) -> np.ndarray:
-  """Class ids, one integer per line ('#' starts a comment), as int64 [C]."""
+  """Class ids, one integer per line ('#' starts a comment), as a 1-D int64 array."""
   if not os.path.isfile(path):
     raise DataError(f'class list {path!r} does not exist')
   ids = []
@@ -130,8 +130,8 @@ def load_source(spec: str, *, image_size: int | None = None,
       cropped and resized to image_size, RGB; subfolder names become class labels), or
       'list:PATH' (a text file of `relative/image.jpg 0 1 0 ...` lines: multi-hot labels,
       images relative to the list file's folder, resized to image_size; NUS-WIDE, MS-COCO),
-      or 'pairs:SPEC' (two items of the single-label source SPEC side by side, C² classes
-      with ~1/C² of pairs similar: `pair_source`; e.g. 'pairs:npz:mnist_t10k.npz' is a
+      or 'pairs:SPEC' (two items of the single-label source SPEC side by side, L² classes
+      with ~1/L² of pairs similar: `pair_source`; e.g. 'pairs:npz:mnist_t10k.npz' is a
       100-class set of 56×28 images).
     image_size: resize images to image_size × image_size pixels (None: keep their size;
       required for folders and lists; for pairs it applies to each half).
@@ -168,12 +168,12 @@ def pair_source(base: Source, num_items: int | None = None, seed: int = 0) -> Ar
   """A set with rare similar pairs: two items of `base` side by side.
 
   Item n is base image a_n on the left and b_n on the right (two independent permutations of
-  the base, cycled), label C·y(a_n) + y(b_n) with C = max class id + 1. With C balanced
-  classes the C² pair classes hold ~1/C² of the items each, so ~1/C² of pairs are similar
+  the base, cycled), label L·y(a_n) + y(b_n) with L = max class id + 1. With L balanced
+  classes the L² pair classes hold ~1/L² of the items each, so ~1/L² of pairs are similar
   (~1% for digits, against ~10% for the digits alone).
 
   Args:
-    base: single-label source of equal-size images [N, H, W, C] (class ids 0..C−1).
+    base: single-label source of equal-size images [N, H, W, C] (class ids 0..L−1).
     num_items: items to build (None: N). seed: the pairing (deterministic; fixed at 0 by
       the `pairs:` spec).
 

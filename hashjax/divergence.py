@@ -61,7 +61,7 @@ def exact_jsd(log_p: Callable[[jax.Array], jax.Array], log_q: Callable[[jax.Arra
   """JSD(p ‖ q) = ½ E_p[log p − log m] + ½ E_q[log q − log m], m = (p + q)/2, in nats.
 
   Args:
-    log_p, log_q: log densities, [K, d] → [K]. samples_p_NxD ~ p, samples_q_MxD ~ q.
+    log_p, log_q: log densities, [N, D] → [N]. samples_p_NxD ~ p, samples_q_MxD ~ q.
 
   Returns:
     The Monte-Carlo estimate (a scalar in [0, log 2] up to sampling noise; its standard error
@@ -80,9 +80,9 @@ class MLPClassifier(nn.Module):
   depth: int = 2
 
   @nn.compact
-  def __call__(self, x_BxF, *, train: bool = False):
+  def __call__(self, x, *, train: bool = False):
     del train
-    x = x_BxF.reshape(x_BxF.shape[0], -1)
+    x = x.reshape(x.shape[0], -1)
     for _ in range(self.depth):
       x = nn.leaky_relu(nn.Dense(self.hidden)(x), 0.2)
     return nn.Dense(1, kernel_init=nn.initializers.zeros)(x)[:, 0]
@@ -200,7 +200,7 @@ def estimate_jsd(real: np.ndarray, fake: np.ndarray, *, classifier: str = 'mlp',
   distributions; a weak classifier or too few samples bias it down, never up.
 
   Args:
-    real, fake: [N, ...] and [M, ...] samples: 2-D points [N, d], or NHWC images in [−1, 1].
+    real, fake: [N, ...] and [M, ...] samples: 2-D points [N, 2], or NHWC images in [−1, 1].
     classifier: 'mlp' (standardised, flattened input, `depth` × `hidden` LeakyReLU) or
       'dcgan_d' (hashjax.models.dcgan.Discriminator with `ndf`, images 32 or 64 px).
     confidence, num_bootstrap: percentile bootstrap over the held-out per-sample terms (real

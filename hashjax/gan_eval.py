@@ -101,7 +101,7 @@ def evaluate_jsd(state, cfg: GanConfig, holdout: np.ndarray,
                                                    None)))
     stats = toy2d.mode_stats(fake, mixture)
     bandwidth = mixture.std / 2
-    row.update(modes=stats.modes, num_modes=len(mixture.means_Kx2),
+    row.update(modes=stats.modes, num_modes=len(mixture.means_Gx2),
                high_quality=stats.high_quality, kde_bandwidth=bandwidth,
                kde_jsd=toy2d.kde_jsd(mixture, real, fit, fake, bandwidth))
     estimate = estimate_jsd(real, fake, classifier='mlp', steps=cfg.eval_steps, seed=cfg.seed)
@@ -140,9 +140,9 @@ def _save_scatter(path: str, points_Nx2: np.ndarray, mixture: toy2d.Mixture, tit
     return False
   ax = fig.subplots()
   ax.scatter(points_Nx2[:, 0], points_Nx2[:, 1], s=2, alpha=0.5, label='generated')
-  ax.scatter(mixture.means_Kx2[:, 0], mixture.means_Kx2[:, 1], s=30, marker='x', c='red',
+  ax.scatter(mixture.means_Gx2[:, 0], mixture.means_Gx2[:, 1], s=30, marker='x', c='red',
              label='modes')
-  lim = np.abs(mixture.means_Kx2).max() + 1.5
+  lim = np.abs(mixture.means_Gx2).max() + 1.5
   ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect='equal', title=title)
   ax.legend(loc='upper right', fontsize=8)
   return _save_figure(fig, path)

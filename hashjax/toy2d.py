@@ -20,15 +20,15 @@ from hashjax.divergence import exact_jsd
 
 
 class Mixture(NamedTuple):
-  """An equal-weight mixture of isotropic Gaussians: means [K, 2], one std for all."""
-  means_Kx2: np.ndarray
+  """An equal-weight mixture of isotropic Gaussians: means [G, 2], one std for all."""
+  means_Gx2: np.ndarray
   std: float
 
 
 class ModeStats(NamedTuple):
   modes: int  # captured modes
   high_quality: float  # fraction of samples within `num_std` std of their nearest mode
-  counts_K: np.ndarray  # high-quality samples per mode
+  counts_G: np.ndarray  # high-quality samples per mode
 
 
 def ring8(radius: float = 2.0, std: float = 0.02) -> Mixture:
@@ -47,14 +47,14 @@ DATASETS: dict[str, Callable[[], Mixture]] = {'ring8': ring8, 'grid25': grid25}
 def sample(mixture: Mixture, n: int, seed: int) -> np.ndarray:
   """n points [n, 2] float32 from the mixture (numpy RNG from `seed`)."""
   rng = np.random.default_rng(seed)
-  component = rng.integers(0, len(mixture.means_Kx2), n)
-  points = mixture.means_Kx2[component] + mixture.std * rng.standard_normal((n, 2))
+  component = rng.integers(0, len(mixture.means_Gx2), n)
+  points = mixture.means_Gx2[component] + mixture.std * rng.standard_normal((n, 2))
   return points.astype(np.float32)
 
 
 def log_density(mixture: Mixture) -> Callable[[jax.Array], jax.Array]:
   """log p(x) of the mixture, [N, 2] → [N] (nats)."""
-  means = jnp.asarray(mixture.means_Kx2, jnp.float32)
+  means = jnp.asarray(mixture.means_Gx2, jnp.float32)
   return lambda x_Nx2: _log_mean_gaussian(jnp.asarray(x_Nx2, jnp.float32), means, mixture.std)
 
 
@@ -81,20 +81,20 @@ def _log_mean_gaussian(x_Nx2, centres_Mx2, std):
 def mode_stats(samples_Nx2, mixture: Mixture, num_std: float = 3.0) -> ModeStats:
   """Modes captured and the high-quality fraction (the VEEGAN / PacGAN definitions)."""
   x = np.asarray(samples_Nx2, np.float64)
-  dist_NxK = np.linalg.norm(x[:, None, :] - mixture.means_Kx2[None], axis=-1)
-  nearest_N = dist_NxK.argmin(axis=1)
-  good_N = dist_NxK[np.arange(len(x)), nearest_N] <= num_std * mixture.std
-  counts = np.bincount(nearest_N[good_N], minlength=len(mixture.means_Kx2))
+  dist_NxG = np.linalg.norm(x[:, None, :] - mixture.means_Gx2[None], axis=-1)
+  nearest_N = dist_NxG.argmin(axis=1)
+  good_N = dist_NxG[np.arange(len(x)), nearest_N] <= num_std * mixture.std
+  counts = np.bincount(nearest_N[good_N], minlength=len(mixture.means_Gx2))
   return ModeStats(modes=int(np.sum(counts > 0)), high_quality=float(good_N.mean()),
-                   counts_K=counts)
+                   counts_G=counts)
 
 
-def kde_jsd(mixture: Mixture, real_Nx2, fake_fit_Mx2, fake_eval_Lx2,
+def kde_jsd(mixture: Mixture, real_Nx2, fake_fit_Mx2, fake_eval_Jx2,
             bandwidth: float) -> float:
   """JSD(mixture ‖ KDE of generated samples), nats: `exact_jsd` with the known mixture density
   against a Gaussian KDE (bandwidth h) fitted on `fake_fit_Mx2` and evaluated on the disjoint
-  `fake_eval_Lx2` (so no sample scores its own kernel). The KDE smooths each generated mode by
+  `fake_eval_Jx2` (so no sample scores its own kernel). The KDE smooths each generated mode by
   h, so a perfect generator still scores a small floor (≈ 0.005 nats at h = std/2 and 10,000
   fitted points; measure it with real samples in place of generated ones)."""
   return float(exact_jsd(log_density(mixture), kde_log_density(fake_fit_Mx2, bandwidth),
-                         real_Nx2, fake_eval_Lx2))
+                         real_Nx2, fake_eval_Jx2))

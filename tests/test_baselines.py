@@ -30,7 +30,7 @@ def test_lsh_shapes_and_determinism():
 def test_itq_error_decreases_and_rotation_is_orthogonal():
   x = np.random.default_rng(0).standard_normal((300, 40)) @ np.diag(np.linspace(3, 0.1, 40))
   model = baselines.itq_fit(x, 16, iterations=50, seed=0)
-  errors = model.quantization_error_T
+  errors = model.quantization_errors
   assert len(errors) == 51
   # Each alternation minimises over B then over R, so the objective never rises.
   assert np.all(np.diff(errors) <= 1e-9 * errors[0])

@@ -14,7 +14,7 @@ FAST = dict(hidden=64, steps=1000, seed=1)  # the estimator, shrunk to keep the 
 
 
 def gaussian(mean, std=1.0):
-  """(log density [K, 2] → [K], sampler) of an isotropic 2-D Gaussian."""
+  """(log density [N, 2] → [N], sampler) of an isotropic 2-D Gaussian."""
   mean = np.asarray(mean, np.float32)
   log_p = lambda x: jnp.sum(norm.logpdf(x, mean, std), axis=-1)
   draw = lambda rng, n: (mean + std * rng.standard_normal((n, 2))).astype(np.float32)

@@ -152,7 +152,7 @@ if ((DRY)); then
   STEP=(--models=small_cnn --batch=8 --steps=1 --rounds=1)
   DCGAN=(--image-size=32 --batch=4 --steps=1 --rounds=1)
   MAP=(--queries=32 --database=1000 --topk=100 --baseline-queries=4)
-  TOPK=(--queries=32 --database=1000 --k=10)
+  TOPK=(--queries=32 --database=1000 --topk=10)
 else
   run_stage install 120 install_deps
   TRAIN=(--config.num_steps=500) GAN=(--config.num_steps=500)
@@ -160,7 +160,7 @@ else
   STEP=('--models=small_cnn,alexnet,resnet50' --batch=256 --steps=10 --rounds=3)
   DCGAN=(--image-size=64 --batch=64 --steps=10 --rounds=3)
   MAP=(--queries=10000 --database=1000000 --topk=1000 --baseline-queries=20)
-  TOPK=(--queries=10000 --database=1000000 --k=100)
+  TOPK=(--queries=10000 --database=1000000 --topk=100)
 fi
 F32=${PEAK_FP32:+--peak-tflops=$PEAK_FP32} BF16=${PEAK_BF16:+--peak-tflops=$PEAK_BF16}
 B=benchmarks

@@ -5,7 +5,7 @@ Not part of the test suite. Examples (2-core CPU; XLA_FLAGS sets one JAX device 
   XLA_FLAGS=--xla_force_host_platform_device_count=2 python benchmarks/retrieval.py \
       --queries=5000 --database=100000 --bits=64 --topk=1000
   python benchmarks/retrieval.py --mode=scaling --queries=1000 --database=50000
-  python benchmarks/retrieval.py --mode=topk --queries=1000 --database=1000000 --k=100
+  python benchmarks/retrieval.py --mode=topk --queries=1000 --database=1000000 --topk=100
   python benchmarks/retrieval.py --mode=map --queries=200 --database=1000000 --no-baseline
 
 Codes are clustered like trained hash codes: 10 classes, a random center per class, each bit
@@ -62,7 +62,7 @@ def run_map(args, num_query, num_db, baseline=True):
   qp, dp = np.packbits(qc > 0, 1), np.packbits(dc > 0, 1)
   metrics.mean_average_precision(qp[:8], dp, ql[:8], dl, topk=args.topk)  # compile
   ours, t_ours = timed(metrics.mean_average_precision, qp, dp, ql, dl, topk=args.topk)
-  line = f'Q={num_query} N={num_db} bits={args.bits} K={args.topk}: hashjax {t_ours:.2f}s'
+  line = f'Q={num_query} N={num_db} bits={args.bits} topk={args.topk}: hashjax {t_ours:.2f}s'
   line += f' mAP={ours:.6f}'
   if baseline:
     nb = min(args.baseline_queries or num_query, num_query)
@@ -85,9 +85,9 @@ def run_topk(args):
     qc = np.where(rng.random(qc.shape) > 0.5, 1, -1)
     dc = np.where(rng.random(dc.shape) > 0.5, 1, -1)
   qp, dp = np.packbits(qc > 0, 1), np.packbits(dc > 0, 1)
-  hamming_topk(qp[:8], dp, args.k)  # compile
-  (dist, idx), t_ours = timed(hamming_topk, qp, dp, args.k)
-  print(f'hamming_topk Q={args.queries} N={args.database} bits={args.bits} k={args.k}: '
+  hamming_topk(qp[:8], dp, args.topk)  # compile
+  (dist, idx), t_ours = timed(hamming_topk, qp, dp, args.topk)
+  print(f'hamming_topk Q={args.queries} N={args.database} bits={args.bits} topk={args.topk}: '
         f'{t_ours:.2f}s ({args.queries / t_ours:.0f} queries/s)', flush=True)
   try:
     import faiss  # pylint: disable=g-import-not-at-top
@@ -98,7 +98,7 @@ def run_topk(args):
     faiss.omp_set_num_threads(threads)
     index = faiss.IndexBinaryFlat(8 * dp.shape[1])
     index.add(dp)
-    (fdist, fidx), t_faiss = timed(index.search, qp, args.k)
+    (fdist, fidx), t_faiss = timed(index.search, qp, args.topk)
     print(f'faiss IndexBinaryFlat {threads} thread(s): {t_faiss:.2f}s; hashjax throughput = '
           f'{t_faiss / t_ours:.2f} x faiss; same distances {np.array_equal(fdist, dist)}, '
           f'same neighbours {np.array_equal(fidx, idx)}', flush=True)
@@ -110,14 +110,17 @@ def main():
   parser.add_argument('--queries', type=int, default=5000)
   parser.add_argument('--database', type=int, default=100_000)
   parser.add_argument('--bits', type=int, default=64)
-  parser.add_argument('--topk', type=int, default=1000, help='K of mAP@K')
-  parser.add_argument('--k', type=int, default=100, help='neighbours for --mode=topk')
+  parser.add_argument('--topk', type=int, default=None,
+                      help='the cutoff: mAP@topk (default 1000), or neighbours per query for '
+                      '--mode=topk (default 100)')
   parser.add_argument('--flip', type=float, default=0.2, help='bit flip probability')
   parser.add_argument('--uniform', action='store_true', help='topk: uniform random codes')
   parser.add_argument('--baseline-queries', type=int, default=0,
                       help='time the baseline on this many queries and extrapolate (0: all)')
   parser.add_argument('--no-baseline', action='store_true')
   args = parser.parse_args()
+  if args.topk is None:
+    args.topk = 100 if args.mode == 'topk' else 1000
   import jax  # pylint: disable=g-import-not-at-top
   print(f'devices: {jax.devices()}', flush=True)
   if args.mode == 'map':

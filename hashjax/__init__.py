@@ -1,14 +1,16 @@
 """hashjax: deep learning to hash (HashNet) and GANs in JAX/Flax.
 
 The functional API: models are flax linen modules (pure `init`/`apply`), everything else
-pure functions on arrays.
+pure functions on arrays. Arrays are named with their shape (`codes_NxK`, `dist_QxN`); what
+each letter means, and the one name each concept has (the cutoff of a ranking is `topk`), is
+the table in README.md, section "Names".
 """
 
 from hashjax.codes import hamming_distance, pack_codes, sign_codes, unpack_codes
 from hashjax.divergence import JSDEstimate, estimate_jsd, exact_jsd, jsd_lower_bound
 from hashjax.losses import dhn_loss, hashnet_loss
 from hashjax.metrics import (average_precision, map_tie_summary, mean_average_precision,
-                             precision_at_n, precision_at_radius, precision_recall_curve,
+                             precision_at_radius, precision_at_topk, precision_recall_curve,
                              recall_at_radius, retrieval_report)
 from hashjax.models import HashNet, hash_activation
 from hashjax.schedules import beta_schedule, constant_beta
@@ -26,9 +28,10 @@ def __getattr__(name):
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 __all__ = [
-    'HammingIndex', 'HashNet', 'JSDEstimate', 'average_precision', 'beta_schedule', 'constant_beta',
-    'dhn_loss', 'estimate_jsd', 'exact_jsd', 'hamming_distance', 'hamming_topk', 'hash_activation', 'hashnet_loss',
-    'jsd_lower_bound', 'map_tie_summary', 'mean_average_precision', 'pack_codes', 'precision_at_n',
-    'precision_at_radius', 'precision_recall_curve', 'recall_at_radius', 'retrieval_report',
-    'sign_codes', 'unpack_codes',
+    'HammingIndex', 'HashNet', 'JSDEstimate', 'average_precision', 'beta_schedule',
+    'constant_beta', 'dhn_loss', 'estimate_jsd', 'exact_jsd', 'hamming_distance', 'hamming_topk',
+    'hash_activation', 'hashnet_loss', 'jsd_lower_bound', 'map_tie_summary',
+    'mean_average_precision', 'pack_codes', 'precision_at_radius', 'precision_at_topk',
+    'precision_recall_curve', 'recall_at_radius', 'retrieval_report', 'sign_codes',
+    'unpack_codes',
 ]

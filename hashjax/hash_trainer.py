@@ -211,11 +211,12 @@ def evaluate(state: TrainState, cfg: HashConfig, source: data_lib.Source,
       encode(state, source, split.query, cfg.eval_batch_size, mesh)))
   db_codes = np.asarray(codes_lib.sign_codes(
       encode(state, source, split.database, cfg.eval_batch_size, mesh)))
-  q_labels, db_labels = source.labels[split.query], source.labels[split.database]
+  query_labels, db_labels = source.labels[split.query], source.labels[split.database]
   # One pass over the distances gives every number: AP under each tie order and the
   # precision–recall curve over Hamming radii.
-  report = metrics.retrieval_report(query_codes, db_codes, q_labels, db_labels,
-                                    topks=(cfg.map_topk,), ties=metrics.TIES, pr_curve=True)
+  report = metrics.retrieval_report(query_codes, db_codes, query_labels, db_labels,
+                                    map_topks=(cfg.map_topk,), ties=metrics.TIES,
+                                    pr_curve=True)
   name = 'all' if cfg.map_topk is None else cfg.map_topk
   results = {
       'step': int(state.step),

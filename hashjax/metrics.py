@@ -7,14 +7,14 @@ Conventions (they change published numbers, so they are fixed and documented her
 * Ranking: ascending Hamming distance. With `ties='index'` (the default) equal distances are
   ordered by database index, so the result is deterministic. (Common research code breaks
   ties with an unstable sort, i.e. arbitrarily.)
-* AP@K = (1/R_K) Σ_{k≤K} P@k · rel_k, with R_K the number of relevant items in the top K.
-  A query with R_K = 0 scores 0 and still counts in the mean (DeepHash-pytorch's convention;
-  the HashNet PyTorch test drops such queries instead, which gives higher numbers).
+* AP@topk = (1/m) Σ_{t≤topk} P@t · rel_t, with m the number of relevant items among the first
+  topk ranks. A query with m = 0 scores 0 and still counts in the mean (DeepHash-pytorch's
+  convention; the HashNet PyTorch test drops such queries instead, which gives higher numbers).
 * Precision within Hamming radius r: relevant / retrieved among items at distance ≤ r; an
   empty Hamming ball counts as precision 0 (thulab/DeepHash's convention). Recall within
   radius r: relevant retrieved / relevant in the database; 0 for a query with none.
 
-Codes may be ±1 arrays [N, K] or packed uint8 [N, ceil(K/8)] (see `hashjax.codes`).
+Codes may be ±1 arrays [N, K] or packed uint8 [N, P] (see `hashjax.codes`).
 Labels are int class ids [N] or multi-hot [N, L]. Everything runs jitted in query chunks of
 `chunk_size`, so memory is O(chunk_size · N).
 """
@@ -50,8 +50,9 @@ def _check_inputs(query_codes, db_codes, query_labels, db_labels):
 
 
 # ---------------------------------------------------------------------------------------------
-# Device part: per query chunk, the index-ordered top-kmax relevance and/or the per-distance
-# histograms of all and relevant items. Host part (float64): every metric from those.
+# Device part: per query chunk, the relevance of the first max_topk ranks (ties by index)
+# and/or the per-distance histograms of all and relevant items. Host part (float64): every
+# metric from those.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -63,25 +64,27 @@ def _relevance_u8(query_labels, db_labels) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=None)
-def _stats_step(kmax: int, histogram: bool, full_index: bool, num_valid: int, bits: int):
-  """Jitted chunk function (query words, query labels, db words, db labels) → dict of [C, ...]."""
+def _stats_step(max_topk: int, histogram: bool, full_index: bool, num_valid: int, bits: int):
+  """Jitted chunk function (query words, query labels, db words, db labels) → dict of [Q, ...]."""
 
-  def step(query_QxW, query_labels, db_NxW, db_labels):
-    dist_QxN = codes_lib.word_distances(query_QxW, db_NxW, num_valid, bits)
-    valid_N = jnp.arange(db_NxW.shape[0]) < num_valid
+  def step(query_QxU, query_labels, db_NxU, db_labels):
+    dist_QxN = codes_lib.word_distances(query_QxU, db_NxU, num_valid, bits)
+    valid_N = jnp.arange(db_NxU.shape[0]) < num_valid
     rel_QxN = _relevance_u8(query_labels, db_labels) * valid_N.astype(jnp.uint8)
     out = {'num_relevant': jnp.sum(rel_QxN, axis=1, dtype=jnp.int32)}
-    if kmax:
-      _, index_QxK = codes_lib.topk_from_distances(dist_QxN, kmax, bits)
-      out['rel_topk'] = jnp.take_along_axis(rel_QxN, index_QxK, axis=1)
+    if max_topk:
+      _, index_QxT = codes_lib.topk_from_distances(dist_QxN, max_topk, bits)
+      out['rel_topk'] = jnp.take_along_axis(rel_QxN, index_QxT, axis=1)
     if histogram:
-      bins = bits + 2  # the last bin collects padding rows (sentinel distance)
+      # Per relevance, the R = bits + 1 distances and one more bin that collects padding
+      # rows (sentinel distance): hist is [Q, 2·(R + 1)].
+      bins = bits + 2
       key_QxN = (jnp.minimum(dist_QxN, bits + 1).astype(jnp.int32)
                  + bins * rel_QxN.astype(jnp.int32))
-      hist_Qx2D = jax.vmap(lambda key_N: jnp.bincount(key_N, length=2 * bins))(key_QxN)
-      relcount_QxD = hist_Qx2D[:, bins:bins + bits + 1]
-      out['count'] = hist_Qx2D[:, :bits + 1] + relcount_QxD
-      out['relcount'] = relcount_QxD
+      hist = jax.vmap(lambda key_N: jnp.bincount(key_N, length=2 * bins))(key_QxN)
+      relcount_QxR = hist[:, bins:bins + bits + 1]
+      out['count'] = hist[:, :bits + 1] + relcount_QxR
+      out['relcount'] = relcount_QxR
     if full_index:
       # Whole-database ranking under index ties: a stable sort of each row.
       order_QxN = jnp.argsort(dist_QxN, axis=1, stable=True)
@@ -105,22 +108,23 @@ def _log_choose(n, k):
   return gammaln(n + 1.0) - gammaln(k + 1.0) - gammaln(n - k + 1.0)
 
 
-def _tie_aware(count_QxD, relcount_QxD, k: int, harmonic) -> dict[str, np.ndarray]:
-  """AP@k and P@k per query for ties 'best', 'worst', 'expected' (float64 [Q] each).
+def _tie_aware(count_QxR, relcount_QxR, topk: int, harmonic) -> dict[str, np.ndarray]:
+  """AP@topk and P@topk per query for ties 'best', 'worst', 'expected' (float64 [Q] each).
 
-  Let t be the distance bucket that the cutoff k falls in, m of its n items inside the top k,
-  x of them relevant (r relevant in the bucket). Buckets before t are whole; their tie order
-  only moves relevant items within them, so relevant first (last) maximises (minimises) their
-  sum Σ P@i·rel_i. Within t, AP@k = (S + s_t(x)) / (R_prior + x): 'best' is the maximum over
-  every feasible x with the x relevant items first, 'worst' the minimum with them last, and
-  'expected' the exact mean over uniformly random orders of every bucket: X is
-  hypergeometric(n, r, m) and the in-bucket sums follow McSherry & Najork (2008), eq. for
-  tied groups: E[Σ_{p≤n} rel_p·hits_p/(b+p)] = αβn + α(a + 1 − β(b + 1))(H[b+n] − H[b]),
+  Let t be the distance bucket that the cutoff topk falls in, m of its n items among the first
+  topk ranks, x of them relevant (r relevant in the bucket). Buckets before t are whole; their
+  tie order only moves relevant items within them, so relevant first (last) maximises
+  (minimises) their sum Σ P@i·rel_i. Within t, AP@topk = (S + s_t(x)) / (a + x), a the relevant
+  items before t: 'best' is the maximum over every feasible x with the x relevant items first,
+  'worst' the minimum with them last, and 'expected' the exact mean over uniformly random
+  orders of every bucket: X is hypergeometric(n, r, m) and the in-bucket sums follow McSherry &
+  Najork (2008), eq. for tied groups:
+  E[Σ_{p≤n} rel_p·hits_p/(b+p)] = αβn + α(a + 1 − β(b + 1))(H[b+n] − H[b]),
   α = r/n, β = (r−1)/(n−1), b items (a relevant) ranked before the group.
   """
   H = harmonic
-  count = count_QxD.astype(np.int64)
-  relcount = relcount_QxD.astype(np.int64)
+  count = count_QxR.astype(np.int64)
+  relcount = relcount_QxR.astype(np.int64)
   upto = np.cumsum(count, axis=1)
   before, rel_before = upto - count, np.cumsum(relcount, axis=1) - relcount
 
@@ -132,13 +136,13 @@ def _tie_aware(count_QxD, relcount_QxD, k: int, harmonic) -> dict[str, np.ndarra
     expected = alpha * beta * n + alpha * (a + 1 - beta * (b + 1)) * (H[b + n] - H[b])
     return best, worst, expected
 
-  t_Q = np.argmax(upto >= k, axis=1)
-  prior_QxD = np.arange(count.shape[1])[None, :] < t_Q[:, None]
-  sums = [np.sum(np.where(prior_QxD, s, 0.0), axis=1)
+  t_Q = np.argmax(upto >= topk, axis=1)
+  prior_QxR = np.arange(count.shape[1])[None, :] < t_Q[:, None]
+  sums = [np.sum(np.where(prior_QxR, s, 0.0), axis=1)
           for s in group_sums(count, relcount, before, rel_before)]
   take = lambda a: np.take_along_axis(a, t_Q[:, None], axis=1)  # [Q, 1]
   b, a, n, r = take(before), take(rel_before), take(count), take(relcount)
-  m = k - b
+  m = topk - b
   x_lo, x_hi = np.maximum(0, m - (n - r)), np.minimum(m, r)
   x = np.arange(int(x_hi.max()) + 1)[None, :]
   feasible = (x >= x_lo) & (x <= x_hi)
@@ -157,16 +161,16 @@ def _tie_aware(count_QxD, relcount_QxD, k: int, harmonic) -> dict[str, np.ndarra
       'ap_best': np.max(np.where(feasible, best_x, -np.inf), axis=1),
       'ap_worst': np.min(np.where(feasible, worst_x, np.inf), axis=1),
       'ap_expected': np.sum(p_x * expected_x, axis=1) / np.sum(p_x, axis=1),
-      'p_best': (a + x_hi)[:, 0] / k,
-      'p_worst': (a + x_lo)[:, 0] / k,
-      'p_expected': (a + m * r / np.maximum(n, 1))[:, 0] / k,
+      'p_best': (a + x_hi)[:, 0] / topk,
+      'p_worst': (a + x_lo)[:, 0] / topk,
+      'p_expected': (a + m * r / np.maximum(n, 1))[:, 0] / topk,
   }
 
 
-def _index_ap(rel_QxK: np.ndarray, k: int) -> np.ndarray:
-  rel = rel_QxK[:, :k].astype(np.float64)
+def _index_ap(rel_QxT: np.ndarray, topk: int) -> np.ndarray:
+  rel = rel_QxT[:, :topk].astype(np.float64)
   hits = np.cumsum(rel, axis=1)
-  ap_sum = np.sum(rel * hits / np.arange(1, k + 1), axis=1)
+  ap_sum = np.sum(rel * hits / np.arange(1, topk + 1), axis=1)
   return np.where(hits[:, -1] > 0, ap_sum / np.maximum(hits[:, -1], 1.0), 0.0)
 
 
@@ -183,61 +187,63 @@ def _check_cutoff(value, what: str):
     raise ValueError(f'{what}={value!r} must be a positive integer or None (whole database)')
 
 
-def _per_query(query_codes, db_codes, query_labels, db_labels, *, topks=(), precision_at=(),
-               ties=('index',), pr_curve=False, chunk_size=None) -> dict[str, np.ndarray]:
+def _per_query(query_codes, db_codes, query_labels, db_labels, *, map_topks=(),
+               precision_topks=(), ties=('index',), pr_curve=False, chunk_size=None
+               ) -> dict[str, np.ndarray]:
   """Every requested per-query metric in one pass over the query chunks.
 
-  Keys: f'ap@{K}:{mode}' and f'p@{n}:{mode}' (float64 [Q]; K is the int or 'all'),
-  'precision_R' and 'recall_R' (float64 [Q, bits+1]) when pr_curve.
+  Keys: f'ap@{topk}:{mode}' and f'p@{topk}:{mode}' (float64 [Q]; topk is the int or 'all'),
+  'precision_R' and 'recall_R' (float64 [Q, R], R = bits + 1) when pr_curve.
   """
   modes = _check_modes(ties)
-  for k in topks:
-    _check_cutoff(k, 'topk')
-  for n in precision_at:
-    if n is None:
-      raise ValueError('precision_at needs integer cutoffs, got None')
-    _check_cutoff(n, 'precision_at')
+  for topk in map_topks:
+    _check_cutoff(topk, 'topk')
+  for topk in precision_topks:
+    if topk is None:
+      raise ValueError('precision_topks needs integer cutoffs, got None')
+    _check_cutoff(topk, 'topk')
   query_codes, db_codes, query_labels, db_labels = _check_inputs(
       query_codes, db_codes, query_labels, db_labels)
-  query_QxW, db_NxW = codes_lib.code_words(query_codes), codes_lib.code_words(db_codes)
-  num_db, bits = len(db_NxW), 32 * db_NxW.shape[1]
+  query_QxU, db_NxU = codes_lib.code_words(query_codes), codes_lib.code_words(db_codes)
+  num_db, bits = len(db_NxU), 32 * db_NxU.shape[1]
   curve_bits = codes_lib.code_bits(db_codes)
-  cut = lambda k: num_db if k is None else min(int(k), num_db)
-  index_cuts = sorted({cut(k) for k in topks} | {cut(n) for n in precision_at})
-  kmax = max([c for c in index_cuts if c < num_db] or [0]) if 'index' in modes else 0
-  full_index = 'index' in modes and any(cut(k) == num_db for k in topks)
+  cut = lambda topk: num_db if topk is None else min(int(topk), num_db)
+  index_cuts = sorted({cut(topk) for topk in (*map_topks, *precision_topks)})
+  max_topk = max([c for c in index_cuts if c < num_db] or [0]) if 'index' in modes else 0
+  full_index = 'index' in modes and any(cut(topk) == num_db for topk in map_topks)
   histogram = pr_curve or any(mode != 'index' for mode in modes)
-  step = _stats_step(kmax, histogram, full_index, num_db, bits)
+  step = _stats_step(max_topk, histogram, full_index, num_db, bits)
   pad_label = 0 if db_labels.ndim == 2 else -1
-  db_dev = (jax.device_put(codes_lib.pad_rows(db_NxW)),
+  db_dev = (jax.device_put(codes_lib.pad_rows(db_NxU)),
             jax.device_put(codes_lib.pad_rows(db_labels, value=pad_label)))
   harmonic = _harmonic(num_db) if histogram else None
   chunk = codes_lib.query_chunk_size(num_db, chunk_size)
   results: dict[str, list] = {}
   add = lambda key, value: results.setdefault(key, []).append(np.asarray(value, np.float64))
-  for start, stop in codes_lib.query_chunks(len(query_QxW), chunk):
-    out = step(codes_lib.pad_chunk(query_QxW[start:stop], chunk),
+  for start, stop in codes_lib.query_chunks(len(query_QxU), chunk):
+    out = step(codes_lib.pad_chunk(query_QxU[start:stop], chunk),
                codes_lib.pad_chunk(query_labels[start:stop], chunk), *db_dev)
     out = {key: np.asarray(value)[:stop - start] for key, value in out.items()}
     num_relevant = out['num_relevant'].astype(np.float64)
-    for k in topks:
-      name = 'all' if k is None else int(k)
+    for topk in map_topks:
+      name = 'all' if topk is None else int(topk)
       for mode in modes:
         if mode == 'index':
-          ap = out['ap_full'] if cut(k) == num_db else _index_ap(out['rel_topk'], cut(k))
+          ap = (out['ap_full'] if cut(topk) == num_db
+                else _index_ap(out['rel_topk'], cut(topk)))
           add(f'ap@{name}:index', ap)
         else:
           add(f'ap@{name}:{mode}',
-              _tie_aware(out['count'], out['relcount'], cut(k), harmonic)[f'ap_{mode}'])
-    for n in precision_at:
+              _tie_aware(out['count'], out['relcount'], cut(topk), harmonic)[f'ap_{mode}'])
+    for topk in precision_topks:
       for mode in modes:
-        if cut(n) == num_db:
-          add(f'p@{int(n)}:{mode}', num_relevant / num_db)
+        if cut(topk) == num_db:
+          add(f'p@{int(topk)}:{mode}', num_relevant / num_db)
         elif mode == 'index':
-          add(f'p@{int(n)}:index', out['rel_topk'][:, :cut(n)].sum(1) / cut(n))
+          add(f'p@{int(topk)}:index', out['rel_topk'][:, :cut(topk)].sum(1) / cut(topk))
         else:
-          add(f'p@{int(n)}:{mode}',
-              _tie_aware(out['count'], out['relcount'], cut(n), harmonic)[f'p_{mode}'])
+          add(f'p@{int(topk)}:{mode}',
+              _tie_aware(out['count'], out['relcount'], cut(topk), harmonic)[f'p_{mode}'])
     if pr_curve:
       retrieved = np.cumsum(out['count'], axis=1)[:, :curve_bits + 1].astype(np.float64)
       hits = np.cumsum(out['relcount'], axis=1)[:, :curve_bits + 1].astype(np.float64)
@@ -254,7 +260,7 @@ def average_precision(query_codes, db_codes, query_labels, db_labels, *, topk=No
   Args:
     query_codes: [Q, K] ±1 or packed uint8. db_codes: [N, K] of the same kind.
     query_labels, db_labels: class ids [Q], [N] or multi-hot [Q, L], [N, L].
-    topk: cutoff K (None or ≥ N: the whole database).
+    topk: the cutoff: AP over the first topk ranks (None or ≥ N: the whole database).
     ties: how equal distances are ordered: 'index', 'best', 'worst' or 'expected'.
     chunk_size: queries evaluated at once (default: ~2**24 query·item pairs per device).
 
@@ -264,7 +270,7 @@ def average_precision(query_codes, db_codes, query_labels, db_labels, *, topk=No
   _check_modes(ties)
   _check_cutoff(topk, 'topk')
   name = 'all' if topk is None else int(topk)
-  return _per_query(query_codes, db_codes, query_labels, db_labels, topks=(topk,),
+  return _per_query(query_codes, db_codes, query_labels, db_labels, map_topks=(topk,),
                     ties=(ties,), chunk_size=chunk_size)[f'ap@{name}:{ties}']
 
 
@@ -281,15 +287,15 @@ def mean_average_precision(query_codes, db_codes, query_labels, db_labels, *, to
                                          topk=topk, ties=ties, chunk_size=chunk_size)))
 
 
-def precision_at_n(query_codes, db_codes, query_labels, db_labels, *, ns=(10, 100),
-                   ties: str = 'index', chunk_size: int | None = None) -> np.ndarray:
-  """Mean precision of the top n items, for each n in `ns`; float64 [len(ns)].
+def precision_at_topk(query_codes, db_codes, query_labels, db_labels, *, topks=(10, 100),
+                      ties: str = 'index', chunk_size: int | None = None) -> np.ndarray:
+  """Mean precision of the first topk ranks, for each topk in `topks`; float64 [len(topks)].
 
-  n ≥ N gives the fraction of relevant items in the database.
+  topk ≥ N gives the fraction of relevant items in the database.
   """
-  values = _per_query(query_codes, db_codes, query_labels, db_labels, precision_at=tuple(ns),
-                      ties=(ties,), chunk_size=chunk_size)
-  return np.array([values[f'p@{int(n)}:{ties}'].mean() for n in ns])
+  values = _per_query(query_codes, db_codes, query_labels, db_labels,
+                      precision_topks=tuple(topks), ties=(ties,), chunk_size=chunk_size)
+  return np.array([values[f'p@{int(topk)}:{ties}'].mean() for topk in topks])
 
 
 def precision_recall_curve(query_codes, db_codes, query_labels, db_labels, *,
@@ -297,40 +303,42 @@ def precision_recall_curve(query_codes, db_codes, query_labels, db_labels, *,
   """Mean precision and recall within Hamming radius r for every r = 0..bits, one pass.
 
   Returns:
-    (precision [bits+1], recall [bits+1]) float64; entry r equals `precision_at_radius` /
+    (precision [R], recall [R]) float64, R = bits + 1; entry r equals `precision_at_radius` /
     `recall_at_radius` with radius=r (empty ball: precision 0). bits is K for ±1 codes and
-    8·B for packed codes.
+    8·P for packed codes.
   """
   values = _per_query(query_codes, db_codes, query_labels, db_labels, pr_curve=True,
                       chunk_size=chunk_size)
   return values['precision_R'].mean(0), values['recall_R'].mean(0)
 
 
-def retrieval_report(query_codes, db_codes, query_labels, db_labels, *, topks=(None,),
-                     precision_at=(), ties=('index',), pr_curve: bool = False,
+def retrieval_report(query_codes, db_codes, query_labels, db_labels, *, map_topks=(None,),
+                     precision_topks=(), ties=('index',), pr_curve: bool = False,
                      chunk_size: int | None = None) -> dict:
   """Several metrics in one pass; a flat JSON-ready dict.
 
-  Keys: 'map@K' (K an int, or 'all' for None), 'precision@n', each suffixed with
-  '_<mode>' for ties modes other than 'index'; 'pr_precision' and 'pr_recall' (lists of
-  bits+1 floats) when pr_curve.
+  Keys: f'map@{topk}' for each of `map_topks` (topk an int, or 'all' for None) and
+  f'precision@{topk}' for each of `precision_topks`, each suffixed with '_<mode>' for ties
+  modes other than 'index'; 'pr_precision' and 'pr_recall' (lists of bits + 1 floats) when
+  pr_curve.
 
-  Example: retrieval_report(q, db, ql, dl, topks=(100, 1000, None), precision_at=(10, 100),
-  ties=('index', 'expected'))
+  Example: retrieval_report(q, db, ql, dl, map_topks=(100, 1000, None),
+  precision_topks=(10, 100), ties=('index', 'expected'))
   """
   modes = _check_modes(ties)
-  values = _per_query(query_codes, db_codes, query_labels, db_labels, topks=tuple(topks),
-                      precision_at=tuple(precision_at), ties=modes, pr_curve=pr_curve,
-                      chunk_size=chunk_size)
+  values = _per_query(query_codes, db_codes, query_labels, db_labels,
+                      map_topks=tuple(map_topks), precision_topks=tuple(precision_topks),
+                      ties=modes, pr_curve=pr_curve, chunk_size=chunk_size)
   suffix = lambda mode: '' if mode == 'index' else f'_{mode}'
   report = {}
-  for k in topks:
-    name = 'all' if k is None else int(k)
+  for topk in map_topks:
+    name = 'all' if topk is None else int(topk)
     for mode in modes:
       report[f'map@{name}{suffix(mode)}'] = float(values[f'ap@{name}:{mode}'].mean())
-  for n in precision_at:
+  for topk in precision_topks:
+    name = int(topk)
     for mode in modes:
-      report[f'precision@{int(n)}{suffix(mode)}'] = float(values[f'p@{int(n)}:{mode}'].mean())
+      report[f'precision@{name}{suffix(mode)}'] = float(values[f'p@{name}:{mode}'].mean())
   if pr_curve:
     report['pr_precision'] = values['precision_R'].mean(0).tolist()
     report['pr_recall'] = values['recall_R'].mean(0).tolist()
@@ -344,7 +352,7 @@ def map_tie_summary(query_codes, db_codes, query_labels, db_labels, *, topk=None
   All at cutoff `topk` from a single pass; worst ≤ expected ≤ best always holds, and the
   width of the interval shows how much the tie order alone can move the number.
   """
-  values = _per_query(query_codes, db_codes, query_labels, db_labels, topks=(topk,),
+  values = _per_query(query_codes, db_codes, query_labels, db_labels, map_topks=(topk,),
                       ties=TIES, chunk_size=chunk_size)
   name = 'all' if topk is None else int(topk)
   mean = lambda mode: float(values[f'ap@{name}:{mode}'].mean())
@@ -390,15 +398,15 @@ def inner_product_map(query_h_QxK, db_h_NxK, query_labels, db_labels, *, topk=No
   query_h_QxK, db_h_NxK, query_labels, db_labels = _check_inputs(
       query_h_QxK, db_h_NxK, query_labels, db_labels)
   q, db = query_h_QxK.astype(np.float32), db_h_NxK.astype(np.float32)
-  k = len(db) if topk is None else min(int(topk), len(db))
+  cut = len(db) if topk is None else min(int(topk), len(db))
   aps = []
   for start in range(0, len(q), chunk_size):
     stop = start + chunk_size
-    order_CxK = np.argsort(-(q[start:stop] @ db.T), axis=1, kind='stable')[:, :k]
-    ranked = db_labels[order_CxK]
+    order_QxT = np.argsort(-(q[start:stop] @ db.T), axis=1, kind='stable')[:, :cut]
+    ranked = db_labels[order_QxT]
     if ranked.ndim == 2:
-      rel_CxK = query_labels[start:stop, None] == ranked
+      rel_QxT = query_labels[start:stop, None] == ranked
     else:
-      rel_CxK = (query_labels[start:stop, None, :] * ranked).sum(-1) > 0
-    aps.append(_index_ap(rel_CxK, k))
+      rel_QxT = (query_labels[start:stop, None, :] * ranked).sum(-1) > 0
+    aps.append(_index_ap(rel_QxT, cut))
   return float(np.concatenate(aps).mean())

@@ -53,8 +53,8 @@ def test_dry_run_passes_every_stage(dry_run):
                            r'GFLOP/step, [\d.e+-]+ TFLOP/s, MFU [\d.]+% of 1 TFLOP/s'),
     ('train step bfloat16', r'small_cnn 32px batch 8 bfloat16: .* MFU [\d.]+% of 1 TFLOP/s'),
     ('DCGAN step', r'examples/s .* GFLOP/step, .* MFU [\d.]+% of 1 TFLOP/s'),
-    ('retrieval', r'(?s)Q=32 N=1000 bits=64 K=100: hashjax .* mAP=0\.\d+.*'
-                  r'hamming_topk Q=32 N=1000 bits=64 k=10'),
+    ('retrieval', r'(?s)Q=32 N=1000 bits=64 topk=100: hashjax .* mAP=0\.\d+.*'
+                  r'hamming_topk Q=32 N=1000 bits=64 topk=10'),
 ])
 def test_dry_run_report_has_each_stages_figures(dry_run, stage, pattern):
   section = _sections(dry_run[1])[stage]

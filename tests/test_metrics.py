@@ -6,7 +6,7 @@ from hashjax import (average_precision, mean_average_precision, precision_at_rad
 
 
 def _brute_ap(q_codes, db_codes, q_labels, db_labels, topk):
-  """Reference: stable argsort per query (ties by index), AP@K over the top K."""
+  """Reference: stable argsort per query (ties by index), AP@topk over the first topk ranks."""
   aps = []
   for qc, ql in zip(q_codes, q_labels):
     dist = (qc[None, :] != db_codes).sum(1)
@@ -204,11 +204,11 @@ def test_pr_curve_matches_bruteforce_at_every_radius():
 
 
 @pytest.mark.parametrize('ties', ['index', 'best', 'worst', 'expected'])
-def test_precision_at_n_matches_bruteforce(ties):
+def test_precision_at_topk_matches_bruteforce(ties):
   qc, dc, ql, dl = _random_problem(4, bits=5)
-  ns = (1, 10, 50, 211, 500)
-  got = metrics.precision_at_n(qc, dc, ql, dl, ns=ns, ties=ties)
-  for j, n in enumerate(ns):
+  topks = (1, 10, 50, 211, 500)
+  got = metrics.precision_at_topk(qc, dc, ql, dl, topks=topks, ties=ties)
+  for j, n in enumerate(topks):
     per_query = []
     for c, l in zip(qc, ql):
       dist, rel = _rel_and_dist(c, dc, l, dl)
@@ -229,13 +229,15 @@ def test_precision_at_n_matches_bruteforce(ties):
 
 def test_report_agrees_with_single_metrics():
   qc, dc, ql, dl = _random_problem(6, bits=6)
-  report = metrics.retrieval_report(qc, dc, ql, dl, topks=(10, 100, None), precision_at=(5,),
-                                    ties=('index', 'expected'), pr_curve=True, chunk_size=8)
+  report = metrics.retrieval_report(qc, dc, ql, dl, map_topks=(10, 100, None),
+                                    precision_topks=(5,), ties=('index', 'expected'),
+                                    pr_curve=True, chunk_size=8)
   for k, name in ((10, '10'), (100, '100'), (None, 'all')):
     assert report[f'map@{name}'] == pytest.approx(mean_average_precision(qc, dc, ql, dl, topk=k))
     assert report[f'map@{name}_expected'] == pytest.approx(
         mean_average_precision(qc, dc, ql, dl, topk=k, ties='expected'))
-  assert report['precision@5'] == pytest.approx(metrics.precision_at_n(qc, dc, ql, dl, ns=(5,))[0])
+  assert report['precision@5'] == pytest.approx(
+      metrics.precision_at_topk(qc, dc, ql, dl, topks=(5,))[0])
   assert len(report['pr_precision']) == 7
 
 
@@ -244,20 +246,18 @@ import os, sys, json
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 import numpy as np, jax
 assert len(jax.devices()) == 8
-from hashjax import metrics, search
+from hashjax import metrics
 rng = np.random.default_rng(0)
 qc = np.where(rng.random((37, 16)) > 0.5, 1, -1); dc = np.where(rng.random((1000, 16)) > 0.5, 1, -1)
 ql, dl = rng.integers(0, 5, 37), rng.integers(0, 5, 1000)
-r = metrics.retrieval_report(qc, dc, ql, dl, topks=(50, None), precision_at=(10,),
+r = metrics.retrieval_report(qc, dc, ql, dl, map_topks=(50, None), precision_topks=(10,),
                              ties=metrics.TIES, pr_curve=True, chunk_size=12)
-d, i = search.hamming_topk(np.packbits(qc > 0, 1), np.packbits(dc > 0, 1), 20, chunk_size=12)
-print(json.dumps({"report": r, "d": d.tolist(), "i": i.tolist()}))
+print(json.dumps(r))
 '''
 
 
 def test_sharded_over_8_cpu_devices_equals_unsharded():
   import json
-  from hashjax import search
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   out = subprocess.run([sys.executable, '-c', _SHARDED], capture_output=True, text=True,
@@ -267,10 +267,36 @@ def test_sharded_over_8_cpu_devices_equals_unsharded():
   qc = np.where(rng.random((37, 16)) > 0.5, 1, -1)
   dc = np.where(rng.random((1000, 16)) > 0.5, 1, -1)
   ql, dl = rng.integers(0, 5, 37), rng.integers(0, 5, 1000)
-  report = metrics.retrieval_report(qc, dc, ql, dl, topks=(50, None), precision_at=(10,),
-                                    ties=metrics.TIES, pr_curve=True, chunk_size=12)
+  report = metrics.retrieval_report(qc, dc, ql, dl, map_topks=(50, None),
+                                    precision_topks=(10,), ties=metrics.TIES, pr_curve=True,
+                                    chunk_size=12)
   for key, value in report.items():
-    np.testing.assert_allclose(sharded['report'][key], value, atol=1e-6, err_msg=key)
-  d, i = search.hamming_topk(np.packbits(qc > 0, 1), np.packbits(dc > 0, 1), 20, chunk_size=12)
-  np.testing.assert_array_equal(sharded['d'], d)
-  np.testing.assert_array_equal(sharded['i'], i)
+    np.testing.assert_allclose(sharded[key], value, atol=1e-6, err_msg=key)
+
+
+# --- inner_product_map: ranking real-valued codes ---------------------------------------------
+
+
+def test_inner_product_map_equals_hamming_map_on_binary_codes():
+  rng = np.random.default_rng(0)
+  db = np.where(rng.random((300, 16)) > 0.5, 1, -1)
+  q = np.where(rng.random((40, 16)) > 0.5, 1, -1)
+  q_labels, db_labels = rng.integers(0, 5, 40), rng.integers(0, 5, 300)
+  # ±1 codes: −⟨b_q, b_i⟩ = 2·Hamming − K, so both rankings (ties by index) coincide.
+  for topk in (50, None):
+    assert metrics.inner_product_map(q, db, q_labels, db_labels, topk=topk, chunk_size=16) == (
+        pytest.approx(metrics.mean_average_precision(q, db, q_labels, db_labels, topk=topk),
+                      abs=1e-7))
+  multi_q, multi_db = rng.integers(0, 2, (40, 4)), rng.integers(0, 2, (300, 4))
+  assert metrics.inner_product_map(q, db, multi_q, multi_db, topk=50) == pytest.approx(
+      metrics.mean_average_precision(q, db, multi_q, multi_db, topk=50), abs=1e-7)
+  with pytest.raises(ValueError, match='topk=0 must be a positive integer'):
+    metrics.inner_product_map(q, db, q_labels, db_labels, topk=0)
+
+
+def test_inner_product_map_ranks_by_the_real_values():
+  db = np.array([[0.9, 0.1], [0.5, 0.5], [-1.0, 0.0]])
+  q = np.array([[1.0, 0.0]])
+  # Ranked 0, 1, 2; relevant: 1 and 2 → AP = (1/2 + 2/3) / 2.
+  assert metrics.inner_product_map(q, db, np.array([1]), np.array([0, 1, 1])) == (
+      pytest.approx((1 / 2 + 2 / 3) / 2))

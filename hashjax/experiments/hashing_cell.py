@@ -80,7 +80,7 @@ def score_codes(query_codes, db_codes, query_labels, db_labels, topk: int | None
                 ) -> dict[str, Any]:
   """mAP@topk (ties by index), its tie interval, precision within radius 2, PR curve."""
   report = metrics.retrieval_report(query_codes, db_codes, query_labels, db_labels,
-                                    topks=(topk,), ties=('index', 'worst', 'best'),
+                                    map_topks=(topk,), ties=('index', 'worst', 'best'),
                                     pr_curve=True)
   name = 'all' if topk is None else topk
   return {'map': report[f'map@{name}'],
@@ -97,14 +97,14 @@ def evaluate(state, cfg: HashConfig, source: data_lib.Source, split: data_lib.Sp
   mesh = parallel.make_mesh()
   z_q = hash_trainer.encode(state, source, split.query, cfg.eval_batch_size, mesh)
   z_db = hash_trainer.encode(state, source, split.database, cfg.eval_batch_size, mesh)
-  q_labels, db_labels = source.labels[split.query], source.labels[split.database]
+  query_labels, db_labels = source.labels[split.query], source.labels[split.database]
   out = {'sign': score_codes(np.asarray(codes_lib.sign_codes(z_q)),
-                             np.asarray(codes_lib.sign_codes(z_db)), q_labels, db_labels,
+                             np.asarray(codes_lib.sign_codes(z_db)), query_labels, db_labels,
                              cfg.map_topk, cfg.bits)}
   if continuous:
     beta = float(hash_trainer.make_beta_fn(cfg)(cfg.num_steps - 1))
     out['continuous'] = {'map': metrics.inner_product_map(
-        np.tanh(beta * z_q), np.tanh(beta * z_db), q_labels, db_labels, topk=cfg.map_topk)}
+        np.tanh(beta * z_q), np.tanh(beta * z_db), query_labels, db_labels, topk=cfg.map_topk)}
   return out
 
 

@@ -246,7 +246,7 @@ def write(results: dict[str, Any], report: Report, out_dir: str, report_path: st
                                    report.curve_bits, report.labels, styles),
                 os.path.join(out_dir, 'quantization_loss.png'))
   lines = _head(results, report) + _claims(report.claims)
-  lines += ['## mAP@K (mean ± std over seeds; ties by database index)', '']
+  lines += ['## mAP@topk (mean ± std over seeds; ties by database index)', '']
   for data in datasets:
     lines += map_tables(summary, data, report.topks.get(data), report.labels)
   lines += ['## Figures', '', f'![mAP vs bits]({rel}/map_vs_bits.png)', '',

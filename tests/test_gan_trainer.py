@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import dcgan_digits
-from hashjax import gan_trainer, losses, training
+from configs import dcgan_digits, gan_grid, gan_ring
+from hashjax import gan_trainer, losses, toy2d, training
 from hashjax.config import ConfigError, gan_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -132,14 +132,29 @@ def test_nan_loss_stops_with_the_step_and_last_good_checkpoint(tmp_path, monkeyp
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3']  # nothing non-finite was saved
 
 
-def test_config_errors():
-  with pytest.raises(ConfigError, match='image_size=48 is not accepted; use one of: 32, 64'):
-    gan_config(_get_test_config(image_size=48))
-  with pytest.raises(ConfigError, match="gan_loss='hinge'"):
-    gan_config(_get_test_config(gan_loss='hinge'))
-  with pytest.raises(ConfigError, match='ema_decay=1.0'):
-    gan_config(_get_test_config(ema_decay=1.0))
-  with pytest.raises(ConfigError, match="model='mlp' does not fit dataset='digits'"):
-    gan_config(_get_test_config(model='mlp'))
-  with pytest.raises(ConfigError, match='eval_holdout=5 must be 0'):
-    gan_config(_get_test_config(eval_holdout=5))
+# --- the 2-D toys (configs/gan_ring.py, gan_grid.py): PacGAN's MLP GAN ------------------------
+
+
+def _toy_config(config, **overrides):
+  c = config.get_config()
+  c.ngf, c.ndf, c.num_steps, c.log_every = 16, 8, 4, 2
+  c.eval_every = c.sample_every = c.checkpoint_every = 2
+  c.eval_holdout, c.eval_steps = 64, 20
+  for key, value in overrides.items():
+    c[key] = value
+  return c
+
+
+@pytest.mark.parametrize('config', [gan_ring, gan_grid])
+def test_mlp_gan_end_to_end_reports_modes_and_jsd(tmp_path, config):
+  results = gan_trainer.train_and_evaluate(_toy_config(config), str(tmp_path))
+  assert results['step'] == 4
+  saved = json.load(open(tmp_path / 'eval.json'))
+  for key in ('jsd', 'jsd_ci', 'jsd_accuracy', 'modes', 'high_quality', 'kde_jsd', 'step',
+              'jsd_lower_bound', 'samples'):
+    assert key in saved, key
+  assert saved['num_modes'] == len(toy2d.DATASETS[_toy_config(config).dataset]().means_Gx2)
+  rows = [json.loads(l) for l in open(tmp_path / 'eval.jsonl')]
+  assert [r['step'] for r in rows] == [0, 2, 4]
+  assert (tmp_path / 'samples' / 'step_000004.png').exists()
+  assert (tmp_path / 'jsd_curve.png').exists()

@@ -141,12 +141,3 @@ def test_a_fresh_run_starts_from_the_pretrained_backbone(tmp_path):
   resumed = job.start(state, first_step=5).variables()  # a resumed run keeps its own weights
   assert not np.array_equal(np.asarray(jax.tree.leaves(resumed['params']['backbone'])[0]),
                             jax.tree.leaves(source['params']['backbone'])[0])
-
-
-def test_pretrained_config_errors(tmp_path):
-  from hashjax.config import ConfigError, hash_config  # pylint: disable=g-import-not-at-top
-  with pytest.raises(ConfigError, match=r"pretrained='/nonexistent.npz' is not a file"):
-    hash_config(_config(tmp_path, pretrained='/nonexistent.npz'))
-  (tmp_path / 'w.npz').write_bytes(b'')
-  with pytest.raises(ConfigError, match="got backbone='small_cnn'"):
-    hash_config(_config(tmp_path, backbone='small_cnn', pretrained=str(tmp_path / 'w.npz')))

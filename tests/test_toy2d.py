@@ -1,11 +1,9 @@
-import json
+"""Tests for hashjax/toy2d.py: the 2-D mixtures, mode statistics and the KDE JSD."""
 
 import numpy as np
 import pytest
 
-from configs import gan_grid, gan_ring
-from hashjax import gan_trainer, toy2d
-from hashjax.config import ConfigError, gan_config
+from hashjax import toy2d
 
 
 def test_mixtures_follow_veegan_pacgan():
@@ -43,35 +41,3 @@ def test_kde_jsd_of_real_samples_is_small_and_of_one_mode_is_known():
   one = lambda n, s: ring.means_Gx2[0] + ring.std * np.random.default_rng(s).standard_normal((n, 2))
   collapsed = toy2d.kde_jsd(ring, real, one(10_000, 4), one(2500, 5), h)
   assert collapsed == pytest.approx(0.4966, abs=0.02)
-
-
-def _tiny(config, **overrides):
-  c = config.get_config()
-  c.ngf, c.ndf, c.num_steps, c.log_every = 16, 8, 4, 2
-  c.eval_every = c.sample_every = c.checkpoint_every = 2
-  c.eval_holdout, c.eval_steps = 64, 20
-  for key, value in overrides.items():
-    c[key] = value
-  return c
-
-
-@pytest.mark.parametrize('config', [gan_ring, gan_grid])
-def test_mlp_gan_end_to_end_reports_modes_and_jsd(tmp_path, config):
-  results = gan_trainer.train_and_evaluate(_tiny(config), str(tmp_path))
-  assert results['step'] == 4
-  saved = json.load(open(tmp_path / 'eval.json'))
-  for key in ('jsd', 'jsd_ci', 'jsd_accuracy', 'modes', 'high_quality', 'kde_jsd', 'step',
-              'jsd_lower_bound', 'samples'):
-    assert key in saved, key
-  assert saved['num_modes'] == len(toy2d.DATASETS[_tiny(config).dataset]().means_Gx2)
-  rows = [json.loads(l) for l in open(tmp_path / 'eval.jsonl')]
-  assert [r['step'] for r in rows] == [0, 2, 4]
-  assert (tmp_path / 'samples' / 'step_000004.png').exists()
-  assert (tmp_path / 'jsd_curve.png').exists()
-
-
-def test_toy_config_errors():
-  with pytest.raises(ConfigError, match="model='dcgan' does not fit dataset='ring8'"):
-    gan_config(_tiny(gan_ring, model='dcgan'))
-  with pytest.raises(ConfigError, match="model='gpt' is not accepted"):
-    gan_config(_tiny(gan_ring, model='gpt'))

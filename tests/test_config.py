@@ -1,0 +1,64 @@
+"""Tests for hashjax/config.py: every bad setting is one ConfigError naming it."""
+
+import pytest
+
+from configs import gan_ring, hashnet_digits
+from hashjax.config import ConfigError, gan_config, hash_config
+from test_gan_trainer import _get_test_config as _gan_test_config
+from test_gan_trainer import _toy_config
+from test_hash_trainer import _get_test_config
+
+
+@pytest.mark.parametrize('overrides,match', [
+    ({'bits': 7}, 'bits=7 is out of range; accepted: integers 8..1024'),
+    ({'bits': 2048}, 'bits=2048'),
+    ({'loss.weighting': 'paper'}, "loss.weighting='paper' is not accepted"),
+    ({'loss.weighting': 'fixed'}, 'needs loss.class_num'),
+    ({'optimizer': 'lamb'}, "optimizer='lamb'"),
+    ({'batch_size': 1}, 'batch_size=1'),
+])
+def test_hash_config_errors(overrides, match):
+  with pytest.raises(ConfigError, match=match):
+    hash_config(_get_test_config(**overrides))
+
+
+def test_unknown_config_key():
+  c = _get_test_config().to_dict()
+  c['bitz'] = 3
+  with pytest.raises(ConfigError, match='unknown config key bitz'):
+    hash_config(c)
+
+
+def _resnet18_config(**overrides):
+  c = hashnet_digits.get_config()
+  c.backbone, c.bits = 'resnet18', 16
+  c.update(overrides)
+  return c
+
+
+def test_pretrained_config_errors(tmp_path):
+  with pytest.raises(ConfigError, match=r"pretrained='/nonexistent.npz' is not a file"):
+    hash_config(_resnet18_config(pretrained='/nonexistent.npz'))
+  (tmp_path / 'w.npz').write_bytes(b'')
+  with pytest.raises(ConfigError, match="got backbone='small_cnn'"):
+    hash_config(_resnet18_config(backbone='small_cnn', pretrained=str(tmp_path / 'w.npz')))
+
+
+def test_gan_config_errors():
+  with pytest.raises(ConfigError, match='image_size=48 is not accepted; use one of: 32, 64'):
+    gan_config(_gan_test_config(image_size=48))
+  with pytest.raises(ConfigError, match="gan_loss='hinge'"):
+    gan_config(_gan_test_config(gan_loss='hinge'))
+  with pytest.raises(ConfigError, match='ema_decay=1.0'):
+    gan_config(_gan_test_config(ema_decay=1.0))
+  with pytest.raises(ConfigError, match="model='mlp' does not fit dataset='digits'"):
+    gan_config(_gan_test_config(model='mlp'))
+  with pytest.raises(ConfigError, match='eval_holdout=5 must be 0'):
+    gan_config(_gan_test_config(eval_holdout=5))
+
+
+def test_toy_config_errors():
+  with pytest.raises(ConfigError, match="model='dcgan' does not fit dataset='ring8'"):
+    gan_config(_toy_config(gan_ring, model='dcgan'))
+  with pytest.raises(ConfigError, match="model='gpt' is not accepted"):
+    gan_config(_toy_config(gan_ring, model='gpt'))

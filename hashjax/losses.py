@@ -57,7 +57,7 @@ def hashnet_loss(h_BxK: jax.Array, labels_BxL: jax.Array, *, alpha: float | None
     weighting: how similar (S1) and dissimilar (S0) pairs are weighted, over S = all ordered
       pairs i ≠ j:
       'balanced' — the paper's w_ij = |S|/|S1| for similar and |S|/|S0| for dissimilar pairs,
-        counted in this batch; the loss is Σ w_ij ℓ_ij / |S| = mean_S1 ℓ + mean_S0 ℓ.
+        counted in this batch; the loss is Σ w_ij ℓ_ij / |S| = mean_{S1} ℓ + mean_{S0} ℓ.
       'fixed' — the authors' code: similar pairs × `class_num`, divided by the weighted pair
         count (#similar·class_num + #dissimilar). Set class_num ≈ |S|/|S1| of the training set.
       'none' — the plain mean over S (the ablation without weighting).

@@ -30,7 +30,7 @@ class MLPGenerator(nn.Module):
 
 
 class MLPDiscriminator(nn.Module):
-  """points [B, d] → logits [B]."""
+  """points [B, D] → logits [B]."""
   hidden: int = 200
   depth: int = 3
   pieces: int = 5

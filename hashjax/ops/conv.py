@@ -1,7 +1,7 @@
 """Convolutions whose 1×1 kernel gradient is one matmul on XLA:CPU.
 
 XLA:CPU computes a convolution's kernel gradient as another, batch-contracting convolution;
-for a 1×1 kernel one [C, B·h·w] @ [B·h·w, O] matmul is faster (ResNet). Larger kernels keep
+for a 1×1 kernel one [I, B·h·w] @ [B·h·w, O] matmul is faster (ResNet). Larger kernels keep
 XLA's gradient, as do the forward pass and the input gradient. Figures: docs/PERFORMANCE.md.
 """
 
@@ -33,14 +33,14 @@ def _conv_fwd(x, kernel, strides, pads):
   return _forward(x, kernel, strides, pads), (x, kernel)
 
 
-def kernel_gradient(x_BxHxWxC, dy_BxhxwxO, kernel_hw, strides, pads) -> jax.Array:
-  """d(loss)/d(kernel) [kh, kw, C, O] (float32) of the NHWC/HWIO convolution of x with the
-  given strides and padding, from the output gradient dy: one [C, B·h·w] @ [B·h·w, O]
+def kernel_gradient(x_BxHxWxI, dy_BxhxwxO, kernel_hw, strides, pads) -> jax.Array:
+  """d(loss)/d(kernel) [kh, kw, I, O] (float32) of the NHWC/HWIO convolution of x with the
+  given strides and padding, from the output gradient dy: one [I, B·h·w] @ [B·h·w, O]
   matmul per kernel tap, the windows never stacked into an im2col matrix."""
   (kh, kw), (sh, sw), (ho, wo) = kernel_hw, strides, dy_BxhxwxO.shape[1:3]
-  fan_in, fan_out = x_BxHxWxC.shape[-1], dy_BxhxwxO.shape[-1]
+  fan_in, fan_out = x_BxHxWxI.shape[-1], dy_BxhxwxO.shape[-1]
   dy = dy_BxhxwxO.reshape(-1, fan_out)
-  padded = jnp.pad(x_BxHxWxC, ((0, 0), *pads, (0, 0)))
+  padded = jnp.pad(x_BxHxWxI, ((0, 0), *pads, (0, 0)))
   taps = [jnp.dot(padded[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
                   .reshape(-1, fan_in).T, dy, preferred_element_type=jnp.float32)
           for i in range(kh) for j in range(kw)]

@@ -19,31 +19,31 @@ from jax import lax
 from hashjax.ops.backend import cpu_kernels
 
 
-def _matmul(x_NxI, kernel_IxO):
-  return lax.dot_general(x_NxI, kernel_IxO, (((x_NxI.ndim - 1,), (0,)), ((), ())))
+def _matmul(x_BxI, kernel_IxO):
+  return lax.dot_general(x_BxI, kernel_IxO, (((x_BxI.ndim - 1,), (0,)), ((), ())))
 
 
 @jax.custom_vjp
-def matmul(x_NxI: jax.Array, kernel_IxO: jax.Array) -> jax.Array:
+def matmul(x_BxI: jax.Array, kernel_IxO: jax.Array) -> jax.Array:
   """x [..., I] @ kernel [I, O] → [..., O], with the CPU-friendly backward pass above."""
-  return _matmul(x_NxI, kernel_IxO)
+  return _matmul(x_BxI, kernel_IxO)
 
 
-def _matmul_fwd(x_NxI, kernel_IxO):
-  return _matmul(x_NxI, kernel_IxO), (x_NxI, kernel_IxO)
+def _matmul_fwd(x_BxI, kernel_IxO):
+  return _matmul(x_BxI, kernel_IxO), (x_BxI, kernel_IxO)
 
 
-def _matmul_bwd(residuals, dy_NxO):
-  x_NxI, kernel_IxO = residuals
-  batch = tuple(range(x_NxI.ndim - 1))
-  dx_IxN = lax.optimization_barrier(
-      lax.dot_general(kernel_IxO, dy_NxO, (((1,), (dy_NxO.ndim - 1,)), ((), ()))))
-  dx_NxI = jnp.moveaxis(dx_IxN, 0, -1)
+def _matmul_bwd(residuals, dy_BxO):
+  x_BxI, kernel_IxO = residuals
+  batch = tuple(range(x_BxI.ndim - 1))
+  dx_IxB = lax.optimization_barrier(
+      lax.dot_general(kernel_IxO, dy_BxO, (((1,), (dy_BxO.ndim - 1,)), ((), ()))))
+  dx_BxI = jnp.moveaxis(dx_IxB, 0, -1)
   # A zero that XLA cannot fold away (0 · NaN is NaN): the kernel gradient, hence the update
   # of the kernel, now depends on every read of the kernel, and the kernel is not copied.
-  dy_NxO = dy_NxO + jnp.zeros((), dy_NxO.dtype) * jnp.sum(dx_NxI)
-  dkernel_IxO = lax.dot_general(x_NxI, dy_NxO, ((batch, batch), ((), ())))
-  return dx_NxI, dkernel_IxO
+  dy_BxO = dy_BxO + jnp.zeros((), dy_BxO.dtype) * jnp.sum(dx_BxI)
+  dkernel_IxO = lax.dot_general(x_BxI, dy_BxO, ((batch, batch), ((), ())))
+  return dx_BxI, dkernel_IxO
 
 
 matmul.defvjp(_matmul_fwd, _matmul_bwd)

@@ -109,9 +109,9 @@ def _conv_transpose_matmul(x_BxHxWxI, kernel_4x4xIxO):
   return y[:, 1:-1, 1:-1]
 
 
-def _flip_transpose(kernel_4x4xAxB):
+def _flip_transpose(kernel_4x4xIxO):
   """The kernel of the adjoint: spatially flipped, in/out channels swapped."""
-  return kernel_4x4xAxB[::-1, ::-1].transpose(0, 1, 3, 2)
+  return kernel_4x4xIxO[::-1, ::-1].transpose(0, 1, 3, 2)
 
 
 def _conv_transpose_4x4_s2_fwd(x, kernel):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zipfile
+import zlib
 from typing import Protocol
 
 import numpy as np
@@ -198,18 +200,35 @@ def _array_source(images, labels, image_size):
   return ArraySource(images, labels)
 
 
+NPZ_CONTENT = ('image uint8 [N,H,W(,C)] and label int [N] or multi-hot [N,L] '
+               '(np.savez(path, image=..., label=...))')
+# What np.load raises for a file that is cut short or is no archive.
+UNREADABLE_NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+  """The arrays of an npz archive; a `DataError` for a .npy array or an unreadable file."""
+  try:
+    with open(path, 'rb') as f:
+      is_npy = f.read(len(np.lib.format.MAGIC_PREFIX)) == np.lib.format.MAGIC_PREFIX
+    if not is_npy:
+      with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+  except UNREADABLE_NPZ_ERRORS as e:
+    raise DataError(f'{path!r} is not a readable .npz file ({e}); an npz must hold '
+                    f'{NPZ_CONTENT}') from None
+  raise DataError(f'{path!r} is a .npy array, not an .npz archive; an npz must hold '
+                  f'{NPZ_CONTENT}')
+
+
 def _load_npz(path: str, image_size: int | None) -> ArraySource:
   if not os.path.isfile(path):
     raise DataError(f'npz file {path!r} does not exist')
-  try:
-    with np.load(path, allow_pickle=False) as f:
-      arrays = {k: f[k] for k in f.files}
-  except (OSError, ValueError) as e:
-    raise DataError(f'{path!r} is not a readable .npz file ({e})') from None
+  arrays = _read_npz(path)
   missing = {'image', 'label'} - set(arrays)
   if missing:
     raise DataError(f'{path!r} lacks key(s) {sorted(missing)}; found {sorted(arrays)}; '
-                    'expected image uint8 [N,H,W(,C)] and label int [N] or multi-hot [N,L]')
+                    f'expected {NPZ_CONTENT}')
   images, labels = arrays['image'], arrays['label']
   if images.dtype != np.uint8 or images.ndim not in (3, 4):
     raise DataError(f'{path!r}: image must be uint8 [N,H,W] or [N,H,W,C], got '

@@ -43,6 +43,22 @@ def test_not_an_npz_file(tmp_path):
     data.load_source('imagenet')
 
 
+def test_npy_file_as_npz_says_what_an_npz_holds(tmp_path):
+  path = tmp_path / 'images.npy'
+  np.save(path, np.zeros((3, 4, 4), np.uint8))
+  with pytest.raises(data.DataError, match=r"'.*images.npy' is a .npy array, not an .npz "
+                                           r'archive; an npz must hold image uint8 \[N,H,W'):
+    data.load_source(f'npz:{path}')
+
+
+def test_truncated_npz_is_a_clear_error(tmp_path):
+  path = tmp_path / 'cut.npz'
+  np.savez(path, image=np.zeros((20, 8, 8), np.uint8), label=np.arange(20) % 4)
+  path.write_bytes(path.read_bytes()[:300])
+  with pytest.raises(data.DataError, match=r"'.*cut.npz' is not a readable .npz file"):
+    data.load_source(f'npz:{path}')
+
+
 @pytest.mark.parametrize('spec', ['npz:', 'list:', 'folder:', 'tfds:', 'pairs:', 'npz'])
 def test_a_spec_without_its_path_is_a_clear_error(spec):
   kind = spec.rstrip(':')

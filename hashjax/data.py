@@ -222,6 +222,9 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
 
 
 def _load_npz(path: str, image_size: int | None) -> ArraySource:
+  if os.path.isdir(path):
+    raise DataError(f'npz file {path!r} is a directory, not an .npz file; give the path of an '
+                    f'npz holding {NPZ_CONTENT}')
   if not os.path.isfile(path):
     raise DataError(f'npz file {path!r} does not exist')
   arrays = _read_npz(path)

@@ -51,6 +51,14 @@ def test_npy_file_as_npz_says_what_an_npz_holds(tmp_path):
     data.load_source(f'npz:{path}')
 
 
+def test_directory_as_npz_is_named_a_directory(tmp_path):
+  with pytest.raises(data.DataError, match=r"npz file '.*' is a directory, not an .npz file; "
+                                           'give the path of an npz holding image'):
+    data.load_source(f'npz:{tmp_path}')
+  with pytest.raises(data.DataError, match=r"npz file '.*nope.npz' does not exist"):
+    data.load_source(f'npz:{tmp_path / "nope.npz"}')
+
+
 def test_truncated_npz_is_a_clear_error(tmp_path):
   path = tmp_path / 'cut.npz'
   np.savez(path, image=np.zeros((20, 8, 8), np.uint8), label=np.arange(20) % 4)

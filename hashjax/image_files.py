@@ -7,11 +7,12 @@ resolution `image_size`.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
 
-from hashjax.data import ArraySource, DataError
+from hashjax.data import UNREADABLE_NPZ_ERRORS, ArraySource, DataError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp')
 
@@ -44,10 +45,22 @@ def _decode_square(path: str, size: int) -> np.ndarray | None:
     return None
 
 
+def _read_cache(path: str) -> ArraySource | None:
+  """The cached images and labels; None, with one warning, when the file is damaged (cut
+  short by a copy or a full disk), so the caller decodes the images again and rewrites it."""
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      return ArraySource(f['image'], f['label'])
+  except UNREADABLE_NPZ_ERRORS + (KeyError,) as e:
+    logging.getLogger(__name__).warning(
+        'the image cache %s cannot be read (%s); decoding the images again and rewriting it',
+        path, ' '.join(str(e).split())[:200] or type(e).__name__)
+    return None
+
+
 def load_folder(root: str, image_size: int | None, cache_dir: str | None) -> ArraySource:
   import concurrent.futures  # pylint: disable=g-import-not-at-top
   import hashlib  # pylint: disable=g-import-not-at-top
-  import logging  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(root):
     raise DataError(f'image folder {root!r} does not exist')
   if image_size is None:
@@ -61,9 +74,9 @@ def load_folder(root: str, image_size: int | None, cache_dir: str | None) -> Arr
                            [(p, st.st_size, st.st_mtime_ns) for p, st in zip(paths, stats)])
                           ).encode()).hexdigest()[:16]
   cache = os.path.join(cache_dir, f'folder_{key}.npz') if cache_dir else None
-  if cache and os.path.exists(cache):
-    with np.load(cache) as f:
-      return ArraySource(f['image'], f['label'])
+  cached = _read_cache(cache) if cache and os.path.exists(cache) else None
+  if cached is not None:
+    return cached
   with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
     decoded = list(pool.map(lambda p: _decode_square(os.path.join(root, p), image_size), paths))
   good = [i for i, im in enumerate(decoded) if im is not None]

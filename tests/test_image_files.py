@@ -38,6 +38,25 @@ def test_folder_source_skips_corrupt_files_and_labels_subfolders(tmp_path, caplo
   np.testing.assert_array_equal(again.images(np.arange(7)), src.images(np.arange(7)))
 
 
+def test_truncated_folder_cache_warns_once_and_is_rebuilt(tmp_path, caplog):
+  root, cache_dir = _folder(tmp_path), str(tmp_path / 'data_cache')
+  first = data.load_source(f'folder:{root}', image_size=16, cache_dir=cache_dir)
+  cache, = [os.path.join(cache_dir, name) for name in os.listdir(cache_dir)]
+  with open(cache, 'r+b') as f:
+    f.truncate(os.path.getsize(cache) // 2)
+  caplog.clear()
+  with caplog.at_level('WARNING'):
+    again = data.load_source(f'folder:{root}', image_size=16, cache_dir=cache_dir)
+  damaged = [r.getMessage() for r in caplog.records if 'cannot be read' in r.getMessage()]
+  assert len(damaged) == 1 and cache in damaged[0] and 'decoding the images again' in damaged[0]
+  np.testing.assert_array_equal(again.images(np.arange(7)), first.images(np.arange(7)))
+  np.testing.assert_array_equal(again.labels, first.labels)
+  caplog.clear()
+  with caplog.at_level('WARNING'):  # the rebuilt cache reads: no decoding, no warning
+    data.load_source(f'folder:{root}', image_size=16, cache_dir=cache_dir)
+  assert not caplog.records and os.listdir(cache_dir) == [os.path.basename(cache)]
+
+
 def test_folder_source_errors(tmp_path):
   (tmp_path / 'empty').mkdir()
   (tmp_path / 'empty' / 'readme.txt').write_text('x')

@@ -24,6 +24,7 @@ import numpy as np
 from hashjax import codes as codes_lib
 from hashjax import images as images_lib
 from hashjax import parallel
+from hashjax.data import UNREADABLE_NPZ_ERRORS
 
 CODES_FILE = 'codes.npz'
 
@@ -122,8 +123,10 @@ class HammingIndex:
         arrays = {name: data[name] for name in data.files}
     except FileNotFoundError:
       raise SearchError(f'{path} does not exist; train first, or point at a run directory') from None
-    except (OSError, ValueError) as e:
-      raise SearchError(f'{path} is not a readable codes.npz ({e})') from None
+    except UNREADABLE_NPZ_ERRORS as e:
+      raise SearchError(f'{path} is not a readable codes.npz ({e}); rerun the train.py '
+                        'command of the run: a finished run evaluates again and rewrites '
+                        'it') from None
     missing = [name for name in ('db_codes', 'bits') if name not in arrays]
     if missing:
       raise SearchError(f'{path} lacks {", ".join(missing)}; is it a codes.npz from training?')

@@ -116,3 +116,13 @@ def test_search_cli_errors_are_one_line(tmp_path, args, message):
   assert result.returncode == 2
   assert result.stderr.count('\n') == 1 and result.stderr.startswith('search: error: ')
   assert message in result.stderr and 'Traceback' not in result.stderr
+
+
+def test_search_cli_truncated_codes_file_is_one_line(tmp_path, capsys):
+  path = tmp_path / 'codes.npz'
+  _write_codes_npz(path)
+  path.write_bytes(path.read_bytes()[:200])
+  assert search.run([f'--workdir={tmp_path}', '--query-index=0']) == 2
+  out, err = capsys.readouterr()
+  assert out == '' and err.count('\n') == 1 and 'Traceback' not in err
+  assert err.startswith(f'search: error: {path} is not a readable codes.npz')

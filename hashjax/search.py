@@ -8,6 +8,8 @@ axis; memory is O(chunk · N) bytes.
 Command line (reads the `codes.npz` that training writes to its workdir):
 
   python -m hashjax.search --workdir=RUN --query-index=I [--topk=10] [--out=grid.png]
+
+`--out=FOLDER` (an existing folder, or a path ending in '/') writes FOLDER/query_<I>_top<T>.png.
 """
 
 from __future__ import annotations
@@ -157,6 +159,15 @@ def _write_grid(index: HammingIndex, query_index: int, neighbours_T: np.ndarray,
     raise SearchError(f'could not write {out}: the disk is full')
 
 
+def _out_path(out: str, query_index: int, topk: int) -> str:
+  """The PNG path for --out: a folder (an existing one, or any path ending in '/') gets
+  `query_<I>_top<T>.png` inside it; missing folders are created."""
+  if out.endswith(os.sep) or os.path.isdir(out):
+    out = os.path.join(out, f'query_{query_index}_top{topk}.png')
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  return out
+
+
 def _parse(argv):
   parser = argparse.ArgumentParser(
       prog='search', description='Nearest database items of one query from a training run.')
@@ -164,7 +175,9 @@ def _parse(argv):
   parser.add_argument('--query-index', type=int, required=True,
                       help='row of query_codes in codes.npz')
   parser.add_argument('--topk', type=int, default=10, help='number of neighbours (default 10)')
-  parser.add_argument('--out', default=None, help='write a PNG grid: query, then neighbours')
+  parser.add_argument('--out', default=None,
+                      help='write a PNG grid: query, then neighbours; a folder (or a path '
+                      "ending in '/') gets query_<I>_top<T>.png inside it")
 
   def one_line_error(message):
     print(f'search: error: {message}', file=sys.stderr)
@@ -200,8 +213,9 @@ def run(argv=None) -> int:
       label = '-' if index.db_labels is None else _label_text(index.db_labels[i])
       print(f'{rank:4d}  {i:5d}  {d:8d}  {label}')
     if args.out:
-      _write_grid(index, args.query_index, index_1xT[0], args.out)
-      print(f'wrote {args.out}')
+      out = _out_path(args.out, args.query_index, topk)
+      _write_grid(index, args.query_index, index_1xT[0], out)
+      print(f'wrote {out}')
   except (SearchError, ValueError, OSError) as e:  # data.DataError is a ValueError
     print(f'search: error: {" ".join(str(e).split())}', file=sys.stderr)
     return 2

@@ -126,3 +126,17 @@ def test_search_cli_truncated_codes_file_is_one_line(tmp_path, capsys):
   out, err = capsys.readouterr()
   assert out == '' and err.count('\n') == 1 and 'Traceback' not in err
   assert err.startswith(f'search: error: {path} is not a readable codes.npz')
+
+
+@pytest.mark.parametrize('trailing', ['', '/'])
+def test_search_cli_out_directory_gets_a_default_name(tmp_path, capsys, trailing):
+  _write_codes_npz(tmp_path / 'codes.npz')
+  folder = tmp_path / 'grids'
+  if not trailing:
+    folder.mkdir()  # an existing folder; with a trailing '/' a new one is made
+  assert search.run([f'--workdir={tmp_path}', '--query-index=2', '--topk=3',
+                     f'--out={folder}{trailing}']) == 0
+  out = capsys.readouterr().out
+  assert out.splitlines()[-1] == f'wrote {folder / "query_2_top3.png"}'
+  assert sorted(os.listdir(tmp_path)) == ['codes.npz', 'grids']  # no stray temporary file
+  assert os.listdir(folder) == ['query_2_top3.png']

@@ -10,12 +10,16 @@ a step from (seed, step) alone, so a resumed run sees exactly the batches it wou
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import zipfile
 import zlib
 from typing import Protocol
 
 import numpy as np
+
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -59,6 +63,19 @@ class SubsetSource:
 
   def images(self, indices: np.ndarray) -> np.ndarray:
     return self.base.images(self.keep[indices])
+
+
+def warn_unlabelled(labels: np.ndarray, where: str) -> None:
+  """One warning with the count of multi-hot rows [N, L] that are all zero: such an item is
+  similar to nothing, so as a query it scores AP 0 and in training it only adds dissimilar
+  pairs (all of them: mAP 0). Class ids [N] always label their item."""
+  if labels.ndim != 2:
+    return
+  unlabelled = int(np.count_nonzero(~labels.any(axis=1)))
+  if unlabelled:
+    log.warning('%d of %d items of %s have no label (all-zero multi-hot rows): they are '
+                'similar to no item, score AP 0 as queries and add only dissimilar pairs in '
+                'training; give them a label or leave them out', unlabelled, len(labels), where)
 
 
 def read_class_list(path: str) -> np.ndarray:
@@ -245,6 +262,7 @@ def _load_npz(path: str, image_size: int | None) -> ArraySource:
     raise DataError(f'{path!r}: {len(images)} images but {len(labels)} labels')
   if labels.ndim == 1 and labels.min() < 0:
     raise DataError(f'{path!r}: class ids must be ≥ 0, found {labels.min()}')
+  warn_unlabelled(labels, path)
   return _array_source(images, labels.astype(np.int64), image_size)
 
 
@@ -269,6 +287,7 @@ def _load_tfds(name_split: str, image_size: int | None) -> TfdsSource:
     raise DataError(f'tfds dataset {name!r} has features {sorted(first)}; hashjax needs '
                     "'image' and 'label'")
   labels = np.stack([np.asarray(records[i]['label']) for i in range(len(records))])
+  warn_unlabelled(labels, f'tfds:{name}:{split}')
   if image_size is None and len({tuple(np.asarray(records[i]['image']).shape[:2])
                                   for i in range(min(len(records), 64))}) > 1:
     raise DataError(f'tfds dataset {name!r} has images of different sizes; set image_size')

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from hashjax.data import UNREADABLE_NPZ_ERRORS, ArraySource, DataError
+from hashjax.data import UNREADABLE_NPZ_ERRORS, ArraySource, DataError, warn_unlabelled
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp')
 
@@ -157,4 +157,6 @@ def load_list(path: str, image_size: int | None, root: str | None = None) -> Lis
       rows.append([int(p) for p in parts[1:]])
   if not paths:
     raise DataError(f'image list {path!r} names no image')
-  return ListSource(paths, np.asarray(rows, np.int64), image_size)
+  labels = np.asarray(rows, np.int64)
+  warn_unlabelled(labels, path)
+  return ListSource(paths, labels, image_size)

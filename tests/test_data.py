@@ -43,6 +43,23 @@ def test_not_an_npz_file(tmp_path):
     data.load_source('imagenet')
 
 
+def test_multi_hot_items_without_label_warn_once_with_their_count(tmp_path, caplog):
+  path = tmp_path / 'd.npz'
+  labels = np.eye(6, 3, dtype=np.int64)  # rows 3..5 are all zero
+  np.savez(path, image=np.zeros((6, 5, 5), np.uint8), label=labels)
+  with caplog.at_level('WARNING', logger='hashjax'):
+    data.load_source(f'npz:{path}')
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+  assert len(warnings) == 1 and warnings[0].startswith('3 of 6 items of ') and 'd.npz' in warnings[0]
+  assert 'have no label' in warnings[0]
+  caplog.clear()
+  np.savez(path, image=np.zeros((6, 5, 5), np.uint8), label=np.eye(6, 6, dtype=np.int64))
+  with caplog.at_level('WARNING', logger='hashjax'):
+    data.load_source(f'npz:{path}')  # every item labelled; class ids are never multi-hot
+    data.load_source('digits')
+  assert not caplog.records
+
+
 def test_npy_file_as_npz_says_what_an_npz_holds(tmp_path):
   path = tmp_path / 'images.npy'
   np.save(path, np.zeros((3, 4, 4), np.uint8))

@@ -93,6 +93,15 @@ def test_list_source_reads_multi_hot_labels_and_resizes(tmp_path):
   assert sim[0, 2] == 1 and sim[0, 1] == 0  # shares label 3 / nothing
 
 
+def test_list_items_without_label_warn_once_with_their_count(tmp_path, caplog):
+  path = _write_list(tmp_path, ['a.png 1 0', 'b/c.png 0 0', 'b/d.png 0 1'])
+  with caplog.at_level('WARNING', logger='hashjax'):
+    source = data.load_source(f'list:{path}', image_size=8)
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+  assert len(warnings) == 1 and warnings[0].startswith(f'1 of 3 items of {path} have no label')
+  assert len(source) == 3  # kept: the warning says what they do to training and mAP
+
+
 @pytest.mark.parametrize('lines,size,message', [
     (['a.png 1 0', 'b/c.png 0 2'], 8, r'all.txt:2: expected'),
     (['a.png'], 8, r'all.txt:1: expected'),

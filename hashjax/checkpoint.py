@@ -30,8 +30,6 @@ import logging
 import os
 import re
 import shutil
-import signal
-import threading
 from typing import Any
 
 import jax
@@ -145,6 +143,8 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     """Steps of the complete checkpoints on disk, ascending (read from the directory: orbax
     renames a step's temporary folder to the bare step number only once it is complete)."""
+    if not os.path.isdir(self.directory):  # deleted during the run: saves recreate it
+      return []
     return sorted(int(name) for name in os.listdir(self.directory)
                   if name.isdigit() and os.path.isdir(os.path.join(self.directory, name)))
 
@@ -164,6 +164,19 @@ class Checkpointer:
     if step in self.all_steps():
       self._record_best(step, metrics)
 
+  def set_aside(self, step: int) -> str:
+    """Moves checkpoint `step` (one that does not restore) out of the step list, to
+    `<directory>/damaged-<step>[-n]`, where it can be inspected; returns that path."""
+    target = os.path.join(self.directory, f'damaged-{step}')
+    n = 1
+    while os.path.exists(target):
+      target = os.path.join(self.directory, f'damaged-{step}-{n}')
+      n += 1
+    if jax.process_index() == 0:
+      os.rename(self._step_dir(step), target)
+    self._manager.reload()
+    return target
+
   def reached_preemption(self, step: int) -> bool:
     """JAX's multi-host preemption sync point (through orbax)."""
     return bool(self._manager.reached_preemption(step))
@@ -176,8 +189,11 @@ class Checkpointer:
 
     Args:
       step: training step. tree: the pytree to save. metrics: values for `best_metric`.
-      final: this checkpoint must exist — wait for it and raise `CheckpointError` (naming the
-        directory, bytes needed and bytes free) if it cannot be written.
+      final: this checkpoint must exist. It is waited for; it is written even when only the
+        size estimate says it will not fit; when the write really fails for lack of space,
+        every older checkpoint is deleted and the write tried once more (the caller has
+        saved its results first); then `CheckpointError` names the directory, the bytes
+        needed and free, and what to free.
 
     Returns:
       True if the save was started (and, with `final`, finished); False if skipped.
@@ -186,25 +202,50 @@ class Checkpointer:
     if step in self.all_steps():
       return True
     self.stats.attempted += 1
+    if not os.path.isdir(self.directory):
+      log.warning('%s was deleted during the run; creating it again', self.directory)
+      os.makedirs(self.directory, exist_ok=True)
+      self._manager.reload()
     needed = self._estimate(tree)
     if not _agree(lambda: self._make_room(needed)):
-      return self._skip(step, needed, final, 'not enough space')
+      if not final:
+        return self._skip(step, needed, final, 'not enough space')
+      log.warning('the final checkpoint (step %d) needs about %d bytes by the estimate and %d '
+                  'are available in %s: trying the write anyway', step, needed,
+                  self._available(), self.directory)
     for attempt in (1, 2):
-      try:
-        self._manager.save(step, args=ocp.args.StandardSave(tree), force=True)
-        self._pending = (step, needed, metrics)
-        if final:
-          self._settle(raise_on_failure=True)
+      error = self._write(step, tree, needed, metrics, wait=final)
+      if error is None:
         return True
-      except (OSError, ValueError, RuntimeError) as e:  # orbax's forms of a failed write
-        if not is_disk_full_error(e):
-          raise
-        self._pending = None
-        self._after_failed_write(step, e)
-        if attempt == 1 and self._make_room(needed):
-          continue
-        return self._skip(step, needed, final, f'the write failed ({_short(e)})')
+      if attempt == 1 and (self._make_room(needed) or (final and self._clear_for_final())):
+        continue
+      return self._skip(step, needed, final, f'the write failed ({error})')
     return False
+
+  def _write(self, step, tree, needed, metrics, wait: bool) -> str | None:
+    """Starts the save of `tree` (and with `wait` finishes it); a disk-full failure is
+    cleaned up and returned as a short text, other errors raise."""
+    try:
+      self._manager.save(step, args=ocp.args.StandardSave(tree), force=True)
+    except (OSError, ValueError, RuntimeError) as e:  # orbax's forms of a failed write
+      if not is_disk_full_error(e):
+        raise
+      self._pending = None
+      self._after_failed_write(step, e)
+      return _short(e)
+    self._pending = (step, needed, metrics)
+    return self._settle(count_skip=False) if wait else None
+
+  def _clear_for_final(self) -> bool:
+    """Deletes every older checkpoint (the best one too: the final one replaces them) when
+    that frees at least the newest one's size; False (nothing deleted) when it would not."""
+    older = self.all_steps()
+    freed = sum(directory_bytes(self._step_dir(s)) for s in older)
+    if not older or self._available() + freed < directory_bytes(self._step_dir(older[-1])):
+      return False
+    for s in older:
+      self._delete(s, reason='to make room for the final checkpoint')
+    return True
 
   def wait(self):
     """Blocks until a background save has finished (a disk-full failure is handled, not
@@ -216,28 +257,29 @@ class Checkpointer:
     self._manager.close()
 
   # -- internals -------------------------------------------------------------------------
-  def _settle(self, raise_on_failure: bool = False):
-    """Waits for the pending async save; on success applies retention, on a disk-full
-    failure cleans up (and raises CheckpointError if `raise_on_failure`)."""
+  def _settle(self, count_skip: bool = True) -> str | None:
+    """Waits for the pending async save. On success applies retention and returns None; a
+    disk-full failure is cleaned up (counted as a skipped save with `count_skip`) and
+    returned as a short text."""
     try:
       self._manager.wait_until_finished()
     except (OSError, ValueError, RuntimeError) as e:  # orbax's forms of a failed write
       if not is_disk_full_error(e):
         raise
-      step, needed, _ = self._pending or (None, 0, None)
+      step, _, _ = self._pending or (None, 0, None)
       self._pending = None
       self._after_failed_write(step, e)
-      if raise_on_failure:
-        raise CheckpointError(self._final_message(step, needed, _short(e))) from None
-      self.stats.skipped += 1
-      log.warning('checkpoint %s was not written: %s; training continues', step, _short(e))
-      return
+      if count_skip:
+        self.stats.skipped += 1
+        log.warning('checkpoint %s was not written: %s; training continues', step, _short(e))
+      return _short(e)
     if self._pending is not None:
       step, _, metrics = self._pending
       self._pending = None
       self.stats.saved += 1
       self._record_best(step, metrics)
       self._apply_retention()
+    return None
 
   def _after_failed_write(self, step, error):
     self.stats.failed_writes += 1
@@ -256,7 +298,11 @@ class Checkpointer:
 
   def _final_message(self, step, needed, why) -> str:
     return (f'the final checkpoint (step {step}) could not be written to {self.directory}: '
-            f'{why}; it needs about {needed} bytes and {self._available()} are free')
+            f'{why}; it needs about {needed} bytes and {self._available()} are free. The '
+            'results files are written. Free that much space (or raise checkpoint.max_bytes), '
+            'then rerun the same command: ' + (
+                f'it resumes from step {self.latest_step()} and saves the final checkpoint'
+                if self.all_steps() else 'no checkpoint is left, so it trains again'))
 
   def _estimate(self, tree) -> int:
     steps = self.all_steps()
@@ -372,41 +418,3 @@ def _agree(decide) -> bool:
 def _short(error: BaseException) -> str:
   text = ' '.join(str(error).split())
   return text if len(text) <= 200 else text[:200] + '…'
-
-
-class PreemptionGuard:
-  """Turns SIGTERM / SIGINT into a request to stop after the current step.
-
-  Single process: a signal handler sets a flag. Multi-process (jax.process_count() > 1):
-  orbax's `reached_preemption(step)`, JAX's preemption sync point, which answers the same on
-  every host, so all hosts stop (and save) at the same step. Use as a context manager; the
-  old handlers come back on exit.
-  """
-
-  def __init__(self, checkpointer: Checkpointer | None = None):
-    self._checkpointer = checkpointer
-    self._requested = threading.Event()
-    self._old = {}
-    self.signal_name: str | None = None
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._old[sig] = signal.signal(sig, self._handler)
-    return self
-
-  def __exit__(self, *exc):
-    for sig, handler in self._old.items():
-      signal.signal(sig, handler)
-    return False
-
-  def _handler(self, signum, frame):
-    del frame
-    self.signal_name = signal.Signals(signum).name
-    self._requested.set()
-
-  def should_stop(self, step: int) -> bool:
-    """Whether to save and stop after `step` (same answer on every host)."""
-    if jax.process_count() > 1 and self._checkpointer is not None:
-      return self._checkpointer.reached_preemption(step)
-    return self._requested.is_set()

@@ -246,6 +246,7 @@ class GanJob(loop.Job):
   with `eval_holdout` > 0); the outputs are eval.json and jsd_curve.png."""
   loss_keys = ('d_loss', 'g_loss')
   eval_at_start = True  # the untrained generator: the JSD curve starts near log 2
+  resumable = frozenset({'learning_rate', 'sample_every', 'num_samples', 'eval_steps'})
 
   def __init__(self, config: ml_collections.ConfigDict | GanConfig, workdir: str):
     self.cfg = config if isinstance(config, GanConfig) else gan_config(config)
@@ -311,7 +312,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict | GanConfig, workdir: s
   Raises:
     training.DivergedError when a loss turns NaN/inf (naming the last good checkpoint).
   """
-  return loop.run(GanJob(config, workdir), workdir, reporter=reporter)
+  return loop.run(GanJob, config, workdir, reporter=reporter)
 
 
 def sample(config: ml_collections.ConfigDict | GanConfig, workdir: str, num: int,

@@ -279,6 +279,8 @@ class HashJob(loop.Job):
   metric_modes = {'map': 'max', 'map_expected': 'max', 'precision_at_radius_2': 'max',
                   'recall_at_radius_2': 'max'}
   eval_at_start = False
+  resumable = frozenset({'learning_rate', 'lr_decay_every', 'lr_decay_factor', 'map_topk',
+                         'eval_batch_size', 'pretrained'})
 
   def __init__(self, config: ml_collections.ConfigDict | HashConfig, workdir: str):
     self.cfg = config if isinstance(config, HashConfig) else hash_config(config)
@@ -335,4 +337,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict | HashConfig, workdir: 
     stopped the run, {'preempted_at_step': step, 'signal': name} after a checkpoint of that
     step was written.
   """
-  return loop.run(HashJob(config, workdir), workdir, reporter=reporter)
+  return loop.run(HashJob, config, workdir, reporter=reporter)

@@ -44,7 +44,9 @@ from jax.sharding import Mesh
 
 from hashjax import data as data_lib
 from hashjax import ops, parallel, training
-from hashjax.checkpoint import Checkpointer, PreemptionGuard
+from hashjax import workdir as workdir_lib
+from hashjax.checkpoint import Checkpointer
+from hashjax.preemption import PreemptionGuard
 from hashjax.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class Job:
   config: Any = None  # what config.json records: a ConfigDict or a config dataclass
   loss_keys: tuple[str, ...] = ()
   metric_modes: dict[str, str] = {}
+  resumable: frozenset[str] = frozenset()  # settings that may change on resume, besides RESUMABLE
   eval_at_start: bool = False
   num_examples: int
   train_step: Callable[[Any, dict[str, jax.Array], jax.Array], tuple[Any, dict[str, jax.Array]]]
@@ -146,6 +149,25 @@ def restore(job: Job, ckpt: Checkpointer, step: int, mesh: Mesh) -> tuple[Any, j
   return restored['state'], restored['rng']
 
 
+# What orbax and tensorstore raise for a checkpoint whose files are truncated or missing.
+DAMAGED_CHECKPOINT_ERRORS = (OSError, ValueError, KeyError, RuntimeError, EOFError)
+
+
+def is_damaged_checkpoint_error(error: BaseException) -> bool:
+  """Whether restoring raised because the checkpoint's files are damaged: one of
+  DAMAGED_CHECKPOINT_ERRORS (not a ConfigError), or the plain Exception that orbax wraps a
+  TensorStore read error in."""
+  if isinstance(error, ConfigError):
+    return False
+  return isinstance(error, DAMAGED_CHECKPOINT_ERRORS) or (
+      type(error) is Exception and 'error while reading' in str(error))  # pylint: disable=unidiomatic-typecheck
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip().splitlines()
+  return (text[0] if text else type(error).__name__)[:200]
+
+
 def make_checkpointer(job: Job, workdir: str) -> Checkpointer:
   """The run's `Checkpointer` under <workdir>/checkpoints; an unknown `best_metric` is a
   `ConfigError` naming the metrics this job evaluates."""
@@ -160,39 +182,50 @@ def make_checkpointer(job: Job, workdir: str) -> Checkpointer:
                       async_save=c.async_save)
 
 
-def run(job: Job, workdir: str, *, reporter: training.Reporter | None = None
-        ) -> dict[str, Any]:
-  """Trains `job` for `cfg.num_steps` steps in `workdir`, resuming from its newest checkpoint.
+# Settings every job may change when it resumes (the job's `resumable` adds its own).
+RESUMABLE = frozenset({'num_steps', 'log_every', 'eval_every', 'checkpoint_every',
+                       'checkpoint'})
 
-  Only process 0 writes config.json, metrics.jsonl, eval.jsonl and eval.json; checkpoints
-  are written collectively.
+
+def run(make_job: Callable[[Any, str], Job], config, workdir: str, *,
+        reporter: training.Reporter | None = None) -> dict[str, Any]:
+  """Trains the job `make_job(config, workdir)` for `cfg.num_steps` steps in `workdir`,
+  resuming from its newest checkpoint that restores.
+
+  The workdir is held by this run (`workdir.hold`) and SIGTERM / SIGINT are caught from the
+  start. Only process 0 writes config.json, metrics.jsonl, eval.jsonl and eval.json;
+  checkpoints are written collectively.
 
   Returns:
     eval.json's content (the job's `finish`), or {'preempted_at_step': step, 'signal': name}
-    after SIGTERM / SIGINT saved a checkpoint of that step.
+    after SIGTERM / SIGINT stopped the run (and saved that step, if it trained one).
   Raises:
     training.DivergedError: a loss in `job.loss_keys` turned NaN/inf (nothing non-finite
-      is saved). ConfigError, data errors: bad settings. CheckpointError: the final
-      checkpoint could not be written (eval.json is written first).
+      is saved). ConfigError, WorkdirError, data errors: bad settings or workdir (one line
+      each; a resume with changed settings outside `RESUMABLE` and `job.resumable` is one).
+      CheckpointError: the final checkpoint could not be written (eval.json is written
+      first).
   """
-  os.makedirs(workdir, exist_ok=True)
-  session = _Session(job, workdir, reporter)
-  try:
-    return session.run()
-  finally:
-    session.close()
+  with PreemptionGuard() as guard, workdir_lib.hold(workdir):
+    session = _Session(make_job(config, workdir), workdir, reporter, guard)
+    try:
+      return session.run()
+    finally:
+      session.close()
 
 
 class _Session:
   """One run of the loop over a job: `run`'s pieces, each short."""
 
-  def __init__(self, job: Job, workdir: str, reporter: training.Reporter | None):
-    self.job, self.cfg, self.workdir = job, job.cfg, workdir
+  def __init__(self, job: Job, workdir: str, reporter: training.Reporter | None,
+               guard: PreemptionGuard):
+    self.job, self.cfg, self.workdir, self.guard = job, job.cfg, workdir, guard
     self.mesh = parallel.make_mesh()
     parallel.check_batch_size(self.cfg.batch_size, self.mesh)
     self.main = parallel.is_main_process()
     self.reporter = reporter if reporter is not None and self.main else training.SilentReporter()
     self.ckpt = make_checkpointer(job, workdir)
+    guard.checkpointer = self.ckpt  # multi-host: the preemption sync point
     self.metrics_path = os.path.join(workdir, 'metrics.jsonl')
     self.eval_path = os.path.join(workdir, 'eval.jsonl')
     self.metrics_log = training.MetricsLog(self.metrics_path, self.reporter,
@@ -204,6 +237,9 @@ class _Session:
     self.reporter.close()
 
   def run(self) -> dict[str, Any]:
+    if self.ckpt.all_steps():
+      workdir_lib.check_resume(self.workdir, self.job.config_dict(),
+                               RESUMABLE | type(self.job).resumable)
     if self.main:
       training.write_json(os.path.join(self.workdir, 'config.json'), self.job.config_dict())
     state, rng, first_step = self.restore_or_init()
@@ -212,19 +248,38 @@ class _Session:
       self.evaluate(state, 0)
     state, step_metrics, stopped_by = self.train(state, rng, first_step)
     if stopped_by is not None:
-      log.warning('%s received: saved step %d in %s; rerun to resume', stopped_by,
-                  int(state.step), self.ckpt.directory)
+      if step_metrics is None:
+        log.warning('%s received before step %d: nothing new to save; rerun to resume',
+                    stopped_by, first_step)
+      else:
+        log.warning('%s received: saved step %d in %s; rerun to resume', stopped_by,
+                    int(state.step), self.ckpt.directory)
       return {'preempted_at_step': int(state.step), 'signal': stopped_by}
     return self.finish(state, rng, step_metrics)
 
+  def restore_newest(self) -> tuple[Any, jax.Array]:
+    """The newest checkpoint that restores; a damaged one (unreadable files) is moved aside
+    with one warning and the one before is tried. A fresh state when none is left."""
+    for step in reversed(self.ckpt.all_steps()):
+      try:
+        state, rng = restore(self.job, self.ckpt, step, self.mesh)
+      except Exception as e:  # pylint: disable=broad-except  # orbax raises a plain Exception
+        if not is_damaged_checkpoint_error(e):
+          raise
+        moved = self.ckpt.set_aside(step)
+        log.warning('checkpoint %d does not restore (%s); moved it to %s; trying the one '
+                    'before', step, _first_line(e), moved)
+        continue
+      log.info('resuming from checkpoint step %d in %s', step, self.ckpt.directory)
+      return state, rng
+    return fresh_state(self.job, self.mesh)
+
   def restore_or_init(self) -> tuple[Any, jax.Array, int]:
-    latest = self.ckpt.latest_step()
-    if latest is None:
-      state, rng = fresh_state(self.job, self.mesh)
-    else:
-      state, rng = restore(self.job, self.ckpt, latest, self.mesh)
-      log.info('resuming from checkpoint step %d in %s', latest, self.ckpt.directory)
+    state, rng = self.restore_newest()
     first_step = int(state.step)
+    if first_step > self.cfg.num_steps:
+      log.warning('the checkpoint is at step %d, past num_steps=%d: nothing to train; '
+                  'evaluating step %d', first_step, self.cfg.num_steps, first_step)
     if self.main:  # rows after the checkpoint are written again; a finished run re-evaluates
       training.truncate_metrics(self.metrics_path, first_step)
       training.truncate_metrics(self.eval_path, min(first_step, self.cfg.num_steps - 1))
@@ -235,37 +290,39 @@ class _Session:
   def train(self, state, rng, first_step: int):
     """Steps first_step .. num_steps − 1; returns (state, last step's metrics, the signal
     that stopped the run or None)."""
-    cfg, step_fn = self.cfg, jit_train_step(self.job.train_step, self.mesh)
+    cfg, guard = self.cfg, self.guard
+    if first_step < cfg.num_steps and guard.should_stop(first_step):  # before any step
+      return state, None, guard.signal_name
+    step_fn = jit_train_step(self.job.train_step, self.mesh)
     batches = training.prefetch(
         lambda t: global_batch(self.job.examples, self.job.num_examples, cfg.batch_size,
                                cfg.seed, t, self.mesh), range(first_step, cfg.num_steps))
     last_time, last_step, step_metrics = time.perf_counter(), first_step, None
-    with PreemptionGuard(self.ckpt) as guard:
-      for step, batch in zip(range(first_step, cfg.num_steps), batches):
-        previous = step_metrics
-        state, step_metrics = step_fn(state, batch, rng)
-        if step == first_step:
-          jax.block_until_ready(step_metrics)
-          log.info('compiled and ran the first step in %.1f s', time.perf_counter() - last_time)
-        # At most two steps in flight: the device never idles, and XLA:CPU's collectives
-        # over many simulated devices cannot starve (their rendezvous times out).
-        jax.block_until_ready(previous)
-        self.flush()
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.num_steps:
-          now = time.perf_counter()
-          self.metrics_log.push(done, step_metrics,
-                                (done - last_step) * cfg.batch_size / (now - last_time))
-          last_time, last_step = now, done
-        self.job.after_step(state, done)
-        if done == cfg.num_steps:
-          break
-        row = self.evaluate(state, done) if done % cfg.eval_every == 0 else None
-        if guard.should_stop(done):
-          self.save(state, rng, done, step_metrics, final=True)
-          return state, step_metrics, guard.signal_name
-        if done % cfg.checkpoint_every == 0:
-          self.save(state, rng, done, step_metrics, eval_row=row)
+    for step, batch in zip(range(first_step, cfg.num_steps), batches):
+      previous = step_metrics
+      state, step_metrics = step_fn(state, batch, rng)
+      if step == first_step:
+        jax.block_until_ready(step_metrics)
+        log.info('compiled and ran the first step in %.1f s', time.perf_counter() - last_time)
+      # At most two steps in flight: the device never idles, and XLA:CPU's collectives
+      # over many simulated devices cannot starve (their rendezvous times out).
+      jax.block_until_ready(previous)
+      self.flush()
+      done = step + 1
+      if done % cfg.log_every == 0 or done == cfg.num_steps:
+        now = time.perf_counter()
+        self.metrics_log.push(done, step_metrics,
+                              (done - last_step) * cfg.batch_size / (now - last_time))
+        last_time, last_step = now, done
+      self.job.after_step(state, done)
+      if done == cfg.num_steps:
+        break
+      row = self.evaluate(state, done) if done % cfg.eval_every == 0 else None
+      if guard.should_stop(done):
+        self.save(state, rng, done, step_metrics, final=True)
+        return state, step_metrics, guard.signal_name
+      if done % cfg.checkpoint_every == 0:
+        self.save(state, rng, done, step_metrics, eval_row=row)
     return state, step_metrics, None
 
   def flush(self) -> None:

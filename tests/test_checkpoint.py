@@ -123,12 +123,39 @@ def test_failure_that_surfaces_only_at_wait(tmp_path, monkeypatch):
   c.close()
 
 
-def test_final_checkpoint_that_cannot_fit_raises_with_the_numbers(tmp_path):
+def test_final_checkpoint_is_written_when_only_the_estimate_says_no(tmp_path):
   c = Checkpointer(str(tmp_path), max_bytes=1000)
-  with pytest.raises(CheckpointError, match=r'could not be written to .*needs about \d+ bytes '
-                                            r'and -?\d+ are free'):
-    c.save(5, _tree(), final=True)
-  assert not c.save(5, _tree())  # a non-final save is skipped instead
+  assert not c.save(4, _tree())  # a non-final save over the estimate is skipped
+  assert c.save(5, _tree(), final=True)  # the final one is tried, and the write succeeds
+  assert c.all_steps() == [5] and c.stats.skipped == 1
+  c.close()
+
+
+def test_final_checkpoint_that_really_fails_deletes_older_ones_retries_then_says_what_to_free(
+    tmp_path, monkeypatch):
+  c = Checkpointer(str(tmp_path), async_save=False, best_metric='map')
+  for step in (1, 2):
+    c.save(step, _tree(step), metrics={'map': 0.9 if step == 1 else 0.1})
+  real_save = c._manager.save
+  failures = {'left': 1}
+
+  def full_disk(*args, **kwargs):
+    if failures['left']:
+      failures['left'] -= 1
+      raise OSError(errno.ENOSPC, 'No space left on device')
+    return real_save(*args, **kwargs)
+
+  monkeypatch.setattr(c._manager, 'save', full_disk)
+  monkeypatch.setattr(ckpt_lib, 'free_bytes', lambda path: 0)  # and the disk looks full
+  assert c.save(3, _tree(3), final=True)  # older ones (the best too) make room for the retry
+  assert c.all_steps() == [3] and c.stats.pruned == 2
+  failures['left'] = 2
+  with pytest.raises(CheckpointError, match=r'the final checkpoint \(step 4\) could not be '
+                                            r'written to .*No space left on device.*needs about '
+                                            r'\d+ bytes and -?\d+ are free. The results files are '
+                                            r'written. Free that much space .* no checkpoint is '
+                                            r'left, so it trains again'):
+    c.save(4, _tree(4), final=True)
   c.close()
 
 
@@ -191,3 +218,27 @@ def test_training_on_a_tmpfs_sized_for_two_checkpoints(tmp_path):
     assert int(state.step) == 40
   finally:
     subprocess.run(['umount', '-l', str(mnt)], check=False)
+
+
+def test_a_checkpoints_folder_deleted_during_the_run_is_created_again(tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  c = Checkpointer(str(tmp_path / 'ckpt'), async_save=False)
+  c.save(1, _tree(1))
+  shutil.rmtree(tmp_path / 'ckpt')
+  assert c.all_steps() == [] and c.latest_step() is None
+  assert c.save(2, _tree(2))
+  assert c.all_steps() == [2]
+  restored = c.restore(2, _tree(2))
+  np.testing.assert_array_equal(np.asarray(restored['w']), np.asarray(_tree(2)['w']))
+  c.close()
+
+
+def test_set_aside_moves_a_step_out_of_the_list_and_never_overwrites(tmp_path):
+  c = Checkpointer(str(tmp_path), async_save=False)
+  for step in (1, 2):
+    c.save(step, _tree(step))
+  assert c.set_aside(2) == str(tmp_path / 'damaged-2')
+  c.save(2, _tree(2))
+  assert c.set_aside(2) == str(tmp_path / 'damaged-2-1')
+  assert c.all_steps() == [1] and os.path.isdir(tmp_path / 'damaged-2')
+  c.close()

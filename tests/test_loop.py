@@ -4,6 +4,7 @@ checkpoint kept through pruning and resumes. Subprocesses only where the process
 the point (signals)."""
 
 import json
+import logging
 import os
 import random
 import re
@@ -22,6 +23,7 @@ from hashjax import checkpoint as ckpt_lib
 from hashjax import gan_trainer, hash_trainer, loop, training
 from hashjax.checkpoint import CheckpointError
 from hashjax.config import ConfigError
+from hashjax.workdir import WorkdirError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -154,30 +156,52 @@ def test_sigterm_saves_exits_0_and_resumes_bit_identically(tmp_path, uninterrupt
   _assert_same_state(spec, cfg, straight, workdir, 240)
 
 
-def test_disk_full_mid_run_keeps_results_and_resumes_bit_identically(tmp_path, uninterrupted,
-                                                                     monkeypatch):
+def _fill_disk_at(step, monkeypatch, writes_fail):
+  """From `step` on, the checkpoint directory has no free space (and, with `writes_fail`,
+  every checkpoint write fails as on a full disk); returns a reporter that flips it and the
+  switch."""
+  full = {'on': False}
+  real_free_bytes, real_write = ckpt_lib.free_bytes, ckpt_lib.Checkpointer._write
+  monkeypatch.setattr(ckpt_lib, 'free_bytes',
+                      lambda path: 0 if full['on'] else real_free_bytes(path))
+  if writes_fail:
+    monkeypatch.setattr(ckpt_lib.Checkpointer, '_write', lambda self, *args, **kwargs: (
+        '[Errno 28] No space left on device' if full['on'] else real_write(self, *args, **kwargs)))
+
+  class Fill(training.SilentReporter):
+    def log(self, row):
+      full['on'] = full['on'] or row['step'] >= step
+
+  return Fill(), full
+
+
+def test_disk_full_mid_run_skips_saves_and_still_writes_the_final_checkpoint(
+    tmp_path, uninterrupted, monkeypatch):
   spec, cfg, straight, straight_results = uninterrupted
   workdir = str(tmp_path / 'full')
-  full = {'on': False}
-  real_free_bytes = ckpt_lib.free_bytes
-  monkeypatch.setattr(ckpt_lib, 'free_bytes', lambda path: 0 if full['on'] else real_free_bytes(path))
-
-  class FillAt100(training.SilentReporter):
-    def log(self, row):
-      full['on'] = full['on'] or row['step'] >= 100
-
-  with pytest.raises(CheckpointError, match='the final checkpoint .* could not be written'):
-    spec.train(cfg, workdir, reporter=FillAt100())
+  reporter, _ = _fill_disk_at(100, monkeypatch, writes_fail=False)
+  results = spec.train(cfg, workdir, reporter=reporter)
   rows = _strict_rows(os.path.join(workdir, 'metrics.jsonl'))
   assert rows[-1]['step'] == 240 and rows[-1]['checkpoint_skipped'] > 0
-  last = _steps(workdir)[-1]
-  assert 96 <= last < 240  # checkpoints stopped once the disk was full; none was lost
+  steps = _steps(workdir)
+  assert steps[-1] == 240 and 96 <= steps[-2] < 240  # only the estimate said no at the end
+  assert results['step'] == 240
+  _assert_same_state(spec, cfg, straight, workdir, 240)
+
+
+def test_final_write_that_fails_keeps_the_results_and_a_rerun_ends_bit_identically(
+    tmp_path, uninterrupted, monkeypatch):
+  spec, cfg, straight, straight_results = uninterrupted
+  workdir = str(tmp_path / 'full')
+  reporter, full = _fill_disk_at(100, monkeypatch, writes_fail=True)
+  with pytest.raises(CheckpointError, match=r'the final checkpoint \(step 240\) could not be '
+                                            r'written .*The results files are written'):
+    spec.train(cfg, workdir, reporter=reporter)
   results = json.load(open(os.path.join(workdir, 'eval.json')))  # written before the save
   assert results['step'] == 240
   full['on'] = False
-  rec = Recorder()
-  spec.train(cfg, workdir, reporter=rec)
-  assert rec.first_step == last
+  spec.train(cfg, workdir)
+  assert json.load(open(os.path.join(workdir, 'eval.json'))) == results
   _assert_same_state(spec, cfg, straight, workdir, 240)
 
 
@@ -238,3 +262,107 @@ def test_best_metric_must_be_a_metric_of_the_job(tmp_path, name):
   with pytest.raises(ConfigError, match=r"checkpoint.best_metric='accuracy' is not a metric of "
                                         r'this job; accepted: '):
     spec.train(_config(spec, **{'checkpoint.best_metric': 'accuracy'}), str(tmp_path))
+
+
+CHANGED = {'hashnet': {'bits': 32}, 'dcgan': {'nz': 32}}  # settings a checkpoint depends on
+
+
+@pytest.mark.parametrize('name', sorted(JOBS))
+def test_resume_with_changed_settings_is_one_line_and_keeps_config_json(tmp_path, name):
+  spec = JOBS[name]
+  spec.train(_config(spec, num_steps=5, checkpoint_every=5), str(tmp_path))
+  before = (tmp_path / 'config.json').read_text()
+  (key, value), = CHANGED[name].items()
+  with pytest.raises(WorkdirError, match=rf'resuming the run in .* with settings its '
+                                         rf'checkpoints were not trained with: {key} '):
+    spec.train(_config(spec, num_steps=10, **CHANGED[name]), str(tmp_path))
+  assert (tmp_path / 'config.json').read_text() == before
+  # Cadence, length and learning rate may change.
+  results = spec.train(_config(spec, num_steps=10, log_every=2, learning_rate=1e-4,
+                               **{'checkpoint.max_to_keep': 3}), str(tmp_path))
+  assert results['step'] == 10
+  assert json.load(open(tmp_path / 'config.json'))['learning_rate'] == 1e-4
+
+
+def _damage(step_dir, how):
+  if how == 'truncate':  # the largest data file, cut to half
+    files = [os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs]
+    path = max(files, key=os.path.getsize)
+    with open(path, 'r+b') as f:
+      f.truncate(os.path.getsize(path) // 2)
+    return
+  paths = [os.path.join(d, how) for d, _, fs in os.walk(step_dir) if how in fs]
+  assert paths, f'no {how} under {step_dir}'
+  for path in paths:
+    os.remove(path)
+
+
+@pytest.mark.parametrize('how', ['truncate', 'manifest.ocdbt', '_METADATA'])
+@pytest.mark.parametrize('name', sorted(JOBS))
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_one_before_resumes(
+    tmp_path, name, how):
+  spec = JOBS[name]
+  cfg = _config(spec, num_steps=10, checkpoint_every=5, **{'checkpoint.max_to_keep': 3})
+  spec.train(_config(spec, num_steps=10, checkpoint_every=5, **{'checkpoint.max_to_keep': 3}),
+             str(tmp_path / 'straight'))
+  workdir = tmp_path / 'damaged'
+  spec.train(_config(spec, num_steps=8, checkpoint_every=4, **{'checkpoint.max_to_keep': 3}),
+             str(workdir))
+  assert _steps(workdir) == [4, 8]
+  _damage(str(workdir / 'checkpoints' / '8'), how)
+  rec, seen = Recorder(), []
+  handler = logging.Handler(logging.WARNING)
+  handler.emit = lambda record: seen.append(record.getMessage())
+  logger = logging.getLogger('hashjax.loop')  # not via the root: the CLI may stop propagation
+  logger.addHandler(handler)
+  try:
+    spec.train(cfg, str(workdir), reporter=rec)
+  finally:
+    logger.removeHandler(handler)
+  assert rec.first_step == 4
+  warnings = [m for m in seen if 'does not restore' in m]
+  assert len(warnings) == 1 and warnings[0].startswith('checkpoint 8 does not restore (')
+  assert warnings[0].endswith(f'; moved it to {workdir / "checkpoints" / "damaged-8"}; trying '
+                              'the one before')
+  assert os.path.isdir(workdir / 'checkpoints' / 'damaged-8')  # kept for inspection
+  _assert_same_state(spec, cfg, tmp_path / 'straight', workdir, 10)
+
+
+def _wait_for(proc, pattern, seconds=120):
+  """Reads proc's stderr until a line matches; returns the lines read."""
+  lines, deadline = [], time.time() + seconds
+  while time.time() < deadline:
+    line = proc.stderr.readline()
+    if not line:
+      break
+    lines.append(line)
+    if re.search(pattern, line):
+      return lines
+  raise AssertionError(f'{pattern!r} never appeared: {"".join(lines)[-2000:]}')
+
+
+@pytest.mark.parametrize('name', sorted(JOBS))
+def test_sigterm_before_the_first_step_exits_0_and_saves_nothing(tmp_path, name):
+  spec = JOBS[name]
+  proc = _cli(spec, tmp_path, num_steps=240)
+  _wait_for(proc, r'checkpoints in ')  # the loop holds the workdir: the step is compiling
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-2000:]
+  assert 'SIGTERM received before step 0: nothing new to save; rerun to resume' in err
+  assert _steps(tmp_path) == []
+
+
+@pytest.mark.parametrize('name', sorted(JOBS))
+def test_a_second_run_on_a_held_workdir_stops_at_once_naming_the_first(tmp_path, name):
+  spec = JOBS[name]
+  proc = _cli(spec, tmp_path, num_steps=100000, checkpoint_every=1000)
+  try:
+    _wait_for(proc, r'compiled and ran the first step')
+    with pytest.raises(WorkdirError, match=rf"--workdir '{tmp_path}' is in use by process "
+                                           rf'{proc.pid} on .*; wait for that run to end'):
+      spec.train(_config(spec, num_steps=10), str(tmp_path))
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+  assert not [n for n in os.listdir(tmp_path / 'checkpoints') if 'tmp' in n]

@@ -1,0 +1,119 @@
+"""A run's directory: created or refused in one line, held by one run at a time, and its
+config.json kept as the record of the settings its checkpoints were trained with.
+
+`hold(workdir)` makes sure the workdir is a writable directory and takes `<workdir>/run.lock`
+(an flock: the kernel releases it when the holding process ends, also after kill -9, so a
+dead run never blocks the next one). `check_resume(workdir, config, resumable)` compares
+the settings of a resumed run with the run's config.json: a difference outside `resumable`
+is a `WorkdirError` naming the keys, and config.json stays as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+from typing import Any, Iterator
+
+from hashjax import parallel
+from hashjax.config import ConfigError
+
+LOCK_NAME = 'run.lock'
+_MISSING = '<absent>'
+
+
+class WorkdirError(ConfigError):
+  """A workdir that cannot be used (a file, not writable, held by another run, or a resume
+  with settings its checkpoints were not trained with)."""
+
+
+def _make(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except FileExistsError:
+    raise WorkdirError(f'--workdir {workdir!r} is a file, not a directory; pass a directory '
+                       'path') from None
+  except NotADirectoryError:
+    raise WorkdirError(f'--workdir {workdir!r} lies under a file, not a directory; pass a '
+                       'directory path') from None
+  except OSError as e:
+    raise WorkdirError(f'cannot create --workdir {workdir!r}: {e.strerror}') from None
+  if not os.path.isdir(workdir):
+    raise WorkdirError(f'--workdir {workdir!r} is not a directory; pass a directory path')
+
+
+@contextlib.contextmanager
+def hold(workdir: str) -> Iterator[None]:
+  """Creates `workdir` if needed and holds its lock while the block runs (process 0 only:
+  the processes of one job share it). Raises WorkdirError (one line) for a workdir that is
+  a file, lies under a file, cannot be written, or is held by another live run."""
+  _make(workdir)
+  if not parallel.is_main_process():
+    yield
+    return
+  path = os.path.join(workdir, LOCK_NAME)
+  try:
+    handle = open(path, 'a+')  # pylint: disable=consider-using-with
+  except OSError as e:
+    raise WorkdirError(f'cannot write in --workdir {workdir!r}: {e.strerror}') from None
+  with handle:
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      handle.seek(0)
+      holder = handle.read().strip() or 'another process'
+      raise WorkdirError(f'--workdir {workdir!r} is in use by {holder}; wait for that run to '
+                         'end, or pass another --workdir') from None
+    _record_holder(handle)
+    yield  # closing the handle releases the lock
+
+
+def _record_holder(handle) -> None:
+  """Writes who holds the lock (for the message of a second run); a full disk only loses
+  this note."""
+  try:
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f'process {os.getpid()} on {socket.gethostname()}\n')
+    handle.flush()
+  except OSError:
+    pass
+
+
+def flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+  """{'a': {'b': 1}} → {'a.b': 1}."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict) and value:
+      out.update(flatten(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def check_resume(workdir: str, config: dict[str, Any], resumable: frozenset[str]) -> None:
+  """Raises WorkdirError when `config` differs from `<workdir>/config.json` in a key outside
+  `resumable` (dotted names; 'checkpoint' covers every 'checkpoint.*'). Call it only when
+  the run resumes from a checkpoint. No config.json (a run from before it was written): no
+  check."""
+  path = os.path.join(workdir, 'config.json')
+  try:
+    with open(path) as f:
+      old = flatten(json.load(f))
+  except FileNotFoundError:
+    return
+  except (OSError, ValueError) as e:
+    raise WorkdirError(f'{path} cannot be read ({e}); restore it, or pass another '
+                       '--workdir') from None
+  new = flatten(json.loads(json.dumps(config)))
+  changed = [k for k in sorted(old.keys() | new.keys())
+             if old.get(k, _MISSING) != new.get(k, _MISSING)
+             and k not in resumable and k.split('.')[0] not in resumable]
+  if changed:
+    shown = ', '.join(f'{k} ({old.get(k, _MISSING)!r} → {new.get(k, _MISSING)!r})'
+                      for k in changed)
+    raise WorkdirError(f'resuming the run in {workdir} with settings its checkpoints were not '
+                       f'trained with: {shown}; resume with the values in its config.json, '
+                       'or pass another --workdir')

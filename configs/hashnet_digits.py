@@ -50,10 +50,12 @@ def get_config() -> config_dict.ConfigDict:
   c.loss.class_num = config_dict.placeholder(float)  # for weighting='fixed'
   c.loss.quantization_weight = 0.1  # DHN only
 
+  # Fields that may be None are typed references (placeholder: None by default), so the
+  # command line can set them to None too: --config.split.query_per_class=None.
   c.split = config_dict.ConfigDict()
-  c.split.query_per_class = 30  # set this or num_query (the other stays None)
+  c.split.query_per_class = config_dict.FieldReference(30, field_type=int)  # or num_query
   c.split.num_query = config_dict.placeholder(int)
-  c.split.train_per_class = 100  # set this or num_train
+  c.split.train_per_class = config_dict.FieldReference(100, field_type=int)  # or num_train
   c.split.num_train = config_dict.placeholder(int)
   c.split.train_in_database = True  # training images stay in the database
 

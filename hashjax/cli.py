@@ -17,7 +17,7 @@ import sys
 from typing import Any, Callable
 
 from absl import flags
-from ml_collections import config_flags
+from ml_collections import config_dict, config_flags
 from tqdm import tqdm
 
 from hashjax import parallel
@@ -30,6 +30,7 @@ from hashjax.training import DivergedError
 USER_ERRORS = (ConfigError, DataError, PretrainedError, parallel.ParallelError)
 EXIT_USAGE = 2
 _CONFIG_ARG = re.compile(r'^--?config(=|$)')
+_OVERRIDE = re.compile(r'^--?config\.([^=]+)=(.*)$')
 _HELP_ARGS = ('-h', '--help', '--helpshort', '--helpfull')
 
 
@@ -130,13 +131,49 @@ def _config_path(argv: list[str], default_config: str) -> str:
   return default_config
 
 
+def split_none_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+  """(argv without its `--config.KEY=None` overrides, the KEYs whose last override is None).
+
+  config_flags parses an override with the field's type (int('None') fails), so the Nones
+  are set after parsing, by `set_none`; a later override of the same key wins, as always."""
+  last = {}
+  for arg in argv[1:]:
+    if match := _OVERRIDE.match(arg):
+      last[match[1]] = match[2]
+  none_keys = [key for key, value in last.items() if value == 'None']
+  kept = [arg for arg in argv if not ((match := _OVERRIDE.match(arg)) and
+                                      (match[2] == 'None' or match[1] in none_keys))]
+  return kept, none_keys
+
+
+def set_none(config, key: str) -> None:
+  """Sets the dotted `key` of a ConfigDict to None; a UsageError unless the config declares
+  it as one that may be None (a `placeholder` or `FieldReference`, or None already)."""
+  *parents, leaf = key.split('.')
+  node = config
+  for part in parents:
+    node = node.get(part) if isinstance(node, config_dict.ConfigDict) else None
+  fields = (dict(node.items(preserve_field_references=True))
+            if isinstance(node, config_dict.ConfigDict) else {})
+  if leaf not in fields:
+    raise UsageError(f'unknown config key {key!r}')
+  value = fields[leaf]
+  if not (value is None or isinstance(value, config_dict.FieldReference)):
+    raise UsageError(f'--config.{key}=None: {key} cannot be None; it takes '
+                     f'{"an" if type(value).__name__[0] in "aeiou" else "a"} '
+                     f'{type(value).__name__} (this config\'s value: {value!r})')
+  node[leaf] = None
+
+
 def load_config(job_flags: JobFlags, argv: list[str]) -> tuple[Any, str]:
   """(config, workdir) from argv. Raises UsageError (one line) for a bad flag, a missing or
-  broken config file, an unknown config key or a malformed value."""
+  broken config file, an unknown config key, a malformed value, or None for a field that
+  cannot be None."""
   config_path = _config_path(argv, job_flags.default_config)
   if not os.path.isfile(config_path):
     raise UsageError(f'config file {config_path!r} does not exist; pass '
                      '--config=configs/<name>.py')
+  argv, none_keys = split_none_overrides(argv)
   try:
     rest = parse_flags(job_flags, argv)
     config = job_flags.config.value
@@ -145,6 +182,8 @@ def load_config(job_flags: JobFlags, argv: list[str]) -> tuple[Any, str]:
     raise UsageError(_one_line(e)) from e
   if len(rest) > 1:
     raise UsageError(f'unexpected argument {rest[1]!r}; flags are written --name=value')
+  for key in none_keys:
+    set_none(config, key)
   return config, job_flags.workdir.value or default_workdir(config_path)
 
 

@@ -76,6 +76,62 @@ def test_overrides_apply_afresh_on_every_call(jobs, capsys):
   assert all(a is not b for (a, _), (b, _) in zip(jobs, jobs[1:]))  # a fresh config per call
 
 
+def test_none_overrides_the_num_query_protocol_from_the_command_line(tmp_path, capsys):
+  tiny = [a for a in TINY if 'query_per_class' not in a]
+  code, _, err = _call(train.main, capsys, f'--workdir={tmp_path}', *tiny,
+                       '--config.split.query_per_class=None', '--config.split.num_query=40')
+  assert code == 0, err
+  split = json.loads((tmp_path / 'config.json').read_text())['split']
+  assert split['query_per_class'] is None and split['num_query'] == 40
+  with np.load(tmp_path / 'codes.npz') as codes:
+    assert len(codes['query_codes']) == 40 and len(codes['db_codes']) == 1797 - 40
+
+
+@pytest.mark.parametrize('args,field,want', [
+    (['--config.map_topk=5', '--config.map_topk=None'], 'map_topk', None),
+    (['--config.map_topk=None', '--config.map_topk=7'], 'map_topk', 7),  # the last one counts
+    (['--config.split.train_per_class=None', '--config.split.num_train=50'],
+     'split.train_per_class', None),
+    (['--config.split.num_query=None'], 'split.num_query', None),
+    (['--config.image_size=None'], 'image_size', None),
+    (['--config.loss.alpha=None'], 'loss.alpha', None),
+    (['--config.loss.class_num=None'], 'loss.class_num', None),
+    (['--config.checkpoint.max_bytes=None'], 'checkpoint.max_bytes', None),
+    (['--config.checkpoint.best_metric=None'], 'checkpoint.best_metric', None),
+    (['--config.pretrained=None'], 'pretrained', None),  # None, not the string 'None'
+    (['--config.class_list=None'], 'class_list', None),
+    (['--config.split.query_per_class=12'], 'split.query_per_class', 12),
+])
+def test_none_sets_the_fields_that_may_be_none(jobs, capsys, args, field, want):
+  code, _, err = _call(train.main, capsys, *args)
+  assert code == 0, err
+  (config, _), = jobs
+  value = config
+  for part in field.split('.'):
+    value = value[part]
+  assert value == want and (want is not None or value is None)
+
+
+def test_none_in_a_gan_config(jobs, capsys):
+  assert _call(gan.main, capsys, '--config.checkpoint.max_bytes=None',
+               '-config.checkpoint.best_metric=None')[0] == 0
+  (config, _), = jobs
+  assert config.checkpoint.max_bytes is None and config.checkpoint.best_metric is None
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--config.bits=None'], "--config.bits=None: bits cannot be None; it takes an int "
+                             "(this config's value: 32)"),
+    (['--config.loss.weighting=None'], '--config.loss.weighting=None: loss.weighting cannot be '
+                                       "None; it takes a str (this config's value: 'balanced')"),
+    (['--config.bitz=None'], "unknown config key 'bitz'"),
+    (['--config.split.nope=None'], "unknown config key 'split.nope'"),
+])
+def test_none_for_a_field_that_cannot_be_none_is_one_line(jobs, capsys, args, message):
+  code, _, err = _call(train.main, capsys, *args)
+  assert code == 2 and message in _error_line(err, 'train.py') and not jobs
+
+
 def test_an_error_leaves_nothing_for_the_next_call(capsys):
   code, _, err = _call(train.main, capsys, '--config.bits=4')
   assert code == 2 and 'bits=4 is out of range' in _error_line(err, 'train.py')

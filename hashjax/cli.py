@@ -9,12 +9,13 @@ process imports both. `run_job` parses them afresh on every call, so `train.main
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import re
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from absl import flags
 from ml_collections import config_dict, config_flags
@@ -84,9 +85,11 @@ def define_job_flags(flag_values: flags.FlagValues, default_config: str) -> JobF
   return job_flags
 
 
-def fail(prog: str, message: str) -> int:
+def fail(prog: str, message: str, code: int = EXIT_USAGE) -> int:
+  """Prints `PROG: error: message` as a line of its own on stderr; returns `code`."""
+  close_progress_bars()
   print(f'{prog}: error: {message}', file=sys.stderr)
-  return EXIT_USAGE
+  return code
 
 
 def _one_line(error: BaseException) -> str:
@@ -189,6 +192,7 @@ def load_config(job_flags: JobFlags, argv: list[str]) -> tuple[Any, str]:
 
 class ProgressReporter:
   """tqdm progress bar with the latest logged metrics; evaluations printed as one line."""
+  _open: set[ProgressReporter] = set()  # bars drawn and not closed (see close_progress_bars)
 
   def __init__(self, keys: tuple[str, ...]):
     self._keys = keys
@@ -197,6 +201,7 @@ class ProgressReporter:
   def start(self, total_steps: int, first_step: int) -> None:
     self._bar = tqdm(total=total_steps, initial=first_step, unit='step', dynamic_ncols=True)
     self._at = first_step
+    ProgressReporter._open.add(self)
 
   def log(self, row: dict[str, Any]) -> None:
     self._bar.update(row['step'] - self._at)
@@ -210,24 +215,47 @@ class ProgressReporter:
 
   def close(self) -> None:
     if self._bar is not None:
-      self._bar.close()
+      self._bar.close()  # ends the bar's line
+      self._bar = None
+    ProgressReporter._open.discard(self)
 
 
-class _StderrHandler(logging.StreamHandler):
-  """Writes to sys.stderr as it is at each record (pytest swaps it between tests)."""
-  stream = property(lambda self: sys.stderr, lambda self, value: None)
+def close_progress_bars() -> None:
+  """Closes every bar still drawn, so that what follows starts a line of its own."""
+  for reporter in list(ProgressReporter._open):
+    reporter.close()
 
 
-def _log_to_stderr():
-  """hashjax's log records (resume, checkpoint warnings) as `LEVEL message` lines on stderr;
-  absl's root handler would drop INFO."""
+class _StderrHandler(logging.Handler):
+  """Writes each record as a line on sys.stderr as it is then (pytest swaps it between
+  tests), through tqdm.write: a progress bar being drawn is cleared first and drawn again
+  below the line, never continued by it."""
+
+  def emit(self, record: logging.LogRecord) -> None:
+    try:
+      tqdm.write(self.format(record), file=sys.stderr)
+    except (OSError, ValueError):  # a closed or broken stream
+      self.handleError(record)
+
+
+@contextlib.contextmanager
+def _log_to_stderr() -> Iterator[None]:
+  """hashjax's log records (resume, checkpoint warnings) as `LEVEL message` lines on stderr
+  while the block runs (absl's root handler would drop INFO); the logger is left as it was
+  after, so a CLI run in-process changes no logging of its caller."""
   logger = logging.getLogger('hashjax')
-  if not logger.handlers:
-    handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter('%(levelname)s %(message)s'))
-    logger.addHandler(handler)
+  level, propagate = logger.level, logger.propagate
+  handler = _StderrHandler()
+  handler.setFormatter(logging.Formatter('%(levelname)s %(message)s'))
+  logger.addHandler(handler)
   logger.setLevel(logging.INFO)
   logger.propagate = False
+  try:
+    yield
+  finally:
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = propagate
 
 
 def run_job(prog: str, argv: list[str], job_flags: JobFlags,
@@ -247,15 +275,14 @@ def run_job(prog: str, argv: list[str], job_flags: JobFlags,
     config, workdir = load_config(job_flags, argv)
   except UsageError as e:
     return fail(prog, str(e))
-  _log_to_stderr()
-  try:
-    parallel.initialize_distributed(
-        job_flags.distributed.value, coordinator_address=job_flags.coordinator_address.value,
-        num_processes=job_flags.num_processes.value, process_id=job_flags.process_id.value)
-    job(config, workdir)
-  except USER_ERRORS as e:
-    return fail(prog, str(e))
-  except (CheckpointError, DivergedError) as e:  # no final checkpoint; a NaN/inf loss
-    print(f'{prog}: error: {e}', file=sys.stderr)
-    return 1
+  with _log_to_stderr():
+    try:
+      parallel.initialize_distributed(
+          job_flags.distributed.value, coordinator_address=job_flags.coordinator_address.value,
+          num_processes=job_flags.num_processes.value, process_id=job_flags.process_id.value)
+      job(config, workdir)
+    except USER_ERRORS as e:
+      return fail(prog, str(e))
+    except (CheckpointError, DivergedError) as e:  # no final checkpoint; a NaN/inf loss
+      return fail(prog, str(e), code=1)
   return 0

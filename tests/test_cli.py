@@ -4,6 +4,7 @@ on every call, the default workdir, and a tiny real run. One subprocess run chec
 process boundary (the exit code reaching the shell)."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 import gan
 import train
 from hashjax import cli
+from hashjax.data import DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--config.num_steps=4', '--config.log_every=2', '--config.eval_every=4',
@@ -205,6 +207,34 @@ def test_diverged_or_unsaved_run_exits_1_with_the_message(monkeypatch, capsys, e
   assert code == 1
   assert _error_line(err, 'train.py') == (
       'train.py: error: loss is nan at step 7; the last good checkpoint is step 5')
+
+
+def _shown_line(err, text):
+  """The line of err holding text as a terminal shows it: each carriage return (a progress
+  bar's redraw) writes over the line from its start."""
+  line, = [l for l in err.split('\n') if text in l]
+  shown = ''
+  for part in line.split('\r'):
+    shown = part + shown[len(part):]
+  return shown.rstrip()
+
+
+def test_log_and_error_lines_are_not_appended_to_the_progress_bar(monkeypatch, capsys):
+  def job(config, workdir):
+    reporter = cli.ProgressReporter(keys=('loss',))
+    reporter.start(total_steps=8, first_step=0)
+    reporter.log({'step': 2, 'loss': 0.5})
+    logging.getLogger('hashjax.loop').warning('could not write a checkpoint')
+    reporter.log({'step': 4, 'loss': 0.25})
+    raise DataError('image 3 cannot be decoded')  # the bar is still open
+  monkeypatch.setattr(train, '_train', job)
+  code, _, err = _call(train.main, capsys)
+  assert code == 2 and 'loss=0.25' in err  # the bar was drawn
+  assert _shown_line(err, 'could not write') == 'WARNING could not write a checkpoint'
+  assert _shown_line(err, 'error:') == 'train.py: error: image 3 cannot be decoded'
+  assert err.endswith('train.py: error: image 3 cannot be decoded\n')  # no bar drawn again
+  logger = logging.getLogger('hashjax')  # as it was before the call: caplog sees its records
+  assert logger.propagate and not logger.handlers
 
 
 def test_help_lists_the_flags_and_exits_0(capsys):

@@ -19,8 +19,9 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'confi
 FLAGS = flags.FlagValues()
 JOB_FLAGS = cli.define_job_flags(FLAGS, DEFAULT_CONFIG)
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'sample'],
-                          'train, or write a sample grid from the newest checkpoint.',
-                          flag_values=FLAGS)
+                          'train, or write a sample grid from the newest checkpoint, with the '
+                          "settings of the run's config.json (--config counts only for a run "
+                          'without one).', flag_values=FLAGS)
 _NUM = flags.DEFINE_integer('num', 64, 'Samples in the grid (--mode=sample).',
                             flag_values=FLAGS)
 _OUT = flags.DEFINE_string('out', None, 'PNG path for --mode=sample '

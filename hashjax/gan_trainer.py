@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 from typing import Any, Callable
@@ -315,14 +316,52 @@ def train_and_evaluate(config: ml_collections.ConfigDict | GanConfig, workdir: s
   return loop.run(GanJob, config, workdir, reporter=reporter)
 
 
+def run_config(config: ml_collections.ConfigDict | GanConfig, workdir: str
+               ) -> tuple[GanConfig, str | None]:
+  """(settings, their config.json) of the run in `workdir`: its config.json (what its
+  checkpoints were trained with) when it exists, else (`config`, None). A config.json that
+  cannot be read is a ConfigError."""
+  path = os.path.join(workdir, 'config.json')
+  try:
+    with open(path) as f:
+      recorded = json.load(f)
+  except FileNotFoundError:
+    return (config if isinstance(config, GanConfig) else gan_config(config)), None
+  except (OSError, ValueError) as e:
+    raise ConfigError(f'{path} cannot be read ({e}); restore it, or remove it to sample with '
+                      'the config given') from None
+  try:
+    return gan_config(recorded), path
+  except (ConfigError, TypeError) as e:  # TypeError: a key of GanConfig is missing
+    raise ConfigError(f'{path} is no GAN run\'s config: {e}') from None
+
+
 def sample(config: ml_collections.ConfigDict | GanConfig, workdir: str, num: int,
            out: str | None = None) -> str:
-  """Writes a grid of `num` EMA-generator samples from the newest checkpoint; returns its path."""
-  cfg = config if isinstance(config, GanConfig) else gan_config(config)
+  """Writes a grid of `num` EMA-generator samples from the newest checkpoint; returns its path.
+
+  The settings (model, data, seed of the noise) are the run's, from `<workdir>/config.json`
+  when it exists; `config` is used only for a run without one (then its model settings must
+  be those the run was trained with: a ConfigError says so otherwise).
+  """
   if num < 1:
     raise ConfigError(f'num={num} must be ≥ 1')
+  cfg, recorded = run_config(config, workdir)
+  if recorded:
+    log.info('sampling with the settings of %s', recorded)
   job = GanJob(cfg, workdir)
-  state, _ = loop.load_checkpoint(job, workdir)
+  try:
+    state, _ = loop.load_checkpoint(job, workdir)
+  except ConfigError:
+    raise
+  except loop.DAMAGED_CHECKPOINT_ERRORS as e:  # orbax: e.g. a stored shape unlike the model's
+    settings = ', '.join(f'{k}={getattr(cfg, k)!r}' for k in (
+        'nz', 'ngf', 'ndf', 'image_size', 'conditional', 'model'))
+    hint = ('it may be damaged (training again in this workdir sets a damaged checkpoint aside)'
+            if recorded else 'sample with the config the run was trained with')
+    raise ConfigError(f'the newest checkpoint in {workdir} does not fit the model settings of '
+                      f'{recorded or "the config given"} ({settings}): '
+                      f'{str(e).split(". ")[0][:200]}; {hint}') from None
   z = np.asarray(jax.random.normal(jax.random.PRNGKey(cfg.seed + 104729), (num, cfg.nz)))
   labels = (np.arange(num) % job.spec.num_classes).astype(np.int32) if cfg.conditional else None
   path = out or os.path.join(workdir, 'samples', f'sample_{int(state.step):06d}.png')

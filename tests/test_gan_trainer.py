@@ -109,6 +109,19 @@ def test_end_to_end_writes_samples_and_resumes(tmp_path):
   assert path.endswith('sample_000006.png') and os.path.exists(path)
 
 
+def test_sample_takes_the_model_settings_from_the_runs_config_json(tmp_path):
+  gan_trainer.train_and_evaluate(_get_test_config(num_steps=2), str(tmp_path))  # batch 16, nz 16
+  default = dcgan_digits.get_config()  # what gan.py --mode=sample passes: batch 64, nz 100
+  path = gan_trainer.sample(default, str(tmp_path), num=4)
+  assert path.endswith('sample_000002.png') and os.path.exists(path)
+  os.remove(tmp_path / 'config.json')  # a run without one: the config given must fit
+  with pytest.raises(ConfigError, match=r'the newest checkpoint in .* does not fit the model '
+                                        r'settings of the config given \(nz=100, ngf=8, '
+                                        r'ndf=8, .*\): Requested shape.*; sample with the '
+                                        'config the run was trained with$'):
+    gan_trainer.sample(_get_test_config(nz=100), str(tmp_path), num=4)
+
+
 def test_jsd_eval_is_logged_and_written(tmp_path):
   cfg = _get_test_config(num_steps=4, eval_every=2, eval_holdout=64, eval_steps=10)
   results = gan_trainer.train_and_evaluate(cfg, str(tmp_path))

@@ -25,63 +25,65 @@ any moment leaves a restorable checkpoint behind.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
 import os
-import re
 import shutil
+import sys
+import time
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from hashjax.disk import directory_bytes, free_bytes, is_disk_full_error, short_error
+
 log = logging.getLogger(__name__)
 
-DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _TMP_MARK = '.orbax-checkpoint-tmp'
-_RESOURCE_EXHAUSTED = re.compile(r"RESOURCE_EXHAUSTED.*os_error_code='?(\d+)'?", re.S)
 
 
 class CheckpointError(RuntimeError):
   """A checkpoint that must exist (the final one) could not be written."""
 
 
-def is_disk_full_error(error: BaseException) -> bool:
-  """Whether `error` (or an exception it was raised from) means 'no space' or 'over quota'."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
-      return True
-    match = _RESOURCE_EXHAUSTED.search(str(error))
-    if match and int(match.group(1)) in DISK_FULL_ERRNOS:
-      return True
-    error = error.__cause__ or error.__context__
-  return False
-
-
-def directory_bytes(path: str) -> int:
-  """Bytes of all files under `path` (0 if it does not exist)."""
-  total = 0
-  for root, _, files in os.walk(path):
-    for name in files:
-      try:
-        total += os.lstat(os.path.join(root, name)).st_size
-      except FileNotFoundError:
-        pass  # deleted while we walked (a background delete)
-  return total
-
-
-def free_bytes(path: str) -> int:
-  """Bytes available to this user on the file system holding `path` (statvfs f_bavail)."""
-  st = os.statvfs(path)
-  return st.f_bavail * st.f_frsize
-
-
 def tree_nbytes(tree: Any) -> int:
   """Total bytes of the arrays in a pytree."""
   return int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(tree)))
+
+
+class _HandledDiskFullFilter(logging.Filter):
+  """Drops orbax's ERROR records (with their tracebacks) about a write that failed for lack
+  of space: `Checkpointer` handles that failure and says so in one warning line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno < logging.ERROR:
+      return True
+    error = record.exc_info[1] if record.exc_info else None
+    if error is not None and is_disk_full_error(error):
+      return False
+    return not is_disk_full_error(RuntimeError(record.getMessage()))
+
+
+_DISK_FULL_FILTER = _HandledDiskFullFilter()
+
+
+def _drop_closed_loop_reports() -> None:
+  """After a write that failed and was handled, orbax's TensorStore writes still in flight
+  finish into the asyncio loop of the failed save, which is closed by then, and each one
+  reports `RuntimeError: Event loop is closed` as an unraisable exception (a traceback on
+  stderr, also at exit). Drops exactly those; every other report goes to the previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_closed_loop_reports', False):
+    return
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
+      previous(unraisable)
+
+  hook.drops_closed_loop_reports = True
+  sys.unraisablehook = hook
 
 
 @dataclasses.dataclass
@@ -121,6 +123,8 @@ class Checkpointer:
     if best_mode not in ('max', 'min'):
       raise ValueError(f"best_mode={best_mode!r}; accepted: 'max', 'min'")
     self.directory = os.path.abspath(directory)
+    for name in ('absl', 'asyncio'):  # orbax logs through absl; added once
+      logging.getLogger(name).addFilter(_DISK_FULL_FILTER)
     self.max_to_keep, self.max_bytes = max_to_keep, max_bytes
     self.margin, self.slack_bytes = margin, slack_bytes
     self.best_metric, self.best_mode = best_metric, best_mode
@@ -232,7 +236,7 @@ class Checkpointer:
         raise
       self._pending = None
       self._after_failed_write(step, e)
-      return _short(e)
+      return short_error(e)
     self._pending = (step, needed, metrics)
     return self._settle(count_skip=False) if wait else None
 
@@ -255,6 +259,10 @@ class Checkpointer:
   def close(self):
     self._settle()
     self._manager.close()
+    if self.stats.failed_writes:
+      # The TensorStore writes of a failed save still in flight land within moments; let
+      # them land while `_drop_closed_loop_reports` is in place, not during interpreter exit.
+      time.sleep(1.0)
 
   # -- internals -------------------------------------------------------------------------
   def _settle(self, count_skip: bool = True) -> str | None:
@@ -271,8 +279,8 @@ class Checkpointer:
       self._after_failed_write(step, e)
       if count_skip:
         self.stats.skipped += 1
-        log.warning('checkpoint %s was not written: %s; training continues', step, _short(e))
-      return _short(e)
+        log.warning('checkpoint %s was not written: %s; training continues', step, short_error(e))
+      return short_error(e)
     if self._pending is not None:
       step, _, metrics = self._pending
       self._pending = None
@@ -283,10 +291,11 @@ class Checkpointer:
 
   def _after_failed_write(self, step, error):
     self.stats.failed_writes += 1
+    _drop_closed_loop_reports()
     if jax.process_index() == 0:
       self._remove_tmp_dirs()
     self._manager.reload()
-    log.warning('checkpoint write for step %s failed: %s', step, _short(error))
+    log.warning('checkpoint write for step %s failed: %s', step, short_error(error))
 
   def _skip(self, step, needed, final, why) -> bool:
     if final:
@@ -371,40 +380,6 @@ class Checkpointer:
     return removed
 
 
-def write_or_warn(path: str, write) -> bool:
-  """Runs `write(tmp_path)` and moves the file into place; a full disk or quota gives a
-  warning (and False) instead of an exception, and never leaves a half-written `path`."""
-  tmp = f'{path}.tmp{os.getpid()}'
-  try:
-    write(tmp)
-    os.replace(tmp, path)
-    return True
-  except OSError as e:
-    if not is_disk_full_error(e):
-      raise
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    log.warning('could not write %s: %s; training continues', path, _short(e))
-    return False
-
-
-def append_or_warn(path: str, text: str) -> bool:
-  """Appends `text` to `path`; a full disk gives a warning (and False), not an exception,
-  and a partly written append is cut off again, so the file holds only whole lines."""
-  size = os.path.getsize(path) if os.path.exists(path) else 0
-  try:
-    with open(path, 'a') as f:
-      f.write(text)
-    return True
-  except OSError as e:
-    if not is_disk_full_error(e):
-      raise
-    with open(path, 'r+') as f:
-      f.truncate(size)
-    log.warning('could not append to %s: %s', path, _short(e))
-    return False
-
-
 def _agree(decide) -> bool:
   """Process 0 runs `decide()` (it alone deletes checkpoints) and every process gets its
   answer, so all hosts skip or save the same step (the save is collective)."""
@@ -413,8 +388,3 @@ def _agree(decide) -> bool:
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   mine = bool(decide()) if jax.process_index() == 0 else False
   return bool(multihost_utils.broadcast_one_to_all(np.asarray(mine)))
-
-
-def _short(error: BaseException) -> str:
-  text = ' '.join(str(error).split())
-  return text if len(text) <= 200 else text[:200] + '…'

@@ -13,7 +13,7 @@ import numpy as np
 from hashjax import data as data_lib
 from hashjax import images as images_lib
 from hashjax import parallel, toy2d
-from hashjax.checkpoint import write_or_warn
+from hashjax.disk import write_or_warn
 from hashjax.config import GanConfig
 from hashjax.divergence import estimate_jsd
 

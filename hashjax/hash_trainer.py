@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 from hashjax import codes as codes_lib
 from hashjax import data as data_lib
 from hashjax import loop, losses, metrics, parallel, pretrained, schedules, training
-from hashjax.checkpoint import write_or_warn
+from hashjax.disk import write_or_warn
 from hashjax.config import HashConfig, hash_config
 from hashjax.models import HashNet, hash_activation
 

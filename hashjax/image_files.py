@@ -89,7 +89,7 @@ def load_folder(root: str, image_size: int | None, cache_dir: str | None) -> Arr
     raise DataError(f'no image in {root!r} could be decoded ({len(paths)} tried)')
   images, labels = np.stack([decoded[i] for i in good]), labels[good]
   if cache:
-    from hashjax.checkpoint import write_or_warn  # pylint: disable=g-import-not-at-top
+    from hashjax.disk import write_or_warn  # pylint: disable=g-import-not-at-top
     os.makedirs(cache_dir, exist_ok=True)
 
     def write(tmp):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hashjax.checkpoint import write_or_warn
+from hashjax.disk import write_or_warn
 
 
 def to_uint8(images) -> np.ndarray:

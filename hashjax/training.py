@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from hashjax import parallel
-from hashjax.checkpoint import append_or_warn, write_or_warn
+from hashjax.disk import append_or_warn, write_or_warn
 
 
 class DivergedError(RuntimeError):

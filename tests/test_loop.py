@@ -366,3 +366,19 @@ def test_a_second_run_on_a_held_workdir_stops_at_once_naming_the_first(tmp_path,
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
   assert not [n for n in os.listdir(tmp_path / 'checkpoints') if 'tmp' in n]
+
+
+def test_num_steps_below_the_checkpoint_trains_nothing_and_says_so(tmp_path):
+  spec = JOBS['hashnet']
+  spec.train(_config(spec, num_steps=10, checkpoint_every=5), str(tmp_path))
+  seen = []
+  handler = logging.Handler(logging.WARNING)
+  handler.emit = lambda record: seen.append(record.getMessage())
+  logging.getLogger('hashjax.loop').addHandler(handler)
+  try:
+    results = spec.train(_config(spec, num_steps=5, checkpoint_every=5), str(tmp_path))
+  finally:
+    logging.getLogger('hashjax.loop').removeHandler(handler)
+  assert results['step'] == 10
+  assert seen == ['the checkpoint is at step 10, past num_steps=5: nothing to train; '
+                  'evaluating step 10']

@@ -78,3 +78,22 @@ def test_check_resume_without_config_json_checks_nothing_and_a_broken_one_is_one
   (tmp_path / 'config.json').write_text('{"bits": 1')
   with pytest.raises(WorkdirError, match=r'config.json cannot be read'):
     workdir_lib.check_resume(str(tmp_path), {'bits': 16}, frozenset())
+
+
+def test_a_read_only_workdir_is_one_line(tmp_path):
+  mnt = tmp_path / 'ro'
+  mnt.mkdir()
+  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'ro,size=1m', 'tmpfs', str(mnt)],
+                    capture_output=True).returncode != 0:
+    pytest.skip('mounting a read-only tmpfs needs root')
+  try:
+    with pytest.raises(WorkdirError, match=r"cannot create --workdir '.*ro/run': Read-only file "
+                                           r'system'):
+      with workdir_lib.hold(str(mnt / 'run')):
+        pass
+    with pytest.raises(WorkdirError, match=r"cannot write in --workdir '.*ro': Read-only file "
+                                           r'system'):
+      with workdir_lib.hold(str(mnt)):
+        pass
+  finally:
+    subprocess.run(['umount', '-l', str(mnt)], check=False)

@@ -1,4 +1,3 @@
-import contextlib
 
 import flax.linen as nn
 import jax
@@ -8,20 +7,12 @@ import pytest
 
 from hashjax import ops
 from hashjax.models.dcgan import Discriminator, Generator, StridedConv, StridedConvTranspose
+from ops_paths import on_path
 
 
 UP = (lambda f: nn.ConvTranspose(f, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2))),
       StridedConvTranspose, 2.0)
 DOWN = (lambda f: nn.Conv(f, (4, 4), strides=(2, 2), padding=1), StridedConv, 0.5)
-
-
-def on_path(path):
-  """A context tracing the CPU kernels ('cpu') or the other backends' ops ('portable')."""
-  if path == 'portable':
-    return ops.force_portable()
-  if not ops.cpu_kernels():
-    pytest.skip('the CPU kernels run on an XLA:CPU backend only')
-  return contextlib.nullcontext()
 
 
 @pytest.mark.parametrize('path', ['cpu', 'portable'])

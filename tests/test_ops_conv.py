@@ -1,7 +1,6 @@
 """hashjax/ops/conv.py: the matmul kernel gradient equals XLA's convolution gradient, and both
 paths of `conv_general_dilated` / `Conv` compute lax's values and gradients."""
 
-import contextlib
 
 import flax.linen as nn
 import jax
@@ -11,22 +10,9 @@ import pytest
 from jax import lax
 
 from hashjax import ops
+from ops_paths import jaxpr, on_path
 
 DN = ('NHWC', 'HWIO', 'NHWC')
-
-
-def on_path(path):
-  """A context tracing the CPU kernels ('cpu') or the other backends' ops ('portable')."""
-  if path == 'portable':
-    return ops.force_portable()
-  if not ops.cpu_kernels():
-    pytest.skip('the CPU kernels run on an XLA:CPU backend only')
-  return contextlib.nullcontext()
-
-
-def jaxpr(f, *args) -> str:
-  """The jaxpr of a fresh function: `make_jaxpr` caches traces by function, not by path."""
-  return str(jax.make_jaxpr(lambda *a: f(*a))(*args))
 
 
 SHAPES = [

@@ -1,7 +1,6 @@
 """hashjax/ops/dense.py: nn.Dense's values and gradients on both paths, and a donated kernel
 updated in place."""
 
-import contextlib
 import re
 
 import flax.linen as nn
@@ -11,20 +10,7 @@ import numpy as np
 import pytest
 
 from hashjax import ops
-
-
-def on_path(path):
-  """A context tracing the CPU kernels ('cpu') or the other backends' ops ('portable')."""
-  if path == 'portable':
-    return ops.force_portable()
-  if not ops.cpu_kernels():
-    pytest.skip('the CPU kernels run on an XLA:CPU backend only')
-  return contextlib.nullcontext()
-
-
-def jaxpr(f, *args) -> str:
-  """The jaxpr of a fresh function: `make_jaxpr` caches traces by function, not by path."""
-  return str(jax.make_jaxpr(lambda *a: f(*a))(*args))
+from ops_paths import jaxpr, on_path
 
 
 @pytest.mark.parametrize('path', ['cpu', 'portable'])

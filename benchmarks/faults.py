@@ -1,0 +1,268 @@
+"""The faults of benchmarks/fault_injection.py: a small tmpfs, a file that takes its free
+space, damaged checkpoints, and one attempt of a CLI run (one or two processes) with a fault
+at a chosen moment.
+
+Every process runs in its own session (Ctrl-C reaches only the driver), with a timeout;
+`kill_live()` ends the ones still running when the driver stops early.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Iterator
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRACEBACK = 'Traceback (most recent call last)'
+FILLER = 'filler'
+_READ_DATA_BYTES = 4096  # data files this large hold arrays a restore reads
+_PREEMPTED = re.compile(r'\bSIG(TERM|INT) received')
+_live: set[subprocess.Popen] = set()
+
+
+class MountError(Exception):
+  """The tmpfs could not be mounted (not root, no mount(8), a container without the right)."""
+
+
+@contextlib.contextmanager
+def tmpfs(size: str) -> Iterator[str]:
+  """A tmpfs of `size` (mount's syntax: 64m) on a new temporary folder; unmounted (lazily if
+  busy) and removed on exit, also on error or Ctrl-C."""
+  mnt = tempfile.mkdtemp(prefix='fault-injection-')
+  done = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', mnt],
+                        capture_output=True, text=True, timeout=30, check=False)
+  if done.returncode != 0:
+    os.rmdir(mnt)
+    raise MountError(f'cannot mount a tmpfs on {mnt}: {done.stderr.strip() or done.returncode}')
+  try:
+    yield mnt
+  finally:
+    if subprocess.run(['umount', mnt], capture_output=True, timeout=30,
+                      check=False).returncode != 0:
+      subprocess.run(['umount', '-l', mnt], capture_output=True, timeout=30, check=False)
+    with contextlib.suppress(OSError):
+      os.rmdir(mnt)
+
+
+def fill_disk(mnt: str) -> int:
+  """Takes the free space of the file system at `mnt` with one file; returns its bytes."""
+  fd = os.open(os.path.join(mnt, FILLER), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+  try:
+    st = os.statvfs(mnt)
+    with contextlib.suppress(OSError):
+      os.posix_fallocate(fd, 0, st.f_bavail * st.f_frsize)
+    chunk = 65536
+    while chunk >= 512:  # the last bytes, which the job may have freed meanwhile
+      try:
+        os.write(fd, b'\0' * chunk)
+      except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+          raise
+        chunk //= 2
+    return os.fstat(fd).st_size
+  finally:
+    os.close(fd)
+
+
+def unfill(mnt: str) -> None:
+  with contextlib.suppress(FileNotFoundError):
+    os.remove(os.path.join(mnt, FILLER))
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """The steps of the checkpoint folders (named by their step) under <workdir>/checkpoints."""
+  try:
+    names = os.listdir(os.path.join(workdir, 'checkpoints'))
+  except FileNotFoundError:
+    return []
+  return sorted(int(n) for n in names if n.isdigit())
+
+
+def damage_newest(workdir: str, rng: random.Random) -> tuple[int, str] | None:
+  """Damages the newest checkpoint: truncates one of its data files (under a `d/` folder),
+  or deletes its item's `manifest.ocdbt` or `_METADATA`. Returns (step, what was done), or
+  None when there is no checkpoint or nothing to damage in it.
+
+  Only what a restore reads: an OCDBT folder also holds small superseded files (< 1 KiB
+  here) and a per-process manifest that restoring never opens; damaging those changes
+  nothing (checked by restoring after each)."""
+  steps = checkpoint_steps(workdir)
+  if not steps:
+    return None
+  folder = os.path.join(workdir, 'checkpoints', str(steps[-1]))
+  found = {'truncate': [], 'manifest.ocdbt': [], '_METADATA': []}
+  for parent, _, names in os.walk(folder):
+    for name in names:
+      path = os.path.join(parent, name)
+      if os.path.basename(parent) == 'd' and os.path.getsize(path) >= _READ_DATA_BYTES:
+        found['truncate'].append(path)
+      elif name in found and not os.path.basename(parent).startswith('ocdbt.process_'):
+        found[name].append(path)
+  kinds = sorted(k for k, paths in found.items() if paths)
+  if not kinds:
+    return None
+  kind = rng.choice(kinds)
+  path = rng.choice(sorted(found[kind]))
+  shown = os.path.relpath(path, workdir)
+  if kind == 'truncate':
+    size = os.path.getsize(path)
+    keep = rng.randrange(size)
+    os.truncate(path, keep)
+    return steps[-1], f'truncated {shown} ({size} -> {keep} B)'
+  os.remove(path)
+  return steps[-1], f'deleted {shown}'
+
+
+@dataclasses.dataclass
+class Outcome:
+  """One process of an attempt."""
+  command: list[str]
+  rc: int | None  # None: still running at its timeout (then killed)
+  killed: bool  # we sent it SIGKILL
+  stderr: str
+  started: float
+  ended: float
+
+  @property
+  def traceback(self) -> bool:
+    return TRACEBACK in self.stderr
+
+  @property
+  def preempted(self) -> bool:
+    return bool(_PREEMPTED.search(self.stderr))
+
+  @property
+  def status(self) -> str:
+    """'0', '1', '2', 'killed' (by us), 'timeout', or for anything else the signal that
+    ended the process ('SIGTERM') or 'rc=N'."""
+    if self.rc is None:
+      return 'timeout'
+    if self.killed and self.rc == -signal.SIGKILL:
+      return 'killed'
+    if self.rc < 0:
+      return signal.Signals(-self.rc).name
+    return str(self.rc) if self.rc in (0, 1, 2) else f'rc={self.rc}'
+
+  def tail(self, lines: int = 6) -> list[str]:
+    """The last lines of stderr without progress bars; with a traceback, the first one's
+    header and last lines (where it was raised, and what) instead."""
+    text = self.stderr.replace('\r', '\n')
+    rows = [r.rstrip() for r in text.splitlines() if r.strip() and '%|' not in r]
+    if not self.traceback:
+      return rows[-lines:]
+    start = next(i for i, r in enumerate(rows) if TRACEBACK in r)
+    end = next((i for i in range(start + 1, len(rows)) if not rows[i].startswith(' ')),
+               len(rows) - 1)
+    return rows[start:start + 1] + rows[max(start + 1, end - lines + 2):end + 1]
+
+
+class _Process:
+  """A CLI process with its stderr in a file."""
+
+  def __init__(self, command: list[str], log_path: str, env: dict[str, str]):
+    self.command, self.log_path = command, log_path
+    self.killed = False
+    self.started = time.monotonic()
+    with open(log_path, 'wb') as log:
+      self.popen = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=log,
+                                    start_new_session=True)
+    _live.add(self.popen)
+
+  def running(self) -> bool:
+    return self.popen.poll() is None
+
+  def signal(self, sig: int) -> bool:
+    """Sends `sig` if the process still runs; whether it did."""
+    if not self.running():
+      return False
+    self.killed |= sig == signal.SIGKILL
+    self.popen.send_signal(sig)
+    return True
+
+  def read(self) -> str:
+    with open(self.log_path, errors='replace') as f:
+      return f.read()
+
+  def wait_for(self, text: str, deadline: float) -> float | None:
+    """Seconds from the start until `text` appeared on stderr; None if the process ended
+    (or the deadline passed) first."""
+    while self.running() and time.monotonic() < deadline:
+      if text in self.read():
+        return time.monotonic() - self.started
+      time.sleep(0.02)
+    return None
+
+  def wait(self, deadline: float) -> Outcome:
+    try:
+      rc = self.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+      self.signal(signal.SIGKILL)
+      self.popen.wait(timeout=30)
+      rc = None
+    _live.discard(self.popen)
+    return Outcome(self.command, rc, self.killed, self.read(), self.started, time.monotonic())
+
+
+def kill_live() -> None:
+  """SIGKILL to every process started here that still runs."""
+  for popen in list(_live):
+    with contextlib.suppress(OSError):
+      popen.kill()
+      popen.wait(timeout=30)
+    _live.discard(popen)
+
+
+@dataclasses.dataclass(frozen=True)
+class Moment:
+  """When a fault strikes: `delay` seconds after the start, or after `anchor` (a text the
+  job writes on stderr, e.g. when its first step ran) appeared."""
+  delay: float
+  anchor: str | None = None
+
+  def __str__(self):
+    return f'{self.delay:.2f} s' + (f' after {self.anchor!r}' if self.anchor else '')
+
+
+def attempt(command: list[str], fault: str, moment: Moment, mnt: str, log_prefix: str,
+            timeout_s: float, env: dict[str, str]) -> tuple[list[Outcome], bool, float | None]:
+  """Runs `command` once with `fault` ('none', 'kill', 'term', 'diskfull', 'concurrent') at
+  `moment` (for 'concurrent': a second process on the same workdir starts then).
+  Returns the processes' outcomes, whether the fault was injected (False when the process
+  had ended first), and when the moment's anchor appeared (seconds after the start)."""
+  first = _Process(command, f'{log_prefix}.a.log', env)
+  deadline = first.started + timeout_s
+  procs, injected, anchored = [first], False, None
+  try:
+    if moment.anchor is not None:
+      anchored = first.wait_for(moment.anchor, deadline)
+    if moment.anchor is None or anchored is not None:
+      try:
+        first.popen.wait(timeout=moment.delay)
+      except subprocess.TimeoutExpired:
+        pass
+    if fault == 'concurrent' and first.running():
+      procs.append(_Process(command, f'{log_prefix}.b.log', env))
+      injected = True
+    elif fault in ('kill', 'term'):
+      injected = first.signal(signal.SIGKILL if fault == 'kill' else signal.SIGTERM)
+    elif fault == 'diskfull' and first.running():
+      fill_disk(mnt)
+      injected = True
+    outcomes = [p.wait(deadline + (p.started - first.started)) for p in procs]
+    return outcomes, injected, anchored
+  finally:
+    unfill(mnt)
+
+
+def python_command(script: str, args: list[str]) -> list[str]:
+  return [sys.executable, script] + args

@@ -240,6 +240,15 @@ class Checkpointer:
     self._pending = (step, needed, metrics)
     return self._settle(count_skip=False) if wait else None
 
+  def delete_older(self) -> bool:
+    """Deletes every checkpoint but the newest (the best one too), to make room for a run's
+    results; whether any was deleted."""
+    self._settle()  # a save in flight becomes the newest first
+    older = self.all_steps()[:-1]
+    for s in older:
+      self._delete(s, reason='to make room for the results')
+    return bool(older)
+
   def _clear_for_final(self) -> bool:
     """Deletes every older checkpoint (the best one too: the final one replaces them) when
     that frees at least the newest one's size; False (nothing deleted) when it would not."""

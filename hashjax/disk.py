@@ -12,6 +12,18 @@ log = logging.getLogger(__name__)
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
+class OutputNotWritten(OSError):
+  """A job's output file that a full disk kept out (`str()`: its path); `results` holds what
+  the job would have returned."""
+
+  def __init__(self, path: str, results):
+    super().__init__(path)
+    self.results = results
+
+  def __str__(self) -> str:
+    return str(self.args[0])
+
+
 _RESOURCE_EXHAUSTED = re.compile(r"RESOURCE_EXHAUSTED.*os_error_code='?(\d+)'?", re.S)
 
 

@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 
 from hashjax import codes as codes_lib
 from hashjax import data as data_lib
-from hashjax import loop, losses, metrics, parallel, pretrained, schedules, training
+from hashjax import disk, loop, losses, metrics, parallel, pretrained, schedules, training
 from hashjax.disk import write_or_warn
 from hashjax.config import HashConfig, hash_config
 from hashjax.models import HashNet, hash_activation
@@ -313,9 +313,10 @@ class HashJob(loop.Job):
 
   def finish(self, state, eval_row, last_log_row) -> dict[str, Any]:
     del state, last_log_row
-    if parallel.is_main_process():
-      _save_codes(os.path.join(self.workdir, 'codes.npz'), self.cfg, self.source, self.split,
-                  self.codes)
+    path = os.path.join(self.workdir, 'codes.npz')
+    if parallel.is_main_process() and not _save_codes(path, self.cfg, self.source, self.split,
+                                                      self.codes):
+      raise disk.OutputNotWritten(path, eval_row)
     return eval_row
 
 

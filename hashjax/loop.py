@@ -27,7 +27,8 @@ The contract (`Job`, a base class with defaults): what a job provides.
                   sharded over devices and the state donated.
   after_step(state, step): host work after each step (e.g. sample grids).
   evaluate(state, step) → a JSON row or None; collective across processes.
-  finish(state, eval_row, last_log_row) → eval.json's content; writes the job's outputs.
+  finish(state, eval_row, last_log_row) → eval.json's content; writes the job's outputs
+                  (an output a full disk kept out raises `disk.OutputNotWritten`).
 """
 
 from __future__ import annotations
@@ -43,13 +44,17 @@ import numpy as np
 from jax.sharding import Mesh
 
 from hashjax import data as data_lib
-from hashjax import ops, parallel, training
+from hashjax import disk, ops, parallel, training
 from hashjax import workdir as workdir_lib
-from hashjax.checkpoint import Checkpointer
+from hashjax.checkpoint import CheckpointError, Checkpointer
 from hashjax.preemption import PreemptionGuard
 from hashjax.config import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+class ResultsNotWritten(CheckpointError):
+  """The final results could not be written (a full disk); the final checkpoint was saved."""
 
 
 class Job:
@@ -231,6 +236,7 @@ class _Session:
     self.metrics_log = training.MetricsLog(self.metrics_path, self.reporter,
                                            self.ckpt.stats.as_dict)
     self.last_row: dict[str, Any] | None = None
+    self.results: dict[str, Any] = {}
 
   def close(self):
     self.ckpt.close()
@@ -285,6 +291,8 @@ class _Session:
       training.truncate_metrics(self.eval_path, min(first_step, self.cfg.num_steps - 1))
     for row in training.read_rows(self.eval_path):  # the best checkpoint survives a resume
       self.ckpt.note_metrics(row['step'], row)
+    logged = training.read_rows(self.metrics_path)  # for `finish`, if no step runs now
+    self.last_row = logged[-1] if logged else None
     return self.job.start(state, first_step), rng, first_step
 
   def train(self, state, rng, first_step: int):
@@ -358,18 +366,39 @@ class _Session:
                    metrics=eval_row, final=final)
 
   def finish(self, state, rng, step_metrics) -> dict[str, Any]:
-    """The final evaluation, eval.json and the job's outputs, then the final checkpoint."""
+    """The final evaluation, eval.json and the job's outputs, then the final checkpoint.
+    Results that a full disk kept out get the older checkpoints' space (the newest stays);
+    if they still do not fit, the final checkpoint is saved and `ResultsNotWritten` says
+    what to free (a rerun resumes at the final step and writes them)."""
     self.flush()
     step = int(state.step)
     eval_row = self.job.evaluate(state, step)
     if eval_row is not None and self.main:
       training.append_row(self.eval_path, eval_row)
-    results = self.job.finish(state, eval_row, self.last_row)
-    if self.main:
-      training.write_json(os.path.join(self.workdir, 'eval.json'), results)
+    missing = self.write_results(state, eval_row)
+    if missing and self.ckpt.delete_older():
+      missing = self.write_results(state, eval_row)
     self.save(state, rng, step, step_metrics, eval_row=eval_row, final=True)
-    self.reporter.evaluated(results)
-    return results
+    if missing:
+      raise ResultsNotWritten(
+          f'{", ".join(missing)} could not be written: the disk of {self.workdir} is full. '
+          f'The final checkpoint (step {step}) is saved; free some space and rerun the same '
+          'command: it resumes there and writes the results')
+    self.reporter.evaluated(self.results)
+    return self.results
+
+  def write_results(self, state, eval_row) -> list[str]:
+    """eval.json and the job's outputs; returns the paths a full disk kept out."""
+    missing = []
+    try:
+      self.results = self.job.finish(state, eval_row, self.last_row)
+    except disk.OutputNotWritten as e:
+      missing.append(str(e))
+      self.results = e.results
+    path = os.path.join(self.workdir, 'eval.json')
+    if self.main and not training.write_json(path, self.results):
+      missing.append(path)
+    return missing
 
 
 def load_checkpoint(job: Job, workdir: str, step: int | None = None) -> tuple[Any, jax.Array]:

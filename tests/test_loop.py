@@ -382,3 +382,36 @@ def test_num_steps_below_the_checkpoint_trains_nothing_and_says_so(tmp_path):
   assert results['step'] == 10
   assert seen == ['the checkpoint is at step 10, past num_steps=5: nothing to train; '
                   'evaluating step 10']
+
+
+@pytest.mark.parametrize('fits_after_pruning', [True, False])
+@pytest.mark.parametrize('name', sorted(JOBS))
+def test_results_a_full_disk_keeps_out_get_the_older_checkpoints_space(
+    tmp_path, name, fits_after_pruning, monkeypatch):
+  spec = JOBS[name]
+  cfg = _config(spec, num_steps=10, checkpoint_every=2, **{'checkpoint.max_to_keep': 3})
+  real_write_json = training.write_json
+  failures = {'left': 1 if fits_after_pruning else 2}
+
+  def write_json(path, obj):
+    if path.endswith('eval.json') and failures['left']:
+      failures['left'] -= 1
+      return False  # what write_or_warn answers on a full disk
+    return real_write_json(path, obj)
+
+  monkeypatch.setattr(training, 'write_json', write_json)
+  if fits_after_pruning:
+    results = spec.train(cfg, str(tmp_path))
+    assert json.load(open(tmp_path / 'eval.json')) == results and results['step'] == 10
+  else:
+    with pytest.raises(loop.ResultsNotWritten, match=r'eval.json could not be written: the disk '
+                                                     r'of .* is full. The final checkpoint '
+                                                     r'\(step 10\) is saved'):
+      spec.train(cfg, str(tmp_path))
+    assert not (tmp_path / 'eval.json').exists()
+    monkeypatch.setattr(training, 'write_json', real_write_json)
+    rec = Recorder()
+    results = spec.train(cfg, str(tmp_path), reporter=rec)  # resumes at 10, writes them
+    assert rec.first_step == 10 and json.load(open(tmp_path / 'eval.json')) == results
+    assert results.get('jsd_lower_bound', 0) is not None  # the last logged row, from the file
+  assert _steps(tmp_path) == [8, 10]  # 2, 4 and 6 made room; 8 was the newest

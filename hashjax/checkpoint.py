@@ -267,7 +267,11 @@ class Checkpointer:
 
   def close(self):
     self._settle()
-    self._manager.close()
+    try:
+      self._manager.close()
+    except (OSError, ValueError, RuntimeError) as e:  # a failed write, reported again
+      if not is_disk_full_error(e):
+        raise
     if self.stats.failed_writes:
       # The TensorStore writes of a failed save still in flight land within moments; let
       # them land while `_drop_closed_loop_reports` is in place, not during interpreter exit.

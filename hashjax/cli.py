@@ -26,6 +26,7 @@ from hashjax.checkpoint import CheckpointError
 from hashjax.config import ConfigError
 from hashjax.data import DataError
 from hashjax.pretrained import PretrainedError
+from hashjax.preemption import PreemptionGuard
 from hashjax.training import DivergedError
 
 USER_ERRORS = (ConfigError, DataError, PretrainedError, parallel.ParallelError)
@@ -275,7 +276,7 @@ def run_job(prog: str, argv: list[str], job_flags: JobFlags,
     config, workdir = load_config(job_flags, argv)
   except UsageError as e:
     return fail(prog, str(e))
-  with _log_to_stderr():
+  with _log_to_stderr(), PreemptionGuard():  # the loop takes over the request, if any
     try:
       parallel.initialize_distributed(
           job_flags.distributed.value, coordinator_address=job_flags.coordinator_address.value,

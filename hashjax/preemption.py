@@ -16,7 +16,9 @@ if TYPE_CHECKING:
 class PreemptionGuard:
   """Turns SIGTERM / SIGINT into a request to stop after the current step.
 
-  Single process: a signal handler sets a flag. Multi-process (jax.process_count() > 1):
+  Single process: a signal handler sets a flag. Guards nest: an inner guard starts with the
+  request an enclosing one received (the CLI holds one for the whole job, so a signal after
+  the loop has ended does not kill the process either). Multi-process (jax.process_count() > 1):
   orbax's `reached_preemption(step)`, JAX's preemption sync point, which answers the same on
   every host, so all hosts stop (and save) at the same step. Use as a context manager; the
   old handlers come back on exit.
@@ -32,6 +34,10 @@ class PreemptionGuard:
     if threading.current_thread() is threading.main_thread():
       for sig in (signal.SIGTERM, signal.SIGINT):
         self._old[sig] = signal.signal(sig, self._handler)
+        outer = getattr(self._old[sig], '__self__', None)
+        if isinstance(outer, PreemptionGuard) and outer.signal_name is not None:
+          self.signal_name = outer.signal_name  # a request made before this guard
+          self._requested.set()
     return self
 
   def __exit__(self, *exc):

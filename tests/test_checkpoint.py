@@ -230,3 +230,15 @@ def test_orbax_error_records_about_a_handled_full_disk_are_dropped(tmp_path):
   finally:
     absl_logger.removeHandler(handler)
   assert seen == [f'a warning about {ORBAX_ENOSPC} stays', 'another error stays']
+
+
+def test_close_after_a_failed_write_does_not_raise_it_again(tmp_path, monkeypatch):
+  c = Checkpointer(str(tmp_path))
+  real_close = c._manager.close
+
+  def close_reporting_the_failed_write():
+    real_close()
+    raise ValueError(ORBAX_ENOSPC)  # what orbax's close raised after a failed async save
+
+  monkeypatch.setattr(c._manager, 'close', close_reporting_the_failed_write)
+  c.close()

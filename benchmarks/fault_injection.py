@@ -37,17 +37,13 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
 import os
 import random
-import re
 import shlex
 import shutil
 import sys
 import tempfile
 import time
-
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import faults  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -68,12 +64,7 @@ KINDS = IN_ATTEMPT + ('damage',)
 OTHER = ('unexpected exit', 'hung', 'two runs on one workdir',
          'damaged checkpoint not set aside', 'final checkpoint missing', 'did not finish')
 FIRST_STEP = 'compiled and ran the first step'  # the loop's log line
-_VOLATILE = re.compile(r'^(examples_per_sec|checkpoint_\w+)$')  # differ on every resume
 SHOWN = 8
-
-
-class ResultError(Exception):
-  """A finished run's results are missing, unreadable or unlike the reference's."""
 
 
 @dataclasses.dataclass
@@ -120,8 +111,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--jobs', default='hashnet,dcgan', help=f'of {",".join(JOBS)}')
   parser.add_argument('--faults', default=','.join(KINDS), help=f'of {",".join(KINDS)}')
-  parser.add_argument('--keep', action='store_true',
-                      help='keep the workdirs and stderr logs (their folder is printed)')
+  parser.add_argument('--keep', action='store_true', help='keep the workdirs, stderr logs '
+                      'and a list of every failure (their folder is printed)')
   parser.add_argument('--tmpfs-size', default='64m', help="the tmpfs's size, as mount's")
   parser.add_argument('--quick', action='store_true', help='4 runs, one reference run per job')
   parser.add_argument('--max-minutes', type=float, default=20.0,
@@ -148,64 +139,6 @@ def child_env() -> dict[str, str]:
   return env
 
 
-def _no_constant(name: str):
-  raise ValueError(f'{name} is not JSON')
-
-
-def read_json(path: str, lines: bool = False):
-  """The JSON (or JSON lines) at `path`, strictly: NaN and Infinity are errors."""
-  try:
-    with open(path) as f:
-      text = f.read()
-    if lines:
-      return [json.loads(row, parse_constant=_no_constant) for row in text.splitlines()]
-    return json.loads(text, parse_constant=_no_constant)
-  except FileNotFoundError:
-    raise ResultError(f'{os.path.basename(path)} is missing') from None
-  except ValueError as e:
-    raise ResultError(f'{os.path.basename(path)} is not valid JSON ({e})') from None
-
-
-def read_results(workdir: str) -> dict:
-  """eval.json (without the GAN's `samples` path, which names the workdir), metrics.jsonl
-  (without timings and checkpoint counters) and the outputs: codes.npz's arrays, the PNG
-  that eval.json's `samples` names."""
-  evaluation = read_json(os.path.join(workdir, 'eval.json'))
-  rows = read_json(os.path.join(workdir, 'metrics.jsonl'), lines=True)
-  outputs = {}
-  samples = evaluation.pop('samples', None)
-  if samples is not None:
-    try:
-      with open(samples, 'rb') as f:
-        outputs['samples'] = f.read()
-    except OSError as e:
-      raise ResultError(f'the sample grid {samples} cannot be read ({e.strerror})') from None
-  if os.path.exists(os.path.join(workdir, 'codes.npz')):
-    try:
-      with np.load(os.path.join(workdir, 'codes.npz')) as codes:
-        outputs.update({f'codes.npz:{k}': codes[k].tobytes() for k in codes.files})
-    except (OSError, ValueError) as e:
-      raise ResultError(f'codes.npz cannot be read ({e})') from None
-  metrics = [{k: v for k, v in r.items() if not _VOLATILE.match(k)} for r in rows]
-  return {'eval.json': evaluation, 'metrics.jsonl': metrics, 'outputs': outputs}
-
-
-def compare(results: dict, reference: dict) -> None:
-  """Raises ResultError naming the first difference."""
-  if results['eval.json'] != reference['eval.json']:
-    raise ResultError(f"eval.json {results['eval.json']} != reference {reference['eval.json']}")
-  steps = [r.get('step') for r in results['metrics.jsonl']]
-  want = [r.get('step') for r in reference['metrics.jsonl']]
-  if steps != want:
-    raise ResultError(f'metrics.jsonl steps {steps} != reference {want}')
-  for row, ref in zip(results['metrics.jsonl'], reference['metrics.jsonl']):
-    if row != ref:
-      raise ResultError(f'metrics.jsonl at step {row["step"]}: {row} != reference {ref}')
-  for name in sorted(results['outputs'].keys() | reference['outputs'].keys()):
-    if results['outputs'].get(name) != reference['outputs'].get(name):
-      raise ResultError(f'output {name} differs from the reference')
-
-
 def make_reference(job: Job, scratch: str, env: dict, twice: bool) -> None:
   """An uninterrupted run of the job (twice unless `twice` is False: the two must agree, and
   the second, with compiled programs cached, times the job)."""
@@ -219,7 +152,7 @@ def make_reference(job: Job, scratch: str, env: dict, twice: bool) -> None:
     if out.status != '0' or out.traceback:
       sys.exit(f'fault_injection: error: the reference run of {job.name} failed '
                f'(exit {out.status}): {" | ".join(out.tail())}')
-    results = read_results(workdir)
+    results = faults.read_results(workdir)
     if job.reference is not None and results != job.reference:
       sys.exit(f'fault_injection: error: two uninterrupted runs of {job.name} differ; '
                'resume cannot be compared')
@@ -341,11 +274,24 @@ def finish_run(tally: Tally, job: Job, workdir: str, finished, where: str,
                f'exit 0 without checkpoints/{NUM_STEPS}')
     verdict = 'finished without its final checkpoint'
   try:
-    compare(read_results(workdir), job.reference)
-  except ResultError as e:
+    faults.compare(faults.read_results(workdir), job.reference)
+  except faults.ResultError as e:
     tally.fail('results lost', where, history, finished, str(e))
     return 'RESULTS LOST'
   return verdict
+
+
+def describe(failures: list[dict]) -> list[str]:
+  """Failures as numbered entries: what, where, the faults, the command, stderr's end."""
+  lines = []
+  for i, f in enumerate(failures, 1):
+    lines.append(f'  {i}. [{f["kind"]}] {f["where"]}: {f["detail"]}')
+    lines.append(f'     faults: {f["fault"] or "none"}' +
+                 (f'; exit {f["status"]}' if f['status'] else ''))
+    if f['command']:
+      lines.append(f'     command: {f["command"]}')
+    lines += [f'     | {row[:300]}' for row in f['tail']]
+  return lines
 
 
 def summary(tally: Tally, seconds: float) -> list[str]:
@@ -370,13 +316,7 @@ def summary(tally: Tally, seconds: float) -> list[str]:
       f'failures: {len(tally.failures)}' +
       (f' (the first {SHOWN}):' if len(tally.failures) > SHOWN else
        ':' if tally.failures else '')]
-  for i, f in enumerate(tally.failures[:SHOWN], 1):
-    lines.append(f'  {i}. [{f["kind"]}] {f["where"]}: {f["detail"]}')
-    lines.append(f'     faults: {f["fault"] or "none"}' +
-                 (f'; exit {f["status"]}' if f['status'] else ''))
-    if f['command']:
-      lines.append(f'     command: {f["command"]}')
-      lines += [f'     | {row[:300]}' for row in f['tail']]
+  lines += describe(tally.failures[:SHOWN])
   lines.append(f'result: {"PASS" if lost == tracebacks == 0 else "FAIL"} '
                f'(results lost {lost}, tracebacks {tracebacks})')
   return lines
@@ -430,7 +370,9 @@ def main(argv: list[str]) -> int:
       shutil.rmtree(scratch, ignore_errors=True)
   print('\n'.join(summary(tally, time.monotonic() - started)))
   if args.keep:
-    print(f'workdirs and stderr logs: {scratch}')
+    with open(os.path.join(scratch, 'failures.txt'), 'w') as f:
+      f.write('\n'.join(describe(tally.failures)) + '\n')
+    print(f'workdirs, stderr logs and failures.txt (every failure): {scratch}')
   if interrupted:
     return 130
   return 0 if tally.count('results lost') == tally.count('traceback') == 0 else 1

@@ -327,6 +327,7 @@ class _Session:
         break
       row = self.evaluate(state, done) if done % cfg.eval_every == 0 else None
       if guard.should_stop(done):
+        self.flush()  # the row of the step being saved: a resume starts after it
         self.save(state, rng, done, step_metrics, final=True)
         return state, step_metrics, guard.signal_name
       if done % cfg.checkpoint_every == 0:

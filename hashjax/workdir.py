@@ -71,13 +71,11 @@ def hold(workdir: str) -> Iterator[None]:
 
 
 def _record_holder(handle) -> None:
-  """Writes who holds the lock (for the message of a second run); a full disk only loses
-  this note."""
+  """Writes who holds the lock (for the message of a second run), unbuffered: a full disk
+  only loses this note, and leaves nothing for the close to fail on."""
   try:
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f'process {os.getpid()} on {socket.gethostname()}\n')
-    handle.flush()
+    os.ftruncate(handle.fileno(), 0)
+    os.pwrite(handle.fileno(), f'process {os.getpid()} on {socket.gethostname()}\n'.encode(), 0)
   except OSError:
     pass
 

@@ -154,6 +154,8 @@ def test_sigterm_saves_exits_0_and_resumes_bit_identically(tmp_path, uninterrupt
   assert 0 < step < 240 and _steps(workdir) == [step]
   spec.train(cfg, workdir)
   _assert_same_state(spec, cfg, straight, workdir, 240)
+  logged = lambda d: [r['step'] for r in _strict_rows(os.path.join(d, 'metrics.jsonl'))]
+  assert logged(workdir) == logged(straight)  # every row once, the stopped step's too
 
 
 def _fill_disk_at(step, monkeypatch, writes_fail):

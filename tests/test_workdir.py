@@ -97,3 +97,14 @@ def test_a_read_only_workdir_is_one_line(tmp_path):
         pass
   finally:
     subprocess.run(['umount', '-l', str(mnt)], check=False)
+
+
+def test_a_full_disk_only_loses_the_holder_note(tmp_path, monkeypatch):
+  def full(*args):
+    raise OSError(28, 'No space left on device')
+
+  monkeypatch.setattr(os, 'pwrite', full)
+  with workdir_lib.hold(str(tmp_path)):  # neither taking nor releasing the lock fails
+    with pytest.raises(WorkdirError, match='is in use by another process'):
+      with workdir_lib.hold(str(tmp_path)):
+        pass

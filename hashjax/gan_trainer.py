@@ -28,7 +28,7 @@ from flax import struct
 from jax.sharding import Mesh
 
 from hashjax import data as data_lib
-from hashjax import gan_eval, loop, losses, parallel, toy2d, training
+from hashjax import disk, gan_eval, loop, losses, parallel, toy2d, training
 from hashjax.config import TOY_DATASETS, ConfigError, GanConfig, gan_config
 from hashjax.divergence import jsd_lower_bound
 from hashjax.models.dcgan import Discriminator, Generator
@@ -289,6 +289,10 @@ class GanJob(loop.Job):
     results = {'step': step,
                'jsd_lower_bound': None if last_log_row is None else last_log_row['jsd_lower_bound'],
                'samples': self.sample_path(step)}
+    if (parallel.is_main_process() and not os.path.exists(results['samples']) and
+        not gan_eval.write_sample_image(results['samples'], state, self.cfg,
+                                        self.spec.num_classes)):
+      raise disk.OutputNotWritten(results['samples'], results)  # a full disk kept it out
     if eval_row is None:
       return results
     curve = os.path.join(self.workdir, 'jsd_curve.png')

@@ -171,3 +171,19 @@ def test_mlp_gan_end_to_end_reports_modes_and_jsd(tmp_path, config):
   assert [r['step'] for r in rows] == [0, 2, 4]
   assert (tmp_path / 'samples' / 'step_000004.png').exists()
   assert (tmp_path / 'jsd_curve.png').exists()
+
+
+def test_a_final_sample_grid_kept_out_by_a_full_disk_is_written_again(tmp_path, monkeypatch):
+  from hashjax import gan_eval  # pylint: disable=g-import-not-at-top
+  real = gan_eval.write_sample_image
+  left = {'n': 1}
+
+  def full_once(path, *args, **kwargs):
+    if path.endswith('step_000006.png') and left['n']:
+      left['n'] -= 1
+      return False  # what write_or_warn answers on a full disk
+    return real(path, *args, **kwargs)
+
+  monkeypatch.setattr(gan_eval, 'write_sample_image', full_once)
+  results = gan_trainer.train_and_evaluate(_get_test_config(), str(tmp_path))
+  assert left['n'] == 0 and os.path.exists(results['samples'])

@@ -168,11 +168,6 @@ def is_damaged_checkpoint_error(error: BaseException) -> bool:
       type(error) is Exception and 'error while reading' in str(error))  # pylint: disable=unidiomatic-typecheck
 
 
-def _first_line(error: BaseException) -> str:
-  text = str(error).strip().splitlines()
-  return (text[0] if text else type(error).__name__)[:200]
-
-
 def make_checkpointer(job: Job, workdir: str) -> Checkpointer:
   """The run's `Checkpointer` under <workdir>/checkpoints; an unknown `best_metric` is a
   `ConfigError` naming the metrics this job evaluates."""
@@ -274,7 +269,7 @@ class _Session:
           raise
         moved = self.ckpt.set_aside(step)
         log.warning('checkpoint %d does not restore (%s); moved it to %s; trying the one '
-                    'before', step, _first_line(e), moved)
+                    'before', step, disk.short_error(e), moved)
         continue
       log.info('resuming from checkpoint step %d in %s', step, self.ckpt.directory)
       return state, rng

@@ -69,10 +69,12 @@ _DISK_FULL_FILTER = _HandledDiskFullFilter()
 
 
 def _drop_closed_loop_reports() -> None:
-  """After a write that failed and was handled, orbax's TensorStore writes still in flight
-  finish into the asyncio loop of the failed save, which is closed by then, and each one
-  reports `RuntimeError: Event loop is closed` as an unraisable exception (a traceback on
-  stderr, also at exit). Drops exactly those; every other report goes to the previous hook."""
+  """After a save or restore that failed and was handled (a full disk, a damaged
+  checkpoint), orbax's TensorStore reads and writes still in flight finish into the asyncio
+  loop of the failed call, which is closed by then, and each one reports
+  `RuntimeError: Event loop is closed` as an unraisable exception (a traceback on stderr,
+  also at exit). Drops exactly those; every other report goes to the previous hook.
+  Installed when a Checkpointer is made: a report can land before the failure reaches us."""
   previous = sys.unraisablehook
   if getattr(previous, 'drops_closed_loop_reports', False):
     return
@@ -125,6 +127,7 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     for name in ('absl', 'asyncio'):  # orbax logs through absl; added once
       logging.getLogger(name).addFilter(_DISK_FULL_FILTER)
+    _drop_closed_loop_reports()
     self.max_to_keep, self.max_bytes = max_to_keep, max_bytes
     self.margin, self.slack_bytes = margin, slack_bytes
     self.best_metric, self.best_mode = best_metric, best_mode
@@ -304,7 +307,6 @@ class Checkpointer:
 
   def _after_failed_write(self, step, error):
     self.stats.failed_writes += 1
-    _drop_closed_loop_reports()
     if jax.process_index() == 0:
       self._remove_tmp_dirs()
     self._manager.reload()

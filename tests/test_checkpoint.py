@@ -242,3 +242,29 @@ def test_close_after_a_failed_write_does_not_raise_it_again(tmp_path, monkeypatc
 
   monkeypatch.setattr(c._manager, 'close', close_reporting_the_failed_write)
   c.close()
+
+
+_RESTORE_DAMAGED = '''
+import os, sys, time
+import numpy as np
+from hashjax.checkpoint import Checkpointer
+c = Checkpointer(sys.argv[1], async_save=False)
+tree = {f'a{i}': np.arange(1000.) + i for i in range(40)}  # many reads in flight
+c.save(5, tree)
+os.remove(os.path.join(sys.argv[1], '5', 'default', 'manifest.ocdbt'))
+try:
+  c.restore(5, tree)
+except ValueError as e:
+  print('restore failed:', str(e)[:40])
+time.sleep(1)  # the reads still in flight land
+'''
+
+
+def test_a_failed_restore_leaves_no_closed_event_loop_tracebacks(tmp_path):
+  # TensorStore reads still in flight after the failure report into orbax's closed asyncio
+  # loop; before the fix each printed `RuntimeError: Event loop is closed` with a traceback.
+  proc = subprocess.run([sys.executable, '-c', _RESTORE_DAMAGED, str(tmp_path)],
+                        capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.startswith('restore failed: NOT_FOUND')
+  assert 'Traceback' not in proc.stderr and 'Event loop is closed' not in proc.stderr

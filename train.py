@@ -8,9 +8,15 @@ exit code; it can be called again in the same process.
 """
 
 import os
+import signal
 import sys
 
-from absl import flags
+if __name__ == '__main__':  # a SIGTERM/SIGINT while the modules below load (seconds) is kept
+  _early = lambda signum, _: setattr(_early, 'signal_name', signal.Signals(signum).name)  # noqa
+  for _sig in (signal.SIGTERM, signal.SIGINT):  # as a request the CLI's PreemptionGuard takes
+    signal.signal(_sig, _early)
+
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from hashjax import cli, hash_trainer
 

@@ -18,7 +18,9 @@ class PreemptionGuard:
 
   Single process: a signal handler sets a flag. Guards nest: an inner guard starts with the
   request an enclosing one received (the CLI holds one for the whole job, so a signal after
-  the loop has ended does not kill the process either). Multi-process (jax.process_count() > 1):
+  the loop has ended does not kill the process either). A request made before any guard is
+  taken over too from a handler that records it as its `signal_name` attribute (train.py and
+  gan.py install one before their imports, which take seconds). Multi-process (jax.process_count() > 1):
   orbax's `reached_preemption(step)`, JAX's preemption sync point, which answers the same on
   every host, so all hosts stop (and save) at the same step. Use as a context manager; the
   old handlers come back on exit.
@@ -34,8 +36,8 @@ class PreemptionGuard:
     if threading.current_thread() is threading.main_thread():
       for sig in (signal.SIGTERM, signal.SIGINT):
         self._old[sig] = signal.signal(sig, self._handler)
-        outer = getattr(self._old[sig], '__self__', None)
-        if isinstance(outer, PreemptionGuard) and outer.signal_name is not None:
+        outer = getattr(self._old[sig], '__self__', self._old[sig])
+        if getattr(outer, 'signal_name', None) is not None:
           self.signal_name = outer.signal_name  # a request made before this guard
           self._requested.set()
     return self

@@ -1,7 +1,13 @@
 import os
 import signal
+import subprocess
+import sys
+
+import pytest
 
 from hashjax.preemption import PreemptionGuard
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_a_request_made_to_an_enclosing_guard_reaches_the_inner_one():
@@ -21,3 +27,42 @@ def test_old_handlers_come_back_on_exit():
   with PreemptionGuard():
     assert signal.getsignal(signal.SIGTERM) is not before
   assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_request_kept_by_a_plain_handler_before_any_guard_is_taken_over():
+  def early(signum, _):
+    early.signal_name = signal.Signals(signum).name
+  before = signal.signal(signal.SIGTERM, early)
+  try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    with PreemptionGuard() as guard:
+      assert guard.should_stop(0) and guard.signal_name == 'SIGTERM'
+  finally:
+    signal.signal(signal.SIGTERM, before)
+
+
+_TERM_AT_FIRST_IMPORT = '''
+import os, runpy, signal, sys
+class TermAtImport:  # SIGTERM exactly when the script starts its imports (seconds of them)
+  def find_spec(self, name, path=None, target=None):
+    if name == 'absl':
+      sys.meta_path.remove(self)
+      os.kill(os.getpid(), signal.SIGTERM)
+    return None
+sys.meta_path.insert(0, TermAtImport())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+'''
+
+
+@pytest.mark.parametrize('script', ['train.py', 'gan.py'])
+def test_a_sigterm_while_the_cli_imports_its_modules_stops_the_job_cleanly(tmp_path, script):
+  workdir = tmp_path / 'run'
+  proc = subprocess.run(
+      [sys.executable, '-c', _TERM_AT_FIRST_IMPORT, os.path.join(ROOT, script),
+       f'--workdir={workdir}', '--config.num_steps=5'],
+      capture_output=True, text=True, timeout=300, check=False, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-2000:]  # was -15: killed
+  assert 'SIGTERM received before step 0' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+  assert not os.path.exists(workdir / 'checkpoints' / '5')

@@ -343,7 +343,7 @@ def run_all(args, mnt: str, scratch: str, tally: Tally) -> None:
     tally.runs[job.name] = tally.runs.get(job.name, 0) + 1
     print(line, flush=True)
     workdir = os.path.join(mnt, f'run-{index:03d}')
-    if args.keep:
+    if args.keep and os.path.isdir(workdir):  # a run whose attempts all failed may have none
       shutil.copytree(workdir, os.path.join(scratch, f'run-{index:03d}-{job.name}'),
                       symlinks=True)
     shutil.rmtree(workdir, ignore_errors=True)

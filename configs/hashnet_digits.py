@@ -58,7 +58,22 @@ def get_config() -> config_dict.ConfigDict:
   c.split.train_per_class = config_dict.FieldReference(100, field_type=int)  # or num_train
   c.split.num_train = config_dict.placeholder(int)
   c.split.train_in_database = True  # training images stay in the database
+  # Incremental protocols (docs/UPDATE.md): what arrives later, and which part this run sees.
+  c.split.new_classes = config_dict.placeholder(str)  # e.g. '7,8,9': class-incremental
+  c.split.later_fraction = 0.0  # e.g. 0.5: sample-incremental
+  c.split.stage = 'all'  # 'old' (the base run), 'new' (the update's data) or 'all'
+  c.split.validation = False  # the test queries leave the data; queries from the database
 
+  # Updating a finished run with the old model as the prior (docs/UPDATE.md); not named
+  # 'update', which is a method of ConfigDict (--config.update.X cannot reach it).
+  c.updating = config_dict.ConfigDict()
+  c.updating.from_workdir = config_dict.placeholder(str)  # the finished run; None: no update
+  c.updating.prior = 'laplace'  # 'none' (fine-tune), 'l2' (L2-SP) or 'laplace' (EWC)
+  c.updating.prior_weight = 1.0  # λ
+  c.updating.database_codes = 'reencode'  # or 'keep': old items keep their stored codes
+  c.updating.code_anchor_weight = 0.0  # pulls new codes towards the old model's
+  c.updating.replay_per_class = 0  # old training images per old class the update may see
+  c.save_fisher = False  # write fisher.npz at the end (the prior of a later 'laplace' update)
   c.checkpoint = config_dict.ConfigDict()
   c.checkpoint.max_to_keep = 2
   c.checkpoint.max_bytes = config_dict.placeholder(int)  # byte budget (quota); None: disk only

@@ -49,6 +49,12 @@ class SplitConfig:
   train_per_class: int | None = None
   num_train: int | None = None
   train_in_database: bool = True
+  # Incremental protocols (hashjax.increments): which items arrive later, and which stage
+  # this run sees: 'all', 'old' (before the update) or 'new' (the update's data).
+  new_classes: str | None = None  # class ids arriving later, e.g. '7,8,9'
+  later_fraction: float = 0.0  # or: this fraction of each class arrives later
+  stage: str = 'all'
+  validation: bool = False  # select settings: the test queries leave the data; see increments
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +63,22 @@ class CheckpointConfig:
   max_bytes: int | None = None
   best_metric: str | None = None
   async_save: bool = True
+
+
+PRIORS = ('none', 'l2', 'laplace')
+DATABASE_CODES = ('reencode', 'keep')
+STAGES = ('all', 'old', 'new')
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateConfig:
+  """Updating a finished run (hashjax.update); inactive while from_workdir is None."""
+  from_workdir: str | None = None
+  prior: str = 'laplace'
+  prior_weight: float = 1.0
+  database_codes: str = 'reencode'
+  code_anchor_weight: float = 0.0
+  replay_per_class: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +110,8 @@ class HashConfig:
   split: SplitConfig
   checkpoint: CheckpointConfig
   pretrained: str | None = None  # torchvision-named backbone weights (.npz / .safetensors)
+  updating: UpdateConfig = UpdateConfig()
+  save_fisher: bool = False  # write fisher.npz (the Laplace prior of a later update) at the end
 
   @property
   def alpha(self) -> float:
@@ -123,7 +147,7 @@ def hash_config(config) -> HashConfig:
   """Validates a hashing ConfigDict (or plain dict) and returns a frozen `HashConfig`."""
   values = dict(config.to_dict() if hasattr(config, 'to_dict') else config)
   nested = {'beta': BetaConfig, 'loss': LossConfig, 'split': SplitConfig,
-            'checkpoint': CheckpointConfig}
+            'checkpoint': CheckpointConfig, 'updating': UpdateConfig}
   for key, cls in nested.items():
     values[key] = _build(cls, dict(values.get(key) or {}), prefix=f'{key}.')
   cfg = _build(HashConfig, values)
@@ -163,10 +187,32 @@ def hash_config(config) -> HashConfig:
     _require(isinstance(cfg.pretrained, str) and os.path.isfile(cfg.pretrained),
              f'pretrained={cfg.pretrained!r} is not a file; give a .npz or .safetensors '
              'state dict with torchvision names (python -m hashjax.pretrained convert)')
+  _check_increments(cfg)
   if cfg.loss.weighting == 'fixed':
     _require(cfg.loss.class_num is not None and cfg.loss.class_num > 0,
              f"loss.weighting='fixed' needs loss.class_num > 0, got {cfg.loss.class_num!r}")
   return cfg
+
+
+def _check_increments(cfg: HashConfig) -> None:
+  s, u = cfg.split, cfg.updating
+  _one_of('split.stage', s.stage, STAGES)
+  _require(0.0 <= s.later_fraction < 1.0,
+           f'split.later_fraction={s.later_fraction!r} must be in [0, 1)')
+  _require(not (s.new_classes and s.later_fraction),
+           'set one of split.new_classes (class-incremental) and split.later_fraction '
+           '(sample-incremental), not both')
+  _require(s.stage == 'all' or bool(s.new_classes or s.later_fraction),
+           f"split.stage={s.stage!r} needs split.new_classes or split.later_fraction")
+  _one_of('updating.prior', u.prior, PRIORS)
+  _one_of('updating.database_codes', u.database_codes, DATABASE_CODES)
+  for name in ('prior_weight', 'code_anchor_weight'):
+    value = getattr(u, name)
+    _require(isinstance(value, (int, float)) and value >= 0,
+             f'updating.{name}={value!r} must be a number ≥ 0')
+  _positive_int('updating.replay_per_class', u.replay_per_class, 0)
+  if u.from_workdir is not None:
+    _require(s.stage != 'old', "an update trains on split.stage='new' or 'all', not 'old'")
 
 
 GAN_LOSSES = ('non_saturating', 'minimax')

@@ -24,7 +24,8 @@ from jax.sharding import Mesh
 
 from hashjax import codes as codes_lib
 from hashjax import data as data_lib
-from hashjax import disk, loop, losses, metrics, parallel, pretrained, schedules, training
+from hashjax import disk, increments, loop, losses, metrics, parallel, pretrained, schedules
+from hashjax import priors, training
 from hashjax.disk import write_or_warn
 from hashjax.config import HashConfig, hash_config
 from hashjax.models import HashNet, hash_activation
@@ -245,16 +246,22 @@ def _save_codes(path: str, cfg: HashConfig, source, split, codes) -> bool:
 
 
 def load_data(cfg: HashConfig) -> tuple[data_lib.Source, data_lib.Split]:
-  """The data source (restricted to `class_list`) and its query / database / train split."""
+  """The data source (restricted to `class_list`) and the query / database / train split of
+  the run's stage (`split.stage`, hashjax.increments; 'all' by default)."""
+  source, _, split, _ = load_incremental(cfg)
+  return source, split
+
+
+def load_incremental(cfg: HashConfig) -> tuple[data_lib.Source, data_lib.Split,
+                                               data_lib.Split, np.ndarray]:
+  """(source, full split, the stage's split, arrives-later mask bool [N]); see
+  `hashjax.increments`."""
   source = data_lib.load_source(cfg.dataset, image_size=cfg.image_size)
   if cfg.class_list:
     source = data_lib.restrict_classes(source, data_lib.read_class_list(cfg.class_list))
-  s = cfg.split
-  split = data_lib.protocol_split(
-      source.labels, seed=cfg.seed, query_per_class=s.query_per_class, num_query=s.num_query,
-      train_per_class=s.train_per_class, num_train=s.num_train,
-      train_in_database=s.train_in_database)
-  return source, split
+  full, split, later = increments.incremental_split(
+      source.labels, cfg.split, cfg.seed, replay_per_class=cfg.updating.replay_per_class)
+  return source, full, split, later
 
 
 def _examples(source: data_lib.Source, split: data_lib.Split, positions: np.ndarray
@@ -280,7 +287,13 @@ class HashJob(loop.Job):
                   'recall_at_radius_2': 'max'}
   eval_at_start = False
   resumable = frozenset({'learning_rate', 'lr_decay_every', 'lr_decay_factor', 'map_topk',
-                         'eval_batch_size', 'pretrained'})
+                         'eval_batch_size', 'pretrained', 'save_fisher'})
+  # Settings of the update issue: a run from before them had these values.
+  added_settings = {
+      'split.new_classes': None, 'split.later_fraction': 0.0, 'split.stage': 'all',
+      'split.validation': False, 'updating.from_workdir': None, 'updating.prior': 'laplace',
+      'updating.prior_weight': 1.0, 'updating.database_codes': 'reencode',
+      'updating.code_anchor_weight': 0.0, 'updating.replay_per_class': 0, 'save_fisher': False}
 
   def __init__(self, config: ml_collections.ConfigDict | HashConfig, workdir: str):
     self.cfg = config if isinstance(config, HashConfig) else hash_config(config)
@@ -312,12 +325,41 @@ class HashJob(loop.Job):
     return results
 
   def finish(self, state, eval_row, last_log_row) -> dict[str, Any]:
-    del state, last_log_row
+    del last_log_row
     path = os.path.join(self.workdir, 'codes.npz')
     if parallel.is_main_process() and not _save_codes(path, self.cfg, self.source, self.split,
                                                       self.codes):
       raise disk.OutputNotWritten(path, eval_row)
+    if self.cfg.save_fisher:
+      path = os.path.join(self.workdir, FISHER_FILE)
+      if not save_fisher(state, self.cfg, self.source, self.split, path):
+        raise disk.OutputNotWritten(path, eval_row)
     return eval_row
+
+
+FISHER_FILE = 'fisher.npz'
+
+
+def save_fisher(state: TrainState, cfg: HashConfig, source: data_lib.Source,
+                split: data_lib.Split, path: str) -> bool:
+  """Computes the diagonal Fisher of the model in `state` on the split's training images
+  (`priors.fisher_diagonal`, batches of cfg.batch_size, β of the state's step) and writes it
+  to `path` (process 0; a full disk: a warning and False)."""
+  def batches():
+    for start in range(0, len(split.train), cfg.batch_size):
+      idx = split.train[start:start + cfg.batch_size]
+      yield {'image': data_lib.to_float(source.images(idx)), 'label': source.labels[idx]}
+  step = int(state.step)
+  beta = float(make_beta_fn(cfg)(step))
+  variables = jax.device_get(state.variables())
+  fisher = priors.fisher_diagonal(state.apply_fn, variables, batches(), beta=beta,
+                                  alpha=cfg.alpha)
+  log.info('diagonal Fisher of step %d (β=%.3g) on %d training images', step, beta,
+           len(split.train))
+  if not parallel.is_main_process():
+    return True
+  return priors.save_fisher(path, jax.device_get(fisher), step=step, beta=beta,
+                            write=write_or_warn)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict | HashConfig, workdir: str, *,
@@ -336,6 +378,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict | HashConfig, workdir: 
   Returns:
     The final evaluation results (also `<workdir>/eval.json`), or, when SIGTERM or SIGINT
     stopped the run, {'preempted_at_step': step, 'signal': name} after a checkpoint of that
-    step was written.
+    step was written. With `updating.from_workdir` set, the run is an update of that finished
+    run (`hashjax.update.UpdateJob`).
   """
+  if hash_config(config).updating.from_workdir is not None:
+    from hashjax import update  # pylint: disable=g-import-not-at-top  # it builds on this module
+    return loop.run(update.UpdateJob, config, workdir, reporter=reporter)
   return loop.run(HashJob, config, workdir, reporter=reporter)

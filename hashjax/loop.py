@@ -66,6 +66,7 @@ class Job:
   loss_keys: tuple[str, ...] = ()
   metric_modes: dict[str, str] = {}
   resumable: frozenset[str] = frozenset()  # settings that may change on resume, besides RESUMABLE
+  added_settings: dict[str, Any] = {}  # settings older runs lack → the value they had
   eval_at_start: bool = False
   num_examples: int
   train_step: Callable[[Any, dict[str, jax.Array], jax.Array], tuple[Any, dict[str, jax.Array]]]
@@ -240,7 +241,7 @@ class _Session:
   def run(self) -> dict[str, Any]:
     if self.ckpt.all_steps():
       workdir_lib.check_resume(self.workdir, self.job.config_dict(),
-                               RESUMABLE | type(self.job).resumable)
+                               RESUMABLE | type(self.job).resumable, self.job.added_settings)
     if self.main:
       training.write_json(os.path.join(self.workdir, 'config.json'), self.job.config_dict())
     state, rng, first_step = self.restore_or_init()

@@ -91,11 +91,13 @@ def flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
   return out
 
 
-def check_resume(workdir: str, config: dict[str, Any], resumable: frozenset[str]) -> None:
+def check_resume(workdir: str, config: dict[str, Any], resumable: frozenset[str],
+                 added: dict[str, Any] | None = None) -> None:
   """Raises WorkdirError when `config` differs from `<workdir>/config.json` in a key outside
   `resumable` (dotted names; 'checkpoint' covers every 'checkpoint.*'). Call it only when
   the run resumes from a checkpoint. No config.json (a run from before it was written): no
-  check."""
+  check. `added`: settings introduced after older runs were made (dotted name → the value
+  those runs had); config.json without one of them counts as having that value."""
   path = os.path.join(workdir, 'config.json')
   try:
     with open(path) as f:
@@ -105,6 +107,7 @@ def check_resume(workdir: str, config: dict[str, Any], resumable: frozenset[str]
   except (OSError, ValueError) as e:
     raise WorkdirError(f'{path} cannot be read ({e}); restore it, or pass another '
                        '--workdir') from None
+  old = {**{k: v for k, v in (added or {}).items() if k not in old}, **old}
   new = flatten(json.loads(json.dumps(config)))
   changed = [k for k in sorted(old.keys() | new.keys())
              if old.get(k, _MISSING) != new.get(k, _MISSING)

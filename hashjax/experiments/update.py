@@ -38,7 +38,7 @@ from hashjax.experiments import grid
 
 PROG = 'python -m hashjax.experiments.update'
 BASE_STEPS, UPDATE_STEPS, BATCH = 1000, 250, 64
-LAMBDAS = {'l2': (0.01, 0.1, 1.0), 'laplace': (100.0, 1000.0, 10000.0)}
+LAMBDAS = {'l2': (0.01, 0.1, 1.0, 10.0, 100.0), 'laplace': (1e2, 1e3, 1e4, 1e5, 1e6, 1e7)}
 ANCHOR_WEIGHT = 1.0
 ARMS = ('finetune', 'l2', 'laplace', 'laplace_keep')
 PROTOCOLS = {'class': {'split.new_classes': '7,8,9'}, 'sample': {'split.later_fraction': 0.5}}

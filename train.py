@@ -36,4 +36,9 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  sys.exit(main(sys.argv))
+  exit_code = main(sys.argv)
+  # The job is over. Python restores the default (fatal) SIGTERM/SIGINT handlers while it
+  # shuts down, which takes a moment: a request now has nothing left to stop.
+  for _sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(_sig, signal.SIG_IGN)
+  sys.exit(exit_code)

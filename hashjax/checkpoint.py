@@ -54,13 +54,19 @@ def tree_nbytes(tree: Any) -> int:
 
 class _HandledDiskFullFilter(logging.Filter):
   """Drops orbax's ERROR records (with their tracebacks) about a write that failed for lack
-  of space: `Checkpointer` handles that failure and says so in one warning line."""
+  of space: `Checkpointer` handles that failure and says so in one warning line. Also drops
+  asyncio's 'Task exception was never retrieved' for a TensorStore error: the siblings of a
+  read or write that failed, after orbax raised the first failure to its caller."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     if record.levelno < logging.ERROR:
       return True
     error = record.exc_info[1] if record.exc_info else None
     if error is not None and is_disk_full_error(error):
+      return False
+    if (record.name == 'asyncio' and str(record.msg).startswith('Task exception was never '
+                                                                'retrieved')
+        and 'tensorstore_spec=' in str(error)):
       return False
     return not is_disk_full_error(RuntimeError(record.getMessage()))
 

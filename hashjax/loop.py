@@ -54,7 +54,8 @@ log = logging.getLogger(__name__)
 
 
 class ResultsNotWritten(CheckpointError):
-  """The final results could not be written (a full disk); the final checkpoint was saved."""
+  """The final results could not be written (a full disk); the final checkpoint was saved,
+  unless metrics rows were kept out too (a rerun then trains the last steps again)."""
 
 
 class Job:
@@ -229,6 +230,7 @@ class _Session:
     guard.checkpointer = self.ckpt  # multi-host: the preemption sync point
     self.metrics_path = os.path.join(workdir, 'metrics.jsonl')
     self.eval_path = os.path.join(workdir, 'eval.jsonl')
+    self.eval_log = training.RowFile(self.eval_path)
     self.metrics_log = training.MetricsLog(self.metrics_path, self.reporter,
                                            self.ckpt.stats.as_dict)
     self.last_row: dict[str, Any] | None = None
@@ -347,7 +349,7 @@ class _Session:
   def evaluate(self, state, step: int) -> dict[str, Any] | None:
     row = self.job.evaluate(state, step)
     if row is not None and self.main:
-      training.append_row(self.eval_path, row)
+      self.eval_log.append(row)
       self.reporter.evaluated(row)
     return row
 
@@ -366,15 +368,23 @@ class _Session:
     """The final evaluation, eval.json and the job's outputs, then the final checkpoint.
     Results that a full disk kept out get the older checkpoints' space (the newest stays);
     if they still do not fit, the final checkpoint is saved and `ResultsNotWritten` says
-    what to free (a rerun resumes at the final step and writes them)."""
+    what to free (a rerun resumes at the final step and writes them). Metrics rows still
+    kept out: no final checkpoint (a rerun trains the steps since the newest one again)."""
     self.flush()
     step = int(state.step)
     eval_row = self.job.evaluate(state, step)
     if eval_row is not None and self.main:
-      training.append_row(self.eval_path, eval_row)
+      self.eval_log.append(eval_row)
     missing = self.write_results(state, eval_row)
     if missing and self.ckpt.delete_older():
       missing = self.write_results(state, eval_row)
+    kept_back = [row['step'] for row in self.metrics_log.file.unwritten]
+    if kept_back:  # rows no checkpoint can give back: a rerun trains those steps again
+      raise ResultsNotWritten(
+          f'{", ".join(missing)} could not be written: the disk of {self.workdir} is full. '
+          f'The final checkpoint is not saved, since the metrics rows of steps '
+          f'{", ".join(map(str, kept_back))} would be lost with it; free some space and rerun '
+          f'the same command: it resumes from {self.last_good() or "the start"}')
     self.save(state, rng, step, step_metrics, eval_row=eval_row, final=True)
     if missing:
       raise ResultsNotWritten(
@@ -385,8 +395,10 @@ class _Session:
     return self.results
 
   def write_results(self, state, eval_row) -> list[str]:
-    """eval.json and the job's outputs; returns the paths a full disk kept out."""
-    missing = []
+    """eval.json, the job's outputs and the log rows kept back; returns the paths a full
+    disk kept out."""
+    missing = [f.path for f in (self.metrics_log.file, self.eval_log)
+               if self.main and not f.retry()]
     try:
       self.results = self.job.finish(state, eval_row, self.last_row)
     except disk.OutputNotWritten as e:

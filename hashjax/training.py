@@ -92,6 +92,27 @@ def append_row(path: str, row: dict[str, Any]) -> bool:
   return append_or_warn(path, json_line(row))
 
 
+class RowFile:
+  """A .jsonl file that loses no row to a full disk: a row that could not be appended is
+  kept and written, in order, with the next one or by `retry()`."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self.unwritten: list[dict[str, Any]] = []
+
+  def append(self, row: dict[str, Any]) -> bool:
+    """Appends the rows kept back, then `row`; whether all are written."""
+    self.unwritten.append(row)
+    return self.retry()
+
+  def retry(self) -> bool:
+    """Writes the rows kept back (whole lines or nothing); whether none is left."""
+    if self.unwritten and append_or_warn(self.path,
+                                         ''.join(json_line(r) for r in self.unwritten)):
+      self.unwritten = []
+    return not self.unwritten
+
+
 def read_rows(path: str) -> list[dict[str, Any]]:
   """The rows of a .jsonl file ([] when it does not exist)."""
   if not os.path.exists(path):
@@ -125,7 +146,7 @@ class MetricsLog:
   Only the main process writes (and fetches)."""
 
   def __init__(self, path: str, reporter: Reporter, extra: Callable[[], dict[str, Any]]):
-    self._path, self._reporter, self._extra = path, reporter, extra
+    self.file, self._reporter, self._extra = RowFile(path), reporter, extra
     self._pending = None
     self._main = parallel.is_main_process()
 
@@ -140,7 +161,7 @@ class MetricsLog:
       return None
     row = fetch_row(*self._pending, self._extra())
     self._pending = None
-    append_row(self._path, row)
+    self.file.append(row)
     self._reporter.log(row)
     return row
 

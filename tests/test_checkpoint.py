@@ -232,6 +232,29 @@ def test_orbax_error_records_about_a_handled_full_disk_are_dropped(tmp_path):
   assert seen == [f'a warning about {ORBAX_ENOSPC} stays', 'another error stays']
 
 
+def test_asyncio_reports_of_sibling_tensorstore_failures_are_dropped(tmp_path):
+  # Seen by benchmarks/fault_injection.py: after a damaged checkpoint was set aside, asyncio
+  # logged the never-retrieved failures of its other reads, with a traceback each.
+  import logging  # pylint: disable=g-import-not-at-top
+  Checkpointer(str(tmp_path)).close()
+  seen = []
+  handler = logging.Handler()
+  handler.emit = lambda record: seen.append(record.getMessage())
+  asyncio_logger = logging.getLogger('asyncio')
+  asyncio_logger.addHandler(handler)
+  read_error = ('NOT_FOUND: Error opening "zarr" driver: Metadata at "a/.zarray" does not '
+                'exist [tensorstore_spec=\'{"driver":"zarr"}\']')
+  try:
+    for error in (ValueError(read_error), ValueError('something else')):
+      try:
+        raise error
+      except ValueError:
+        asyncio_logger.error('Task exception was never retrieved', exc_info=True)
+  finally:
+    asyncio_logger.removeHandler(handler)
+  assert seen == ['Task exception was never retrieved']  # only the other one stays
+
+
 def test_close_after_a_failed_write_does_not_raise_it_again(tmp_path, monkeypatch):
   c = Checkpointer(str(tmp_path))
   real_close = c._manager.close

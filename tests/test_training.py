@@ -45,3 +45,18 @@ def test_all_finite_looks_at_every_float_leaf():
   assert bool(training.all_finite(tree))
   for bad in (jnp.inf, -jnp.inf, jnp.nan):
     assert not bool(training.all_finite({**tree, 'b': {'x': jnp.full((2, 2), bad, jnp.bfloat16)}}))
+
+
+def test_a_row_file_keeps_back_what_a_full_disk_refused_and_writes_it_in_order(
+    tmp_path, monkeypatch):
+  real_append = training.append_or_warn
+  full = {'on': True}
+  monkeypatch.setattr(training, 'append_or_warn',
+                      lambda path, text: False if full['on'] else real_append(path, text))
+  rows = training.RowFile(str(tmp_path / 'm.jsonl'))
+  assert not rows.append({'step': 1}) and not rows.append({'step': 2})
+  assert [r['step'] for r in rows.unwritten] == [1, 2] and not (tmp_path / 'm.jsonl').exists()
+  full['on'] = False
+  assert rows.append({'step': 3}) and rows.unwritten == []
+  assert [r['step'] for r in training.read_rows(str(tmp_path / 'm.jsonl'))] == [1, 2, 3]
+  assert rows.retry()

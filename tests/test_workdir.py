@@ -73,6 +73,16 @@ def test_check_resume_names_every_changed_key_outside_the_resumable_ones(tmp_pat
   assert json.loads((tmp_path / 'config.json').read_text()) == old
 
 
+def test_check_resume_reads_a_setting_older_runs_lack_as_the_value_they_had(tmp_path):
+  _write_config(tmp_path, {'bits': 16})  # made before 'split.stage' existed
+  added = {'split.stage': 'all'}
+  workdir_lib.check_resume(str(tmp_path), {'bits': 16, 'split': {'stage': 'all'}},
+                           frozenset(), added)
+  with pytest.raises(WorkdirError, match=r"split.stage \('all' → 'new'\)"):
+    workdir_lib.check_resume(str(tmp_path), {'bits': 16, 'split': {'stage': 'new'}},
+                             frozenset(), added)
+
+
 def test_check_resume_without_config_json_checks_nothing_and_a_broken_one_is_one_line(tmp_path):
   workdir_lib.check_resume(str(tmp_path), {'bits': 16}, frozenset())
   (tmp_path / 'config.json').write_text('{"bits": 1')

@@ -3,14 +3,17 @@ kill -9 and after SIGTERM, a disk that fills up mid-run, the NaN/inf stop, and t
 checkpoint kept through pruning and resumes. Subprocesses only where the process boundary is
 the point (signals)."""
 
+import atexit
 import json
 import logging
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -20,12 +23,37 @@ import pytest
 
 from configs import dcgan_digits, hashnet_digits
 from hashjax import checkpoint as ckpt_lib
-from hashjax import gan_trainer, hash_trainer, loop, training
+from hashjax import gan_trainer, hash_trainer, loop, training, update
 from hashjax.checkpoint import CheckpointError
 from hashjax.config import ConfigError
 from hashjax.workdir import WorkdirError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The finished run the 'update' job updates: made once per test process, on first use.
+UPDATE_BASE = tempfile.mkdtemp(prefix='hashjax-update-base-')
+atexit.register(shutil.rmtree, UPDATE_BASE, ignore_errors=True)
+HASHNET_TINY = {'bits': 16, 'batch_size': 32, 'split.query_per_class': 5,
+                'split.train_per_class': 20, 'eval_every': 100000, 'log_every': 5}
+
+
+def _update_config():
+  """hashnet_digits, after making sure the base run (digits 0–6, fisher.npz) exists."""
+  if not os.path.exists(os.path.join(UPDATE_BASE, 'eval.json')):
+    c = _set(hashnet_digits.get_config(), {
+        **HASHNET_TINY, 'num_steps': 10, 'checkpoint_every': 10, 'save_fisher': True,
+        'split.new_classes': '7,8,9', 'split.stage': 'old'})
+    hash_trainer.train_and_evaluate(c, UPDATE_BASE)
+  return hashnet_digits.get_config()
+
+
+def _set(c, overrides: dict[str, Any]):
+  for key, value in overrides.items():
+    obj = c
+    *path, last = key.split('.')
+    for part in path:
+      obj = obj[part]
+    obj[last] = value
+  return c
 
 
 class JobSpec(NamedTuple):
@@ -41,11 +69,16 @@ class JobSpec(NamedTuple):
 
 JOBS = {
     'hashnet': JobSpec(
-        'train.py', 'configs/hashnet_digits.py', hashnet_digits.get_config,
-        {'bits': 16, 'batch_size': 32, 'split.query_per_class': 5,
-         'split.train_per_class': 20, 'eval_every': 100000, 'log_every': 5},
+        'train.py', 'configs/hashnet_digits.py', hashnet_digits.get_config, HASHNET_TINY,
         {'learning_rate': 1e6}, {'checkpoint.best_metric': 'map'},
         hash_trainer.train_and_evaluate, hash_trainer.HashJob),
+    'update': JobSpec(  # the Laplace prior, kept codes and the code anchor: every part
+        'train.py', 'configs/hashnet_digits.py', _update_config,
+        {**HASHNET_TINY, 'split.new_classes': '7,8,9', 'split.stage': 'new',
+         'updating.from_workdir': UPDATE_BASE, 'updating.database_codes': 'keep',
+         'updating.code_anchor_weight': 1.0},
+        {'learning_rate': 1e6}, {'checkpoint.best_metric': 'map'},
+        hash_trainer.train_and_evaluate, update.UpdateJob),
     'dcgan': JobSpec(
         'gan.py', 'configs/dcgan_digits.py', dcgan_digits.get_config,
         {'nz': 16, 'ngf': 8, 'ndf': 8, 'batch_size': 16, 'num_samples': 8,
@@ -57,17 +90,11 @@ JOBS = {
 
 
 def _config(spec: JobSpec, **overrides):
-  c = spec.get_config()
-  for key, value in {**spec.tiny, **overrides}.items():
-    obj = c
-    *path, last = key.split('.')
-    for part in path:
-      obj = obj[part]
-    obj[last] = value
-  return c
+  return _set(spec.get_config(), {**spec.tiny, **overrides})
 
 
 def _cli(spec: JobSpec, workdir, **overrides):
+  spec.get_config()  # makes what the job needs first (the update's base run)
   args = [f'--config.{k}={v}' for k, v in {**spec.tiny, **overrides}.items()]
   return subprocess.Popen([sys.executable, os.path.join(ROOT, spec.script),
                            f'--config={os.path.join(ROOT, spec.config_file)}',
@@ -266,7 +293,8 @@ def test_best_metric_must_be_a_metric_of_the_job(tmp_path, name):
     spec.train(_config(spec, **{'checkpoint.best_metric': 'accuracy'}), str(tmp_path))
 
 
-CHANGED = {'hashnet': {'bits': 32}, 'dcgan': {'nz': 32}}  # settings a checkpoint depends on
+CHANGED = {'hashnet': {'bits': 32}, 'dcgan': {'nz': 32},  # settings a checkpoint depends on
+           'update': {'updating.prior': 'l2'}}
 
 
 @pytest.mark.parametrize('name', sorted(JOBS))
@@ -417,3 +445,34 @@ def test_results_a_full_disk_keeps_out_get_the_older_checkpoints_space(
     assert rec.first_step == 10 and json.load(open(tmp_path / 'eval.json')) == results
     assert results.get('jsd_lower_bound', 0) is not None  # the last logged row, from the file
   assert _steps(tmp_path) == [8, 10]  # 2, 4 and 6 made room; 8 was the newest
+
+
+@pytest.mark.parametrize('name', sorted(JOBS))
+def test_a_metrics_row_a_full_disk_keeps_out_is_never_lost(tmp_path, name, monkeypatch):
+  # Found by benchmarks/fault_injection.py: the last metrics row, kept out by a full disk,
+  # was gone, and the GAN's eval.json (its bound comes from that row) differed on resume.
+  spec = JOBS[name]
+  cfg = _config(spec, num_steps=10, checkpoint_every=4)
+  straight = spec.train(cfg, str(tmp_path / 'straight'))
+  real_append = training.append_or_warn
+  failing = {'on': True}
+
+  def append(path, text):
+    if path.endswith('metrics.jsonl') and '"step": 10' in text and failing['on']:
+      return False  # what append_or_warn answers on a full disk
+    return real_append(path, text)
+
+  monkeypatch.setattr(training, 'append_or_warn', append)
+  workdir = tmp_path / 'full'
+  with pytest.raises(loop.ResultsNotWritten, match=r'metrics.jsonl could not be written: .*'
+                     r'The final checkpoint is not saved, since the metrics rows of steps 10 '
+                     r'would be lost with it; .* it resumes from step 8 in '):
+    spec.train(cfg, str(workdir))
+  assert _steps(workdir) == [8]
+  failing['on'] = False
+  again = spec.train(cfg, str(workdir))
+  paths = ('samples',)  # the GAN's grid: the same picture in another workdir
+  assert {k: v for k, v in again.items() if k not in paths} == {
+      k: v for k, v in straight.items() if k not in paths}
+  rows = [r['step'] for r in _strict_rows(workdir / 'metrics.jsonl')]
+  assert rows == [r['step'] for r in _strict_rows(tmp_path / 'straight' / 'metrics.jsonl')]

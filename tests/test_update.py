@@ -1,0 +1,155 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import hashnet_digits
+from hashjax import codes as codes_lib
+from hashjax import hash_trainer, priors, update
+from hashjax.config import ConfigError, hash_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = {'bits': 16, 'batch_size': 32, 'split.query_per_class': 5, 'split.train_per_class': 20,
+        'eval_every': 100000, 'log_every': 5, 'checkpoint_every': 10,
+        'split.new_classes': '7,8,9'}
+
+
+def _config(**overrides):
+  c = hashnet_digits.get_config()
+  for key, value in {**TINY, **overrides}.items():
+    node, *path = c, *key.split('.')
+    for part in path[:-1]:
+      node = node[part]
+    node[path[-1]] = value
+  return c
+
+
+@pytest.fixture(scope='module')
+def base(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('base'))
+  hash_trainer.train_and_evaluate(
+      _config(num_steps=20, **{'split.stage': 'old', 'save_fisher': True}), workdir)
+  return workdir
+
+
+def _update(base_dir, **overrides):
+  return _config(num_steps=10, **{'split.stage': 'new', 'updating.from_workdir': base_dir,
+                                  **overrides})
+
+
+def test_keep_leaves_every_indexed_code_and_encodes_only_new_items(base, tmp_path):
+  cfg = _update(base, **{'updating.database_codes': 'keep', 'updating.code_anchor_weight': 1.0})
+  row = hash_trainer.train_and_evaluate(cfg, str(tmp_path))
+  with np.load(os.path.join(base, 'codes.npz')) as old, \
+       np.load(tmp_path / 'codes.npz') as new:
+    where = np.searchsorted(new['db_indices'], old['db_indices'])
+    np.testing.assert_array_equal(new['db_codes'][where], old['db_codes'])
+    num_new = len(new['db_indices']) - len(old['db_indices'])
+  assert num_new > 0 and row['num_indexed'] == len(where)
+  assert row['database_bits_recomputed'] == num_new * 16
+  assert row['map'] == row['map_kept_all']
+  assert {'map_kept_old', 'map_kept_new', 'map_reencoded_old', 'map_reencoded_new'} <= set(row)
+
+
+def test_a_strong_prior_flips_fewer_codes_than_fine_tuning(base, tmp_path):
+  free = hash_trainer.train_and_evaluate(_update(base, **{'updating.prior': 'none'}),
+                                         str(tmp_path / 'free'))
+  held = hash_trainer.train_and_evaluate(
+      _update(base, **{'updating.prior': 'l2', 'updating.prior_weight': 1e4}),
+      str(tmp_path / 'held'))
+  assert held['flip_rate'] < free['flip_rate']
+  assert 0 <= held['items_flipped'] <= 1 and free['flip_rate'] > 0
+
+
+def test_the_fisher_command_writes_what_the_run_wrote(base, tmp_path):
+  saved, step = priors.load_fisher(os.path.join(base, 'fisher.npz'),
+                                   update.load_base(base, (8, 8, 1))[1].params)
+  os.rename(os.path.join(base, 'fisher.npz'), tmp_path / 'kept.npz')
+  try:
+    proc = subprocess.run([sys.executable, '-m', 'hashjax.update', 'fisher',
+                           f'--workdir={base}'], capture_output=True, text=True, cwd=ROOT,
+                          check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-1000:]
+    again, again_step = priors.load_fisher(os.path.join(base, 'fisher.npz'), saved)
+  finally:
+    os.replace(tmp_path / 'kept.npz', os.path.join(base, 'fisher.npz'))
+  assert again_step == step == 20
+  for a, b in zip(priors.jax.tree.leaves(saved), priors.jax.tree.leaves(again), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+  zero = sum(int((x == 0).sum()) for x in priors.jax.tree.leaves(saved))
+  assert zero < sum(x.size for x in priors.jax.tree.leaves(saved))
+
+
+def test_the_fisher_command_usage_is_one_line():
+  proc = subprocess.run([sys.executable, '-m', 'hashjax.update', 'fishr', '--workdir=x'],
+                        capture_output=True, text=True, cwd=ROOT, check=False, timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      'hashjax.update: error: fishr --workdir=x; usage: python -m hashjax.update fisher '
+      '--workdir=RUN']
+
+
+def test_update_errors_are_one_line(base, tmp_path):
+  with pytest.raises(ConfigError, match=r'^bits=32 differs from the run in .* \(16\); an '
+                     r'update keeps the model: use --config.bits=16$'):
+    hash_trainer.train_and_evaluate(_update(base, bits=32), str(tmp_path / 'a'))
+  with pytest.raises(ConfigError, match=r'config.json does not exist: updating.from_workdir='):
+    hash_trainer.train_and_evaluate(_update(str(tmp_path)), str(tmp_path / 'b'))
+  fisher = os.path.join(base, 'fisher.npz')
+  os.rename(fisher, tmp_path / 'f.npz')
+  try:
+    with pytest.raises(ConfigError, match=r"needs .*fisher.npz; write it with: python -m "
+                       r'hashjax.update fisher --workdir='):
+      hash_trainer.train_and_evaluate(_update(base), str(tmp_path / 'c'))
+  finally:
+    os.replace(tmp_path / 'f.npz', fisher)
+
+
+def test_a_finished_run_without_its_final_checkpoint_is_refused(base, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  copy = tmp_path / 'copy'
+  shutil.copytree(base, copy)
+  shutil.rmtree(copy / 'checkpoints' / '20')
+  with pytest.raises(ConfigError, match=r'has no final checkpoint \(step 20; found: 10\); '
+                     'finish that run first'):
+    hash_trainer.train_and_evaluate(_update(str(copy)), str(tmp_path / 'u'))
+
+
+@pytest.mark.parametrize('overrides, match', [
+    ({'split.new_classes': '7', 'split.later_fraction': 0.5}, 'set one of split.new_classes'),
+    ({'split.new_classes': None, 'split.stage': 'new'}, "split.stage='new' needs"),
+    ({'updating.prior': 'ewc'}, "updating.prior='ewc' is not accepted; use one of: none, l2, "
+                                'laplace'),
+    ({'updating.prior_weight': -1.0}, r'updating.prior_weight=-1.0 must be a number ≥ 0'),
+    ({'updating.database_codes': 'all'}, "updating.database_codes='all' is not accepted"),
+])
+def test_bad_update_settings_are_config_errors(overrides, match):
+  with pytest.raises(ConfigError, match=match):
+    hash_config(_config(**overrides))
+
+
+def test_code_anchor_loss_is_lowest_at_the_old_codes():
+  old = np.asarray(codes_lib.sign_codes(np.random.default_rng(0).normal(size=(8, 16))))
+  labels = np.arange(8) % 3
+  at_old = float(update.code_anchor_loss(old * 0.99, old, labels, alpha=0.5))
+  flipped = float(update.code_anchor_loss(-old * 0.99, old, labels, alpha=0.5))
+  assert at_old < flipped
+
+
+def test_a_run_from_before_the_update_settings_resumes(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  plain = {'split.new_classes': None}  # the settings' values in runs made before them
+  hash_trainer.train_and_evaluate(_config(num_steps=5, **plain), str(tmp_path))
+  path = tmp_path / 'config.json'
+  old = json.loads(path.read_text())
+  for key in hash_trainer.HashJob.added_settings:  # as config.json was written before them
+    node, *parts = old, *key.split('.')
+    for part in parts[:-1]:
+      node = node[part]
+    del node[parts[-1]]
+  old.pop('updating')
+  path.write_text(json.dumps(old))
+  row = hash_trainer.train_and_evaluate(_config(num_steps=10, **plain), str(tmp_path))
+  assert row['step'] == 10

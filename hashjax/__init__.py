@@ -13,6 +13,7 @@ from hashjax.metrics import (average_precision, map_tie_summary, mean_average_pr
                              precision_at_radius, precision_at_topk, precision_recall_curve,
                              recall_at_radius, retrieval_report)
 from hashjax.models import HashNet, hash_activation
+from hashjax.priors import code_flip_rate, fisher_diagonal, laplace_penalty
 from hashjax.schedules import beta_schedule, constant_beta
 
 __version__ = '0.1.0'
@@ -29,8 +30,8 @@ def __getattr__(name):
 
 __all__ = [
     'HammingIndex', 'HashNet', 'JSDEstimate', 'average_precision', 'beta_schedule',
-    'constant_beta', 'dhn_loss', 'estimate_jsd', 'exact_jsd', 'hamming_distance', 'hamming_topk',
-    'hash_activation', 'hashnet_loss', 'jsd_lower_bound', 'map_tie_summary',
+    'code_flip_rate', 'constant_beta', 'dhn_loss', 'estimate_jsd', 'exact_jsd', 'fisher_diagonal', 'hamming_distance', 'hamming_topk',
+    'hash_activation', 'hashnet_loss', 'jsd_lower_bound', 'laplace_penalty', 'map_tie_summary',
     'mean_average_precision', 'pack_codes', 'precision_at_radius', 'precision_at_topk',
     'precision_recall_curve', 'recall_at_radius', 'retrieval_report', 'sign_codes',
     'unpack_codes',

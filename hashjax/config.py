@@ -119,6 +119,20 @@ class HashConfig:
     return 10.0 / self.bits if self.loss.alpha is None else self.loss.alpha
 
 
+def override(config, overrides: dict[str, Any]):
+  """Sets dotted keys of a ConfigDict (e.g. {'beta.gamma': 0.1}) and returns it; a key it
+  lacks is a `ConfigError`."""
+  for key, value in overrides.items():
+    *groups, name = key.split('.')
+    node = config
+    for group in groups:
+      node = node.get(group) if hasattr(node, 'get') and hasattr(node, 'to_dict') else None
+    if node is None or not hasattr(node, 'to_dict') or name not in node:
+      raise ConfigError(f'override {key}={value!r} names no field of the config')
+    node[name] = value
+  return config
+
+
 def _build(cls, values: dict[str, Any], prefix: str = ''):
   names = {f.name for f in dataclasses.fields(cls)}
   unknown = sorted(set(values) - names)

@@ -3,7 +3,7 @@
 import pytest
 
 from configs import gan_ring, hashnet_digits
-from hashjax.config import ConfigError, gan_config, hash_config
+from hashjax.config import ConfigError, gan_config, hash_config, override
 from test_gan_trainer import _get_test_config as _gan_test_config
 from test_gan_trainer import _toy_config
 from test_hash_trainer import _get_test_config
@@ -62,3 +62,14 @@ def test_toy_config_errors():
     gan_config(_toy_config(gan_ring, model='dcgan'))
   with pytest.raises(ConfigError, match="model='gpt' is not accepted"):
     gan_config(_toy_config(gan_ring, model='gpt'))
+
+
+def test_override_sets_dotted_keys_and_refuses_unknown_ones():
+  from configs import hashnet_digits  # pylint: disable=g-import-not-at-top
+  c = override(hashnet_digits.get_config(), {'bits': 48, 'beta.gamma': 0.1,
+                                             'split.new_classes': '7,8,9'})
+  assert (c.bits, c.beta.gamma, c.split.new_classes) == (48, 0.1, '7,8,9')
+  with pytest.raises(ConfigError, match=r"^override beta.gama=0.1 names no field of the config$"):
+    override(c, {'beta.gama': 0.1})
+  with pytest.raises(ConfigError, match=r'^override bits.low=5 names no field'):
+    override(c, {'bits.low': 5})

@@ -7,7 +7,7 @@ import numpy as np
 
 from configs import hashnet_digits
 from hashjax import hash_trainer, loop
-from hashjax.config import hash_config
+from hashjax.config import hash_config, override
 
 
 def _get_test_config(**overrides):
@@ -20,13 +20,7 @@ def _get_test_config(**overrides):
   c.checkpoint_every = 5
   c.split.query_per_class = 5
   c.split.train_per_class = 20
-  for key, value in overrides.items():
-    obj = c
-    *path, last = key.split('.')
-    for part in path:
-      obj = obj[part]
-    obj[last] = value
-  return c
+  return override(c, overrides)
 
 
 class Recorder:

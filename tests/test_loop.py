@@ -25,7 +25,7 @@ from configs import dcgan_digits, hashnet_digits
 from hashjax import checkpoint as ckpt_lib
 from hashjax import gan_trainer, hash_trainer, loop, training, update
 from hashjax.checkpoint import CheckpointError
-from hashjax.config import ConfigError
+from hashjax.config import ConfigError, override
 from hashjax.workdir import WorkdirError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,21 +39,11 @@ HASHNET_TINY = {'bits': 16, 'batch_size': 32, 'split.query_per_class': 5,
 def _update_config():
   """hashnet_digits, after making sure the base run (digits 0–6, fisher.npz) exists."""
   if not os.path.exists(os.path.join(UPDATE_BASE, 'eval.json')):
-    c = _set(hashnet_digits.get_config(), {
+    c = override(hashnet_digits.get_config(), {
         **HASHNET_TINY, 'num_steps': 10, 'checkpoint_every': 10, 'save_fisher': True,
         'split.new_classes': '7,8,9', 'split.stage': 'old'})
     hash_trainer.train_and_evaluate(c, UPDATE_BASE)
   return hashnet_digits.get_config()
-
-
-def _set(c, overrides: dict[str, Any]):
-  for key, value in overrides.items():
-    obj = c
-    *path, last = key.split('.')
-    for part in path:
-      obj = obj[part]
-    obj[last] = value
-  return c
 
 
 class JobSpec(NamedTuple):
@@ -90,7 +80,7 @@ JOBS = {
 
 
 def _config(spec: JobSpec, **overrides):
-  return _set(spec.get_config(), {**spec.tiny, **overrides})
+  return override(spec.get_config(), {**spec.tiny, **overrides})
 
 
 def _cli(spec: JobSpec, workdir, **overrides):

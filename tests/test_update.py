@@ -8,7 +8,7 @@ import pytest
 from configs import hashnet_digits
 from hashjax import codes as codes_lib
 from hashjax import hash_trainer, priors, update
-from hashjax.config import ConfigError, hash_config
+from hashjax.config import ConfigError, hash_config, override
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {'bits': 16, 'batch_size': 32, 'split.query_per_class': 5, 'split.train_per_class': 20,
@@ -17,13 +17,7 @@ TINY = {'bits': 16, 'batch_size': 32, 'split.query_per_class': 5, 'split.train_p
 
 
 def _config(**overrides):
-  c = hashnet_digits.get_config()
-  for key, value in {**TINY, **overrides}.items():
-    node, *path = c, *key.split('.')
-    for part in path[:-1]:
-      node = node[part]
-    node[path[-1]] = value
-  return c
+  return override(hashnet_digits.get_config(), {**TINY, **overrides})
 
 
 @pytest.fixture(scope='module')

@@ -36,12 +36,11 @@ import time
 from typing import Any
 
 import numpy as np
-from ml_collections import config_dict
 
 from configs import hashnet_digits, hashnet_mnist
 from hashjax import data as data_lib
 from hashjax import hash_trainer
-from hashjax.config import ConfigError, HashConfig, hash_config
+from hashjax.config import HashConfig, hash_config, override
 from hashjax.experiments import grid, hashing_cell, hashnet_claims, report
 from hashjax.experiments.hashnet_claims import CONTINUOUS, LOSS_CURVE_BITS, MNIST_SETS
 
@@ -134,27 +133,15 @@ def schedule_overrides(num_steps: int) -> dict[str, Any]:
           'eval_every': num_steps, 'checkpoint_every': num_steps}
 
 
-def _override(config: config_dict.ConfigDict, key: str, value) -> None:
-  """Sets the dotted `key` (e.g. 'beta.gamma') of a config; a key it lacks is an error."""
-  *groups, name = key.split('.')
-  node = config
-  for group in groups:
-    node = node.get(group) if isinstance(node, config_dict.ConfigDict) else None
-  if not isinstance(node, config_dict.ConfigDict) or name not in node:
-    raise ConfigError(f'override {key}={value!r} names no field of the config')
-  node[name] = value
-
-
 def cell_config(settings: DataSettings, method: str, bits: int, seed: int) -> HashConfig:
   """configs/<settings.config>.py with COMMON, the data set's overrides, the schedules of its
   num_steps (`schedule_overrides`), the method's overrides (METHODS), bits and seed."""
   config = CONFIGS[settings.config].get_config()
   config.lock()
   steps = settings.overrides.get('num_steps', config.num_steps)
-  for key, value in {**COMMON, **settings.overrides, **schedule_overrides(steps),
-                     **METHODS[method], 'bits': bits, 'seed': seed}.items():
-    _override(config, key, value)
-  return hash_config(config)
+  return hash_config(override(config, {**COMMON, **settings.overrides,
+                                        **schedule_overrides(steps), **METHODS[method],
+                                        'bits': bits, 'seed': seed}))
 
 
 def units(settings_list: list[DataSettings]) -> list[tuple[str, str, int, int]]:

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from hashjax.config import override
 from hashjax.experiments import grid
 
 PROG = 'python -m hashjax.experiments.update'
@@ -57,12 +58,7 @@ def make_config(mnist: str, protocol: str, bits: int, seed: int, stage: str, ste
   if quick:
     c.split.query_per_class, c.split.train_per_class = (QUICK['query_per_class'],
                                                         QUICK['train_per_class'])
-  for key, value in {**PROTOCOLS[protocol], **overrides}.items():
-    node, *path = c, *key.split('.')
-    for part in path[:-1]:
-      node = node[part]
-    node[path[-1]] = value
-  return c
+  return override(c, {**PROTOCOLS[protocol], **overrides})
 
 
 def _train(config, workdir: str) -> tuple[dict[str, Any], float]:

@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from hashjax.config import override
+from hashjax.config import ConfigError, override
+from hashjax.data import DataError
 from hashjax.experiments import grid
 
 PROG = 'python -m hashjax.experiments.update'
@@ -254,7 +255,15 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+  """The command (module docstring); exit 0, 2 for bad flags or data, 1 for a failed unit."""
   args = _parse(sys.argv[1:] if argv is None else list(argv))
+  try:
+    return _run(args)
+  except (ConfigError, DataError) as e:  # data that cannot be read, before any unit
+    return grid.fail(PROG, str(e))
+
+
+def _run(args: argparse.Namespace) -> int:
   runs = os.path.join(args.workdir, 'runs')
   selection_path = os.path.join(args.workdir, 'selection.json')
   selection = {}

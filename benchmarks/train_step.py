@@ -97,38 +97,10 @@ def pipeline_rate(model, steps):
 
 # -- PyTorch twins of the same networks, loss and optimizer ---------------------------------
 
-def torch_step(model):
-  """A warmed-up callable running one PyTorch train step of the same network."""
+def _torch_resnet50(channels):
+  """torchvision's ResNet-50 layout without its classifier (2048 features)."""
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
-  torch.manual_seed(0)
-  size, channels, batch = SETTINGS[model]
-
-  class SmallCNN(nn.Module):
-    def __init__(self):
-      super().__init__()
-      self.features = nn.Sequential(
-          nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1),
-          nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
-          nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-          nn.Linear(64 * (size // 4) ** 2, 256), nn.ReLU())
-
-    def forward(self, x):
-      return self.features(x)
-
-  class AlexNet(nn.Module):
-    def __init__(self):
-      super().__init__()
-      self.features = nn.Sequential(
-          nn.Conv2d(channels, 64, 11, 4, 2), nn.ReLU(), nn.MaxPool2d(3, 2),
-          nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-          nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(), nn.Conv2d(384, 256, 3, padding=1),
-          nn.ReLU(), nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
-          nn.AdaptiveAvgPool2d(6), nn.Flatten(), nn.Dropout(), nn.Linear(9216, 4096), nn.ReLU(),
-          nn.Dropout(), nn.Linear(4096, 4096), nn.ReLU())
-
-    def forward(self, x):
-      return self.features(x)
 
   class Bottleneck(nn.Module):
     def __init__(self, cin, width, stride):
@@ -160,7 +132,51 @@ def torch_step(model):
     def forward(self, x):
       return self.features(x)
 
-  backbone = {'small_cnn': SmallCNN, 'alexnet': AlexNet, 'resnet50': ResNet50}[model]()
+  return ResNet50()
+
+
+def _torch_backbone(model, channels, size):
+  """The PyTorch twin of the hashjax backbone `model` (without the hash layer)."""
+  from torch import nn  # pylint: disable=g-import-not-at-top
+
+  class SmallCNN(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.features = nn.Sequential(
+          nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1),
+          nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+          nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+          nn.Linear(64 * (size // 4) ** 2, 256), nn.ReLU())
+
+    def forward(self, x):
+      return self.features(x)
+
+  class AlexNet(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.features = nn.Sequential(
+          nn.Conv2d(channels, 64, 11, 4, 2), nn.ReLU(), nn.MaxPool2d(3, 2),
+          nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+          nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(), nn.Conv2d(384, 256, 3, padding=1),
+          nn.ReLU(), nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
+          nn.AdaptiveAvgPool2d(6), nn.Flatten(), nn.Dropout(), nn.Linear(9216, 4096), nn.ReLU(),
+          nn.Dropout(), nn.Linear(4096, 4096), nn.ReLU())
+
+    def forward(self, x):
+      return self.features(x)
+
+  if model == 'resnet50':
+    return _torch_resnet50(channels)
+  return {'small_cnn': SmallCNN, 'alexnet': AlexNet}[model]()
+
+
+def torch_step(model):
+  """A warmed-up callable running one PyTorch train step of the same network."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch import nn  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  size, channels, batch = SETTINGS[model]
+  backbone = _torch_backbone(model, channels, size)
   features = {'small_cnn': 256, 'alexnet': 4096, 'resnet50': 2048}[model]
   hash_layer = nn.Linear(features, BITS)
   opt = torch.optim.SGD([{'params': backbone.parameters(), 'lr': 1e-3},

@@ -54,15 +54,23 @@ def tree_nbytes(tree: Any) -> int:
 
 class _HandledDiskFullFilter(logging.Filter):
   """Drops orbax's ERROR records (with their tracebacks) about a write that failed for lack
-  of space: `Checkpointer` handles that failure and says so in one warning line. Also drops
+  of space: `Checkpointer` handles that failure and says so in one warning line, and the
+  reports of the failed save's other writes, whose temporary folder was removed. Also drops
   asyncio's 'Task exception was never retrieved' for a TensorStore error: the siblings of a
   read or write that failed, after orbax raised the first failure to its caller."""
+
+  def __init__(self):
+    super().__init__()
+    self.failed_dirs: set[str] = set()  # temporary folders of saves that failed and were handled
 
   def filter(self, record: logging.LogRecord) -> bool:
     if record.levelno < logging.ERROR:
       return True
     error = record.exc_info[1] if record.exc_info else None
     if error is not None and is_disk_full_error(error):
+      return False
+    text = f'{record.getMessage()} {error}'
+    if any(d in text for d in self.failed_dirs):  # a write still in flight when it was removed
       return False
     if (record.name == 'asyncio' and str(record.msg).startswith('Task exception was never '
                                                                 'retrieved')
@@ -313,6 +321,7 @@ class Checkpointer:
 
   def _after_failed_write(self, step, error):
     self.stats.failed_writes += 1
+    _DISK_FULL_FILTER.failed_dirs.add(f'{self._step_dir(step)}.orbax-checkpoint-tmp')
     if jax.process_index() == 0:
       self._remove_tmp_dirs()
     self._manager.reload()

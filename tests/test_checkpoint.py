@@ -255,6 +255,32 @@ def test_asyncio_reports_of_sibling_tensorstore_failures_are_dropped(tmp_path):
   assert seen == ['Task exception was never retrieved']  # only the other one stays
 
 
+def test_reports_of_writes_into_a_failed_saves_removed_folder_are_dropped(tmp_path):
+  # Seen by benchmarks/fault_injection.py: after a full disk failed the save of step 15 and
+  # its temporary folder was removed, a write of the same save still in flight logged
+  # NOT_FOUND for a file of that folder, with a traceback.
+  import logging  # pylint: disable=g-import-not-at-top
+  c = Checkpointer(str(tmp_path))
+  c._after_failed_write(15, OSError(errno.ENOSPC, 'No space left on device'))  # pylint: disable=protected-access
+  c.close()
+  seen = []
+  handler = logging.Handler()
+  handler.emit = lambda record: seen.append(record.getMessage())
+  absl_logger = logging.getLogger('absl')
+  absl_logger.addHandler(handler)
+  gone = f'{tmp_path}/15.orbax-checkpoint-tmp/default.orbax-checkpoint-tmp/ocdbt.process_0/'
+  try:
+    for where in (gone, f'{tmp_path}/20.orbax-checkpoint-tmp/'):
+      try:
+        raise ValueError(f'NOT_FOUND: Error writing "rng/0" in OCDBT database at local file '
+                         f'"{where}"')
+      except ValueError as e:
+        absl_logger.error('_SignalingThread.run() raised an exception: %s', e, exc_info=True)
+  finally:
+    absl_logger.removeHandler(handler)
+  assert len(seen) == 1 and '20.orbax-checkpoint-tmp' in seen[0]  # another save's stays
+
+
 def test_close_after_a_failed_write_does_not_raise_it_again(tmp_path, monkeypatch):
   c = Checkpointer(str(tmp_path))
   real_close = c._manager.close

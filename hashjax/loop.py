@@ -355,7 +355,9 @@ class _Session:
 
   def save(self, state, rng, step: int, step_metrics, *, eval_row=None, final=False):
     """Checkpoint `step` once its losses and its state are known to be finite (this waits
-    for the step): nothing non-finite is ever saved."""
+    for the step): nothing non-finite is ever saved. The pending metrics row is written
+    first, so a non-finite loss is logged (as null) whichever check finds it."""
+    self.flush()
     if step_metrics is not None:
       row = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
       training.check_finite({**row, 'step': step}, self.job.loss_keys, self.last_good)

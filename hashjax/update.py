@@ -8,8 +8,9 @@ run's last step. The objective on the update's data (split.stage='new', hashjax.
   HashNet's loss + λ·prior(θ) + μ·anchor
   prior   'none': 0; 'l2': ½‖θ − θ₀‖²; 'laplace': ½Σ Fᵢ(θᵢ − θ₀ᵢ)² (F from the old run's
           fisher.npz, hashjax.priors)
-  anchor  `code_anchor_loss` between the new tanh(βz) of the batch and the old model's codes
-          of the same images (μ = updating.code_anchor_weight; off at 0)
+  anchor  `code_anchor_loss` between the new tanh(βz) of indexed (old database) images and
+          their stored codes, a batch of them drawn with every training batch
+          (μ = updating.code_anchor_weight; off at 0)
 
 Evaluation scores every query (encoded by the new model) against the database twice: with
 every item re-encoded, and with the items already indexed keeping their stored codes (only
@@ -45,38 +46,35 @@ FISHER_FILE = hash_trainer.FISHER_FILE
 
 
 class UpdateState(hash_trainer.TrainState):
-  """A TrainState with the prior: its centre θ₀, its diagonal precision (F for 'laplace',
-  else {}) and the old BatchNorm statistics (for the old model's codes)."""
+  """A TrainState with the prior: its centre θ₀ and its diagonal precision (F for 'laplace',
+  else {})."""
   center: Any = None
   fisher: Any = None
-  old_batch_stats: Any = None
 
 
-def code_anchor_loss(h_BxK: jax.Array, old_codes_BxK: jax.Array, labels_BxL: jax.Array, *,
-                     alpha: float) -> jax.Array:
-  """HashNet's likelihood across models: pairs (new h_i, old code b_j) for every i, j of the
-  batch (i = j included: an image and its own old code are similar), s_ij from the labels,
-  balanced weighting. Scalar, nats per pair; it is low when new codes land near the old codes
-  of similar items, so new queries still find old, unchanged database codes."""
-  s_BxB = losses.similarity_matrix(labels_BxL)
-  theta_BxB = alpha * (jnp.asarray(h_BxK, jnp.float32) @ old_codes_BxK.T)
-  nll_BxB = jax.nn.softplus(theta_BxB) - s_BxB * theta_BxB
-  return (jnp.sum(s_BxB * nll_BxB) / jnp.maximum(s_BxB.sum(), 1.0)
-          + jnp.sum((1 - s_BxB) * nll_BxB) / jnp.maximum((1 - s_BxB).sum(), 1.0))
+def code_anchor_loss(h_BxK: jax.Array, old_codes_BxK: jax.Array, *, alpha: float) -> jax.Array:
+  """HashNet's likelihood that each indexed image's new code and its own stored code are a
+  similar pair: the mean over i of −log σ(α⟨h_i, b_i⟩) = softplus(−α⟨h_i, b_i⟩). Scalar,
+  nats per item; low when the new model puts indexed images at their stored codes, so new
+  queries still find the old, unchanged database codes.
+
+  Args:
+    h_BxK: the new model's tanh(βz) of B indexed images. old_codes_BxK: their stored ±1 codes.
+    alpha: the likelihood's scale (10 / K by default in HashNet).
+  """
+  theta_B = alpha * jnp.sum(jnp.asarray(h_BxK, jnp.float32) * old_codes_BxK, axis=-1)
+  return jnp.mean(jax.nn.softplus(-theta_B))
 
 
 def update_step(state: UpdateState, batch: dict[str, jax.Array], rng: jax.Array, *, cfg,
                 beta_offset: int, loss_fn, beta_fn, lr_fn):
   """One update step (the module docstring's objective); metrics as `train_step`'s plus
-  prior (the penalty before λ) and anchor."""
+  prior (the penalty before λ) and anchor. With the anchor on, the batch also holds
+  'anchor_image' [B, H, W, C] and 'anchor_code' (±1 float32 [B, K]): indexed items and their
+  stored codes (`UpdateJob.examples`)."""
   u = cfg.updating
   beta = beta_fn(state.step + beta_offset)
   dropout_rng = jax.random.fold_in(rng, state.step)
-  old_codes = None
-  if u.code_anchor_weight:
-    old_vars = {'params': state.center, 'batch_stats': state.old_batch_stats}
-    old_codes = codes_lib.sign_codes(state.apply_fn(
-        {k: v for k, v in old_vars.items() if v}, batch['image'], train=False))
 
   def objective(params):
     z_BxK, updates = state.apply_fn(state.variables(params), batch['image'], train=True,
@@ -88,8 +86,10 @@ def update_step(state: UpdateState, batch: dict[str, jax.Array], rng: jax.Array,
       prior = priors.laplace_penalty(params, state.center,
                                      state.fisher if u.prior == 'laplace' else None)
     anchor = jnp.zeros((), jnp.float32)
-    if old_codes is not None:
-      anchor = code_anchor_loss(h_BxK, old_codes, batch['label'], alpha=cfg.alpha)
+    if u.code_anchor_weight:  # inference mode: the anchor images leave BatchNorm's statistics
+      z_anchor = state.apply_fn(state.variables(params), batch['anchor_image'], train=False)
+      anchor = code_anchor_loss(hash_activation(z_anchor, beta), batch['anchor_code'],
+                                alpha=cfg.alpha)
     total = loss + u.prior_weight * prior + u.code_anchor_weight * anchor
     return total, (loss, prior, anchor, h_BxK, updates)
 
@@ -110,8 +110,7 @@ def _init_update_state(cfg: HashConfig, image_shape, rng) -> UpdateState:
   return UpdateState(step=base.step, params=base.params, batch_stats=base.batch_stats,
                      opt_state=base.opt_state, apply_fn=base.apply_fn, tx=base.tx,
                      center=zeros(base.params),
-                     fisher=zeros(base.params) if cfg.updating.prior == 'laplace' else {},
-                     old_batch_stats=zeros(base.batch_stats))
+                     fisher=zeros(base.params) if cfg.updating.prior == 'laplace' else {})
 
 
 # -- the finished run ------------------------------------------------------------------------
@@ -284,8 +283,19 @@ class UpdateJob(hash_trainer.HashJob):
     log.info('update of the run in %s (step %d), prior %s', u.from_workdir, self.base_step,
              u.prior)
     return state.replace(params=put(base.params), batch_stats=put(base.batch_stats),
-                         center=put(base.params), fisher=put(fisher),
-                         old_batch_stats=put(base.batch_stats))
+                         center=put(base.params), fisher=put(fisher))
+
+  def examples(self, positions: np.ndarray) -> dict[str, np.ndarray]:
+    """The update's training examples; with the anchor on, as many indexed items too, drawn
+    from the positions (so a resumed run draws the same), with their stored codes."""
+    out = super().examples(positions)
+    if self.cfg.updating.code_anchor_weight:
+      rng = np.random.default_rng([self.cfg.seed, 0xA7C, *positions.tolist()])
+      pick = rng.integers(0, len(self.indexed['db_indices']), size=len(positions))
+      items = self.indexed['db_indices'][pick]
+      out.update(anchor_image=data_lib.to_float(self.source.images(items)),
+                 anchor_code=self.indexed['db_codes'][pick].astype(np.float32))
+    return out
 
   def evaluate(self, state, step: int) -> dict[str, Any]:
     del step

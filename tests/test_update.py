@@ -57,6 +57,16 @@ def test_a_strong_prior_flips_fewer_codes_than_fine_tuning(base, tmp_path):
   assert 0 <= held['items_flipped'] <= 1 and free['flip_rate'] > 0
 
 
+def test_the_code_anchor_keeps_indexed_items_near_their_stored_codes(base, tmp_path):
+  free = hash_trainer.train_and_evaluate(_update(base, **{'updating.prior': 'none'}),
+                                         str(tmp_path / 'free'))
+  anchored = hash_trainer.train_and_evaluate(
+      _update(base, **{'updating.prior': 'none', 'updating.code_anchor_weight': 10.0}),
+      str(tmp_path / 'anchored'))
+  assert anchored['flip_rate'] < free['flip_rate']
+  assert anchored['map_kept_all'] > free['map_kept_all']
+
+
 def test_the_fisher_command_writes_what_the_run_wrote(base, tmp_path):
   saved, step = priors.load_fisher(os.path.join(base, 'fisher.npz'),
                                    update.load_base(base, (8, 8, 1))[1].params)
@@ -124,12 +134,13 @@ def test_bad_update_settings_are_config_errors(overrides, match):
     hash_config(_config(**overrides))
 
 
-def test_code_anchor_loss_is_lowest_at_the_old_codes():
-  old = np.asarray(codes_lib.sign_codes(np.random.default_rng(0).normal(size=(8, 16))))
-  labels = np.arange(8) % 3
-  at_old = float(update.code_anchor_loss(old * 0.99, old, labels, alpha=0.5))
-  flipped = float(update.code_anchor_loss(-old * 0.99, old, labels, alpha=0.5))
-  assert at_old < flipped
+def test_code_anchor_loss_by_hand():
+  old = np.array([[1.0, -1.0], [1.0, 1.0]])
+  h = np.array([[0.5, -0.5], [-1.0, 0.0]])  # ⟨h_i, b_i⟩ = 1 and −1
+  expected = np.mean([np.log1p(np.exp(-2.0 * 1)), np.log1p(np.exp(-2.0 * -1))])
+  assert float(update.code_anchor_loss(h, old, alpha=2.0)) == pytest.approx(expected, rel=1e-6)
+  assert float(update.code_anchor_loss(old, old, alpha=2.0)) < float(
+      update.code_anchor_loss(-old, old, alpha=2.0))
 
 
 def test_a_run_from_before_the_update_settings_resumes(tmp_path):

@@ -9,7 +9,7 @@
       --config.dataset=npz:PATH/mnist_t10k.npz --workdir=runs/mnist_update
 
 The protocol of configs/hashnet_mnist.py (100 queries and 500 training images per class, the
-rest of the test set the database, mAP@1000), batch 64, small CNN; λ = 1000 is what
+rest of the test set the database, mAP@1000), batch 64, small CNN; λ = 10⁶ is what
 `python -m hashjax.experiments.update` chose on validation at 32 bits. For sample-incremental
 updates set --config.split.new_classes=None --config.split.later_fraction=0.5 on both runs.
 """
@@ -34,7 +34,7 @@ def get_config(stage: str = 'update'):
     c.split.stage = 'new'
     c.updating.from_workdir = 'runs/mnist_base'
     c.updating.prior = 'laplace'
-    c.updating.prior_weight = 1000.0
+    c.updating.prior_weight = 1e6
     c.updating.database_codes = 'keep'
     c.updating.code_anchor_weight = 1.0
   c.eval_every = c.checkpoint_every = c.num_steps

@@ -82,7 +82,12 @@ def make_model(cfg: HashConfig) -> HashNet:
   return HashNet(bits=cfg.bits, backbone=cfg.backbone, dtype=jnp.dtype(cfg.compute_dtype))
 
 
-def _init_state(cfg: HashConfig, image_shape: tuple[int, ...], rng: jax.Array) -> TrainState:
+def init_state(cfg: HashConfig, image_shape: tuple[int, ...], rng: jax.Array) -> TrainState:
+  """A fresh TrainState on one device (jit-traceable; `create_train_state` replicates it).
+
+  Args:
+    image_shape: (H, W, C) of one input image. rng: PRNG key for initialisation.
+  """
   model, tx = make_model(cfg), make_optimizer(cfg)
   variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
   params = variables['params']
@@ -100,7 +105,7 @@ def create_train_state(cfg: HashConfig, image_shape: tuple[int, ...], rng: jax.A
     image_shape: (H, W, C) of one input image. rng: PRNG key for initialisation.
     mesh: the device mesh (default: all devices).
   """
-  return loop.init_replicated(functools.partial(_init_state, cfg, image_shape), rng,
+  return loop.init_replicated(functools.partial(init_state, cfg, image_shape), rng,
                               mesh or parallel.make_mesh())
 
 
@@ -301,7 +306,7 @@ class HashJob(loop.Job):
     self.source, self.split = load_data(self.cfg)
     self.num_examples = len(self.split.train)
     image_shape = self.source.images(self.split.train[:1]).shape[1:]
-    self.init_state = functools.partial(_init_state, self.cfg, image_shape)
+    self.init_state = functools.partial(init_state, self.cfg, image_shape)
     self.train_step = bound_train_step(self.cfg)
     self.codes: dict[str, np.ndarray] | None = None  # of the latest evaluation
 

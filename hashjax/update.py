@@ -37,7 +37,7 @@ import optax
 
 from hashjax import codes as codes_lib
 from hashjax import data as data_lib
-from hashjax import disk, hash_trainer, increments, loop, losses, parallel, priors
+from hashjax import disk, hash_trainer, increments, loop, metrics, parallel, priors
 from hashjax.config import ConfigError, HashConfig, hash_config
 from hashjax.models import hash_activation
 
@@ -105,7 +105,7 @@ def update_step(state: UpdateState, batch: dict[str, jax.Array], rng: jax.Array,
 
 
 def _init_update_state(cfg: HashConfig, image_shape, rng) -> UpdateState:
-  base = hash_trainer._init_state(cfg, image_shape, rng)  # pylint: disable=protected-access
+  base = hash_trainer.init_state(cfg, image_shape, rng)
   zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)  # noqa: E731
   return UpdateState(step=base.step, params=base.params, batch_stats=base.batch_stats,
                      opt_state=base.opt_state, apply_fn=base.apply_fn, tx=base.tx,
@@ -119,7 +119,7 @@ class _Shape(loop.Job):
 
   def __init__(self, cfg: HashConfig, image_shape):
     self.cfg = cfg
-    self.init_state = functools.partial(hash_trainer._init_state, cfg, image_shape)  # pylint: disable=protected-access
+    self.init_state = functools.partial(hash_trainer.init_state, cfg, image_shape)
 
 
 def _read_json(path: str, what: str) -> dict[str, Any]:
@@ -183,7 +183,7 @@ def load_indexed_codes(workdir: str) -> dict[str, np.ndarray]:
 
 # -- evaluation ------------------------------------------------------------------------------
 def _map(query_codes, db_codes, query_labels, db_labels, topk) -> tuple[float, list[float]]:
-  report = hash_trainer.metrics.retrieval_report(
+  report = metrics.retrieval_report(
       query_codes, db_codes, query_labels, db_labels, map_topks=(topk,),
       ties=('index', 'worst', 'best'))
   name = f'map@{"all" if topk is None else topk}'

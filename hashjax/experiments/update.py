@@ -63,10 +63,20 @@ def make_config(mnist: str, protocol: str, bits: int, seed: int, stage: str, ste
 
 
 def _train(config, workdir: str) -> tuple[dict[str, Any], float]:
+  """(eval.json, wall seconds of the training). A run finished before (a --resume) is only
+  evaluated again; its wall time is the one recorded in <workdir>/wall_s.json then."""
   from hashjax import hash_trainer  # pylint: disable=g-import-not-at-top
+  record = os.path.join(workdir, 'wall_s.json')
+  finished = os.path.exists(os.path.join(workdir, 'eval.json')) and os.path.exists(record)
   start = time.perf_counter()
   result = hash_trainer.train_and_evaluate(config, workdir)
-  return result, time.perf_counter() - start
+  wall = time.perf_counter() - start
+  if finished:
+    with open(record) as f:
+      return result, json.load(f)
+  with open(record, 'w') as f:
+    json.dump(wall, f)
+  return result, wall
 
 
 def _arm_overrides(arm: str, lambdas: dict[str, float], base_dir: str) -> dict[str, Any]:

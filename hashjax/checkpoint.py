@@ -74,7 +74,7 @@ class _HandledDiskFullFilter(logging.Filter):
       return False
     if (record.name == 'asyncio' and str(record.msg).startswith('Task exception was never '
                                                                 'retrieved')
-        and 'tensorstore_spec=' in str(error)):
+        and _is_tensorstore_error(error)):
       return False
     return not is_disk_full_error(RuntimeError(record.getMessage()))
 
@@ -82,12 +82,21 @@ class _HandledDiskFullFilter(logging.Filter):
 _DISK_FULL_FILTER = _HandledDiskFullFilter()
 
 
+def _is_tensorstore_error(error: BaseException | None) -> bool:
+  """An orbax read or write error from TensorStore (its spec or its details in the text)."""
+  text = str(error)
+  return error is not None and ('tensorstore_spec=' in text or
+                                'See full TensorStore details' in text)
+
+
 def _drop_closed_loop_reports() -> None:
   """After a save or restore that failed and was handled (a full disk, a damaged
   checkpoint), orbax's TensorStore reads and writes still in flight finish into the asyncio
   loop of the failed call, which is closed by then, and each one reports
   `RuntimeError: Event loop is closed` as an unraisable exception (a traceback on stderr,
-  also at exit). Drops exactly those; every other report goes to the previous hook.
+  also at exit); coroutines of the failed call that are collected unfinished report their
+  TensorStore errors the same way. Drops exactly those; every other report goes to the
+  previous hook.
   Installed when a Checkpointer is made: a report can land before the failure reaches us."""
   previous = sys.unraisablehook
   if getattr(previous, 'drops_closed_loop_reports', False):
@@ -95,7 +104,8 @@ def _drop_closed_loop_reports() -> None:
 
   def hook(unraisable):
     error = unraisable.exc_value
-    if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
+    closed_loop = isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'
+    if not (closed_loop or _is_tensorstore_error(error)):
       previous(unraisable)
 
   hook.drops_closed_loop_reports = True

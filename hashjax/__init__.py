@@ -30,9 +30,9 @@ def __getattr__(name):
 
 __all__ = [
     'HammingIndex', 'HashNet', 'JSDEstimate', 'average_precision', 'beta_schedule',
-    'code_flip_rate', 'constant_beta', 'dhn_loss', 'estimate_jsd', 'exact_jsd', 'fisher_diagonal', 'hamming_distance', 'hamming_topk',
-    'hash_activation', 'hashnet_loss', 'jsd_lower_bound', 'laplace_penalty', 'map_tie_summary',
-    'mean_average_precision', 'pack_codes', 'precision_at_radius', 'precision_at_topk',
-    'precision_recall_curve', 'recall_at_radius', 'retrieval_report', 'sign_codes',
-    'unpack_codes',
+    'code_flip_rate', 'constant_beta', 'dhn_loss', 'estimate_jsd', 'exact_jsd',
+    'fisher_diagonal', 'hamming_distance', 'hamming_topk', 'hash_activation', 'hashnet_loss',
+    'jsd_lower_bound', 'laplace_penalty', 'map_tie_summary', 'mean_average_precision',
+    'pack_codes', 'precision_at_radius', 'precision_at_topk', 'precision_recall_curve',
+    'recall_at_radius', 'retrieval_report', 'sign_codes', 'unpack_codes',
 ]

@@ -21,9 +21,9 @@ class PreemptionGuard:
   the loop has ended does not kill the process either). A request made before any guard is
   taken over too from a handler that records it as its `signal_name` attribute (train.py and
   gan.py install one before their imports, which take seconds).
-  Multi-process (jax.process_count() > 1): orbax's `reached_preemption(step)`, JAX's preemption sync point, which answers the same on
-  every host, so all hosts stop (and save) at the same step. Use as a context manager; the
-  old handlers come back on exit.
+  Multi-process (jax.process_count() > 1): orbax's `reached_preemption(step)`, JAX's
+  preemption sync point, which answers the same on every host, so all hosts stop (and save)
+  at the same step. Use as a context manager; the old handlers come back on exit.
   """
 
   def __init__(self, checkpointer: Checkpointer | None = None):

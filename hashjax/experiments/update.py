@@ -182,7 +182,8 @@ def acceptance(summary: dict, group: str = 'class-32') -> list[str]:
   lines = []
   ft, lp = m('finetune', 'forgetting'), m('laplace', 'forgetting')
   ok = lp <= 0.5 * ft
-  lines.append(f'laplace forgetting {lp:.3f} ≤ ½ × finetune {ft:.3f}: {"met" if ok else "NOT met"}')
+  lines.append(f'laplace forgetting {lp:.3f} ≤ ½ × finetune {ft:.3f}: '
+               f'{"met" if ok else "NOT met"}')
   ft_new, lp_new = m('finetune', 'map_reencoded_new'), m('laplace', 'map_reencoded_new')
   ok = lp_new >= 0.9 * ft_new
   lines.append(f'laplace new-class mAP {lp_new:.3f} ≥ 0.9 × finetune {ft_new:.3f}: '
@@ -194,7 +195,8 @@ def acceptance(summary: dict, group: str = 'class-32') -> list[str]:
   lines.append(f'keep all-query mAP {keep:.3f} ≥ no update {none:.3f} + 0.10: '
                f'{"met" if keep >= none + 0.10 else "NOT met"}')
   steps = m('laplace_keep', 'steps') / m('retrain', 'steps')
-  lines.append(f'keep steps {steps:.0%} of retraining ≤ 25%: {"met" if steps <= 0.25 else "NOT met"}')
+  lines.append(f'keep steps {steps:.0%} of retraining ≤ 25%: '
+               f'{"met" if steps <= 0.25 else "NOT met"}')
   return lines
 
 

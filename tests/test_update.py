@@ -47,9 +47,16 @@ def test_keep_leaves_every_indexed_code_and_encodes_only_new_items(base, tmp_pat
   assert {'map_kept_old', 'map_kept_new', 'map_reencoded_old', 'map_reencoded_new'} <= set(row)
 
 
-def test_a_strong_prior_flips_fewer_codes_than_fine_tuning(base, tmp_path):
-  free = hash_trainer.train_and_evaluate(_update(base, **{'updating.prior': 'none'}),
-                                         str(tmp_path / 'free'))
+@pytest.fixture(scope='module')
+def fine_tuned(base, tmp_path_factory):
+  """eval.json of a plain fine-tuning update (no prior, no anchor): the reference of the
+  prior and anchor tests."""
+  return hash_trainer.train_and_evaluate(_update(base, **{'updating.prior': 'none'}),
+                                         str(tmp_path_factory.mktemp('free')))
+
+
+def test_a_strong_prior_flips_fewer_codes_than_fine_tuning(base, fine_tuned, tmp_path):
+  free = fine_tuned
   held = hash_trainer.train_and_evaluate(
       _update(base, **{'updating.prior': 'l2', 'updating.prior_weight': 1e4}),
       str(tmp_path / 'held'))
@@ -57,9 +64,9 @@ def test_a_strong_prior_flips_fewer_codes_than_fine_tuning(base, tmp_path):
   assert 0 <= held['items_flipped'] <= 1 and free['flip_rate'] > 0
 
 
-def test_the_code_anchor_keeps_indexed_items_near_their_stored_codes(base, tmp_path):
-  free = hash_trainer.train_and_evaluate(_update(base, **{'updating.prior': 'none'}),
-                                         str(tmp_path / 'free'))
+def test_the_code_anchor_keeps_indexed_items_near_their_stored_codes(base, fine_tuned,
+                                                                      tmp_path):
+  free = fine_tuned
   anchored = hash_trainer.train_and_evaluate(
       _update(base, **{'updating.prior': 'none', 'updating.code_anchor_weight': 10.0}),
       str(tmp_path / 'anchored'))

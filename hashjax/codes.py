@@ -117,6 +117,13 @@ def distance_dtype(bits: int):
   return jnp.uint8 if bits < 255 else jnp.uint16
 
 
+def row_bucket(num_rows: int) -> int:
+  """The padded length for `num_rows` database rows: a multiple of ALIGN and of 2**(⌊log2 N⌋−3),
+  so at most 1/8 of the rows are padding and a growing database compiles O(log N) programs."""
+  step = max(ALIGN, 1 << max(0, int(num_rows).bit_length() - 4))
+  return max(step, -(-int(num_rows) // step) * step)
+
+
 def pad_rows(array, multiple: int = ALIGN, value=0) -> np.ndarray:
   """Pads axis 0 of a host array to a multiple of `multiple` with `value`."""
   array = np.asarray(array)
@@ -132,14 +139,15 @@ def word_distances(query_QxU: jax.Array, db_NxU: jax.Array, num_valid: int,
   """Hamming distances [Q, N] between uint32 word codes (see `code_words`), traceable.
 
   Rows of the database at or after `num_valid` (padding) get the dtype's max, a sentinel
-  larger than any real distance.
+  larger than any real distance. `num_valid` is a Python int, or a traced int32 scalar (one
+  compiled program then serves every database size up to the padded length).
   """
   dtype = distance_dtype(bits)
   dist_QxN = jnp.zeros((query_QxU.shape[0], db_NxU.shape[0]), dtype)
   for u in range(query_QxU.shape[1]):
     xor_QxN = jnp.bitwise_xor(query_QxU[:, u, None], db_NxU[None, :, u])
     dist_QxN = dist_QxN + jax.lax.population_count(xor_QxN).astype(dtype)
-  if num_valid < db_NxU.shape[0]:
+  if not isinstance(num_valid, (int, np.integer)) or num_valid < db_NxU.shape[0]:
     valid_N = jnp.arange(db_NxU.shape[0]) < num_valid
     dist_QxN = jnp.where(valid_N[None, :], dist_QxN, jnp.iinfo(dtype).max)
   return dist_QxN

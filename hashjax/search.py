@@ -36,11 +36,42 @@ class SearchError(ValueError):
 
 
 @functools.lru_cache(maxsize=None)
-def _topk_step(topk: int, num_valid: int, bits: int):
-  def step(query_QxU, db_NxU):
+def _topk_step(topk: int, bits: int):
+  def step(query_QxU, db_NxU, num_valid):
     dist_QxN = codes_lib.word_distances(query_QxU, db_NxU, num_valid, bits)
     return codes_lib.topk_from_distances(dist_QxN, topk, bits)
-  return parallel.local_query_jit(step, 1, 1)
+  return parallel.local_query_jit(step, 1, 2)
+
+
+def _check_topk(topk, num_db: int) -> None:
+  if not isinstance(topk, (int, np.integer)) or not 1 <= topk <= num_db:
+    raise SearchError(f'topk={topk!r} must be an integer in 1..{num_db} (the database size)')
+
+
+def _device_database(db_NxU: np.ndarray):
+  """The word codes padded to `codes.row_bucket` rows, on the devices (one compiled search
+  serves every database size in the bucket)."""
+  return jax.device_put(codes_lib.pad_rows(db_NxU, codes_lib.row_bucket(len(db_NxU))))
+
+
+def _search_words(query_QxU: np.ndarray, db_dev, num_db: int, topk: int,
+                  chunk_size: int | None) -> tuple[np.ndarray, np.ndarray]:
+  if query_QxU.shape[1] != db_dev.shape[1]:
+    raise SearchError(f'code lengths differ: query {32 * query_QxU.shape[1]} bits, '
+                      f'database {32 * db_dev.shape[1]} bits (as 32-bit words)')
+  _check_topk(topk, num_db)
+  step = _topk_step(int(topk), 32 * db_dev.shape[1])
+  num_valid = np.int32(num_db)
+  chunk = codes_lib.query_chunk_size(num_db, chunk_size)
+  dists, indices = [], []
+  for start, stop in codes_lib.query_chunks(len(query_QxU), chunk):
+    dist_QxT, index_QxT = step(codes_lib.pad_chunk(query_QxU[start:stop], chunk), db_dev,
+                               num_valid)
+    dists.append(np.asarray(dist_QxT)[:stop - start])
+    indices.append(np.asarray(index_QxT)[:stop - start])
+  if not dists:
+    return np.zeros((0, topk), np.int32), np.zeros((0, topk), np.int64)
+  return np.concatenate(dists).astype(np.int32), np.concatenate(indices).astype(np.int64)
 
 
 def hamming_topk(query_codes, db_codes, topk: int, *,
@@ -59,21 +90,8 @@ def hamming_topk(query_codes, db_codes, topk: int, *,
   if query_QxU.shape[1] != db_NxU.shape[1]:
     raise SearchError(f'code lengths differ: query {np.shape(query_codes)}, '
                       f'database {np.shape(db_codes)}')
-  num_db = len(db_NxU)
-  if not isinstance(topk, (int, np.integer)) or not 1 <= topk <= num_db:
-    raise SearchError(f'topk={topk!r} must be an integer in 1..{num_db} (the database size)')
-  bits = 32 * db_NxU.shape[1]
-  step = _topk_step(int(topk), num_db, bits)
-  db_dev = jax.device_put(codes_lib.pad_rows(db_NxU))
-  chunk = codes_lib.query_chunk_size(num_db, chunk_size)
-  dists, indices = [], []
-  for start, stop in codes_lib.query_chunks(len(query_QxU), chunk):
-    dist_QxT, index_QxT = step(codes_lib.pad_chunk(query_QxU[start:stop], chunk), db_dev)
-    dists.append(np.asarray(dist_QxT)[:stop - start])
-    indices.append(np.asarray(index_QxT)[:stop - start])
-  if not dists:
-    return np.zeros((0, topk), np.int32), np.zeros((0, topk), np.int64)
-  return np.concatenate(dists).astype(np.int32), np.concatenate(indices).astype(np.int64)
+  _check_topk(topk, len(db_NxU))
+  return _search_words(query_QxU, _device_database(db_NxU), len(db_NxU), topk, chunk_size)
 
 
 @dataclasses.dataclass
@@ -89,6 +107,8 @@ class HammingIndex:
   bits: int
   db_labels: np.ndarray | None = None
   extras: dict = dataclasses.field(default_factory=dict)
+  # (codes array, its device copy), shared with snapshots; valid while db_codes is that array.
+  _cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
   def __post_init__(self):
     self.db_codes = np.asarray(self.db_codes)
@@ -105,8 +125,38 @@ class HammingIndex:
 
   def search(self, query_codes, topk: int) -> tuple[np.ndarray, np.ndarray]:
     """(distances int32 [Q, T], indices int64 [Q, T]) of the topk nearest items, T = topk,
-    ties by index."""
-    return hamming_topk(query_codes, self.db_codes, topk)
+    ties by index. The database stays on the devices between searches (until `add`)."""
+    codes, cached = self.db_codes, self._cache.get('device')
+    if cached is None or cached[0] is not codes:
+      cached = (codes, _device_database(codes_lib.code_words(codes)))
+      self._cache['device'] = cached
+    return _search_words(codes_lib.code_words(query_codes), cached[1], len(codes), topk, None)
+
+  def snapshot(self) -> 'HammingIndex':
+    """The index as it is now; later `add`s do not change it (arrays shared, not copied), so
+    a search and the labels of its results always agree while other threads add."""
+    labels = self.db_labels  # labels first: `add` extends them before the codes
+    codes = self.db_codes
+    return HammingIndex(codes, self.bits, None if labels is None else labels[:len(codes)],
+                        self.extras, self._cache)
+
+  def add(self, codes_MxP, labels=None) -> None:
+    """Appends packed uint8 codes [M, P] (and their labels, [M] or [M, L], when the index has
+    labels) at the end: they get database indices len(self) .. len(self)+M−1. Searches
+    running meanwhile see the index before or after the add, never a mix (not thread-safe
+    against another `add`)."""
+    codes_MxP = np.asarray(codes_MxP)
+    if codes_MxP.dtype != np.uint8 or codes_MxP.shape[1:] != self.db_codes.shape[1:]:
+      raise SearchError(f'added codes must be packed uint8 [M, {self.db_codes.shape[1]}], got '
+                        f'{codes_MxP.dtype} of shape {codes_MxP.shape}')
+    if (labels is None) != (self.db_labels is None) or (
+        labels is not None and len(labels) != len(codes_MxP)):
+      raise SearchError('labels must be given for every added code exactly when the index '
+                        f'has labels (it has {"none" if self.db_labels is None else "labels"})')
+    if labels is not None:
+      self.db_labels = np.concatenate([self.db_labels, np.asarray(labels,
+                                                                  self.db_labels.dtype)])
+    self.db_codes = np.concatenate([self.db_codes, codes_MxP])
 
   def save(self, path: str) -> None:
     """Writes the `codes.npz` format (db_codes, db_labels, bits, plus any extras)."""

@@ -1,0 +1,84 @@
+"""`python -m hashjax.serve --workdir=RUN [--host=127.0.0.1] [--port=8000] [--token=T]`.
+
+Serves a finished train.py run's database: the page at http://HOST:PORT/ and the JSON API
+under /api (see `hashjax.serve.app`). Needs the `serve` extra (pip install -e ".[serve]").
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+EXIT_BAD_INPUT = 2
+
+
+def _parse(argv):
+  parser = argparse.ArgumentParser(prog='python -m hashjax.serve',
+                                   description='Search service over a trained run.')
+  parser.add_argument('--workdir', required=True, help='a finished train.py run directory')
+  parser.add_argument('--host', default='127.0.0.1',
+                      help='address to bind (default 127.0.0.1: this machine only)')
+  parser.add_argument('--port', type=int, default=8000, help='TCP port (default 8000)')
+  parser.add_argument('--token', default=os.environ.get('HASHJAX_SERVE_TOKEN'),
+                      help='adding images needs "Authorization: Bearer TOKEN" (default: the '
+                      'HASHJAX_SERVE_TOKEN environment variable; unset: no token needed)')
+  parser.add_argument('--max-k', type=int, default=1000, help='largest k a search may ask for')
+  parser.add_argument('--max-upload-mb', type=float, default=8.0,
+                      help='largest request body in MiB (default 8)')
+  parser.add_argument('--max-batch', type=int, default=64, help='images per model call')
+
+  def one_line_error(message):
+    print(f'serve: error: {message}', file=sys.stderr)
+    sys.exit(EXIT_BAD_INPUT)
+
+  parser.error = one_line_error
+  args = parser.parse_args(argv)
+  for name, low, high in (('port', 0, 65535), ('max_k', 1, 10**6), ('max_batch', 1, 4096)):
+    if not low <= getattr(args, name) <= high:
+      one_line_error(f'--{name.replace("_", "-")}={getattr(args, name)} is out of range; '
+                     f'accepted: {low}..{high}')
+  if not 0 < args.max_upload_mb <= 1024:
+    one_line_error(f'--max-upload-mb={args.max_upload_mb} is out of range; accepted: (0, 1024]')
+  return args
+
+
+def run(argv=None) -> int:
+  """The command; returns the exit code (2 on bad input)."""
+  args = _parse(argv)
+  try:
+    import uvicorn  # pylint: disable=g-import-not-at-top
+    from hashjax.serve.app import create_app  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    print(f'serve: error: {e.name} is missing; install the serve extra: pip install -e '
+          '".[serve]"', file=sys.stderr)
+    return EXIT_BAD_INPUT
+  from hashjax.serve.service import SearchService  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(args.workdir):
+    print(f'serve: error: --workdir={args.workdir!r} does not exist', file=sys.stderr)
+    return EXIT_BAD_INPUT
+  try:
+    service = SearchService(args.workdir, max_k=args.max_k, max_batch=args.max_batch)
+  except (ValueError, OSError) as e:  # ConfigError, SearchError, StoreError, DataError
+    print(f'serve: error: {" ".join(str(e).split())}', file=sys.stderr)
+    return EXIT_BAD_INPUT
+  try:
+    service.warm_up()
+    app = create_app(service, token=args.token,
+                     max_upload_bytes=int(args.max_upload_mb * (1 << 20)))
+    print(f'serving {service.stats()["database"]} items of {args.workdir} at '
+          f'http://{args.host}:{args.port}/', flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level='warning')
+  finally:
+    service.close()
+  return 0
+
+
+def main():
+  logging.basicConfig(level=logging.WARNING)
+  sys.exit(run())
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,194 @@
+"""The HTTP API and the page of the search service (FastAPI; the `serve` extra).
+
+Endpoints (JSON unless said otherwise; every error is `{"error": "<one line>"}` with a 4xx):
+
+  GET  /                      the page: query gallery, results, radius, upload
+  GET  /api/health            {"status": "ok", "database": N}
+  GET  /api/stats             bits, database size (original + added), queries, labels, ...
+  GET  /api/search?query=I|item=I[&k=10][&radius=R]
+                              the k nearest database items of gallery query I (or of database
+                              item I): item, distance, label, relevant, added; the query's AP
+  POST /api/search[?k=10][&radius=R]
+                              the same for an uploaded image (the body, or the multipart
+                              field `image`)
+  POST /api/items[?label=L]   adds images (the body, or multipart fields `image`, with
+                              optional `label` fields in the same order); needs
+                              `Authorization: Bearer TOKEN` when the server has a token
+  GET  /api/queries/I.png, /api/items/I.png[?scale=S]   the images
+
+Request bodies are bounded (`max_upload_bytes`, 413 beyond, checked while reading).
+"""
+
+from __future__ import annotations
+
+import hmac
+import importlib.resources
+import logging
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+from hashjax.serve import uploads
+from hashjax.serve.service import SearchService, ServeError
+
+log = logging.getLogger(__name__)
+
+MAX_FILES = 256  # images in one add
+
+
+class _BodyTooLarge(Exception):
+  pass
+
+
+class LimitBody:
+  """ASGI middleware: a request body over `max_bytes` gets 413 (declared or as it streams)."""
+
+  def __init__(self, app, max_bytes: int):
+    self.app, self.max_bytes = app, max_bytes
+
+  async def __call__(self, scope, receive, send):
+    if scope['type'] != 'http':
+      return await self.app(scope, receive, send)
+    declared = dict(scope.get('headers') or []).get(b'content-length')
+    if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+      return await _too_large(self.max_bytes)(scope, receive, send)
+    seen, started = 0, False
+
+    async def counted_receive():
+      nonlocal seen
+      message = await receive()
+      seen += len(message.get('body', b''))
+      if seen > self.max_bytes:
+        raise _BodyTooLarge()
+      return message
+
+    async def tracked_send(message):
+      nonlocal started
+      started = started or message['type'] == 'http.response.start'
+      await send(message)
+
+    try:
+      await self.app(scope, counted_receive, tracked_send)
+    except _BodyTooLarge:
+      if not started:
+        await _too_large(self.max_bytes)(scope, receive, send)
+
+
+def _too_large(max_bytes: int) -> JSONResponse:
+  return JSONResponse({'error': f'the request body is over the {max_bytes:,}-byte limit '
+                                '(--max-upload-mb)'}, 413)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+  return JSONResponse({'error': ' '.join(str(message).split())}, status)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+  first = exc.errors()[0]
+  name = first.get('loc', ('?',))[-1]
+  return f'{name}={first.get("input")!r}: {first.get("msg", "invalid")}'
+
+
+def _add_handlers(app: FastAPI) -> None:
+  app.add_exception_handler(ServeError, lambda _, e: _error(e.status, str(e)))
+  app.add_exception_handler(uploads.BadImage, lambda _, e: _error(e.status, str(e)))
+  app.add_exception_handler(RequestValidationError,
+                            lambda _, e: _error(422, _validation_message(e)))
+  app.add_exception_handler(
+      HTTPException, lambda r, e: _error(e.status_code, f'no such endpoint: {r.url.path}'
+                                         if e.status_code == 404 else e.detail))
+
+  async def internal(_, exc):
+    log.exception('unexpected error')
+    return _error(500, f'internal error ({type(exc).__name__}); see the server log')
+  app.add_exception_handler(Exception, internal)
+
+
+async def _images_from(request: Request) -> tuple[list[bytes], list[str | None]]:
+  """(image bodies, labels) of a request: its raw body, or multipart `image`/`label` fields."""
+  if request.headers.get('content-type', '').startswith('multipart/form-data'):
+    async with request.form(max_files=MAX_FILES, max_fields=MAX_FILES) as form:
+      files = form.getlist('image')
+      if any(isinstance(f, str) for f in files):
+        raise ServeError('multipart field image must be a file (curl -F image=@photo.png)')
+      labels = [str(v) for v in form.getlist('label')]
+      return [await f.read() for f in files], labels
+  return [await request.body()], []
+
+
+def _png(image_HxWxC: np.ndarray, scale: int) -> Response:
+  if not 1 <= scale <= 16:
+    raise ServeError(f'scale={scale} is out of range; accepted: 1..16', 422)
+  return Response(uploads.encode_png(image_HxWxC, scale), media_type='image/png',
+                  headers={'Cache-Control': 'no-cache'})
+
+
+def create_app(service: SearchService, *, token: str | None = None,
+               max_upload_bytes: int = 8 << 20) -> LimitBody:
+  """The ASGI app (FastAPI inside a body-size limit) over `service`; `token`: needed (as a
+  Bearer token) to add images; `max_upload_bytes`: the largest request body."""
+  app = FastAPI(title='hashjax search', docs_url='/api/docs', redoc_url=None)
+  _add_handlers(app)
+  page = importlib.resources.files('hashjax.serve').joinpath('page.html').read_text()
+
+  @app.get('/', response_class=HTMLResponse)
+  def index():
+    return page
+
+  @app.get('/api/health')
+  def health():
+    return {'status': 'ok', 'database': len(service.index)}
+
+  @app.get('/api/stats')
+  def stats():
+    return service.stats()
+
+  @app.get('/api/search')
+  def search(query: int | None = None, item: int | None = None, k: int = 10,
+             radius: int | None = None):
+    if (query is None) == (item is None):
+      raise ServeError('give exactly one of query=I (a gallery query) or item=I (a database '
+                       'item), or POST an image', 422)
+    if query is not None:
+      return service.search_query(query, k, radius)
+    return service.search_item(item, k, radius)
+
+  @app.post('/api/search')
+  async def search_upload(request: Request, k: int = 10, radius: int | None = None):
+    bodies, _ = await _images_from(request)
+    if len(bodies) != 1:
+      raise ServeError(f'send exactly one image to search with, got {len(bodies)}')
+    image = await run_in_threadpool(uploads.decode_image, bodies[0], service.image_shape)
+    return await run_in_threadpool(service.search_image, image, k, radius)
+
+  @app.post('/api/items')
+  async def add_items(request: Request, label: str | None = None):
+    if token is not None and not hmac.compare_digest(
+        request.headers.get('authorization', ''), f'Bearer {token}'):
+      return _error(401, 'adding images needs the header Authorization: Bearer <token> '
+                    '(the server\'s --token)')
+    bodies, labels = await _images_from(request)
+    labels = labels or [label] * len(bodies)
+    if not bodies or len(labels) != len(bodies):
+      raise ServeError(f'{len(bodies)} images but {len(labels)} labels; give one label per '
+                       'image, or none')
+    images = [await run_in_threadpool(uploads.decode_image, body, service.image_shape,
+                                      f'image {i}') for i, body in enumerate(bodies)]
+    parsed = [service.parse_label(text) for text in labels]
+    ids = await run_in_threadpool(service.add, np.stack(images),
+                                  None if parsed[0] is None else np.stack(parsed))
+    return {'added': ids, 'database': len(service.index)}
+
+  @app.get('/api/queries/{i}.png')
+  def query_png(i: int, scale: int = 1):
+    return _png(service.query_image(i), scale)
+
+  @app.get('/api/items/{i}.png')
+  def item_png(i: int, scale: int = 1):
+    return _png(service.item_image(i), scale)
+
+  return LimitBody(app, max_upload_bytes)

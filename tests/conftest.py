@@ -22,3 +22,30 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
 os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(2 * 1024**3))  # LRU beyond 2 GiB
+
+import shutil  # noqa: E402
+
+import filelock  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def served_run(tmp_path_factory):
+  """A finished tiny HashNet run (digits, 16 bits, 150 steps), trained once per test session
+  and shared by the pytest-xdist workers (a file lock); tests copy it before changing it."""
+  base = tmp_path_factory.getbasetemp()
+  root = base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base
+  path = root / 'served_run'
+  with filelock.FileLock(str(root / 'served_run.lock')):
+    if not (path / 'codes.npz').exists():
+      from configs import hashnet_digits  # pylint: disable=g-import-not-at-top
+      from hashjax import hash_trainer  # pylint: disable=g-import-not-at-top
+      from hashjax.config import override  # pylint: disable=g-import-not-at-top
+      cfg = override(hashnet_digits.get_config(), {
+          'bits': 16, 'num_steps': 150, 'split.query_per_class': 5, 'eval_every': 100000,
+          'log_every': 50, 'checkpoint_every': 150})
+      for stale in (path, root / 'served_run.tmp'):
+        shutil.rmtree(stale, ignore_errors=True)
+      hash_trainer.train_and_evaluate(cfg, str(root / 'served_run.tmp'))
+      os.rename(root / 'served_run.tmp', path)
+  return str(path)

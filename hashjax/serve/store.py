@@ -234,7 +234,7 @@ class AddedStore:
         self._truncate(self._size)
       except OSError:
         pass  # the torn record is cut off when the store is next opened
-      raise StoreFull(e.errno, f'the add was not stored ({disk.short_error(e)}); free space '
-                      f'on {os.path.dirname(self.path)} and add again') from None
+      raise StoreFull(f'the add was not stored ({e.strerror or disk.short_error(e)}); free '
+                      f'space on {os.path.dirname(self.path)} and add again') from None
     self._size += len(record)
     self._set_rows(rows)

@@ -1,0 +1,134 @@
+import errno
+import os
+
+import numpy as np
+import pytest
+
+from hashjax.serve.store import AddedStore, ItemLayout, StoreError, StoreFull
+
+LAYOUTS = [ItemLayout((4, 4, 1), 2, 'class'), ItemLayout((3, 3, 3), 1, 'multi-hot', 5),
+           ItemLayout((2, 2, 1), 3, 'none')]
+
+
+def _items(layout, count, seed):
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, (count,) + layout.image_shape, dtype=np.uint8)
+  codes = rng.integers(0, 256, (count, layout.code_bytes), dtype=np.uint8)
+  labels = {'class': rng.integers(-1, 10, count),
+            'multi-hot': rng.integers(0, 2, (count, layout.num_labels), dtype=np.uint8),
+            'none': None}[layout.label_kind]
+  return images, codes, labels
+
+
+def _assert_holds(store, batches):
+  images = np.concatenate([b[0] for b in batches])
+  np.testing.assert_array_equal(store.images, images)
+  np.testing.assert_array_equal(store.codes, np.concatenate([b[1] for b in batches]))
+  if batches[0][2] is None:
+    assert store.labels is None
+  else:
+    np.testing.assert_array_equal(store.labels, np.concatenate([b[2] for b in batches]))
+
+
+@pytest.mark.parametrize('layout', LAYOUTS, ids=[l.label_kind for l in LAYOUTS])
+def test_adds_are_read_back_in_order_after_reopening(tmp_path, layout):
+  path = str(tmp_path / 'added.bin')
+  store = AddedStore(path, layout)
+  batches = [_items(layout, n, seed) for seed, n in enumerate([1, 5, 70, 2])]
+  for batch in batches:
+    store.append(*batch)
+  _assert_holds(store, batches)
+  store.close()
+  store = AddedStore(path, layout)
+  assert len(store) == 78
+  _assert_holds(store, batches)
+  store.close()
+
+
+@pytest.mark.parametrize('cut', [1, 11, 12, 40, -1])
+def test_a_torn_last_write_is_cut_off_and_the_acknowledged_adds_stay(tmp_path, cut):
+  layout, path = LAYOUTS[0], str(tmp_path / 'added.bin')
+  store = AddedStore(path, layout)
+  kept = [_items(layout, 3, 0), _items(layout, 2, 1)]
+  for batch in kept:
+    store.append(*batch)
+  size = os.path.getsize(path)
+  store.append(*_items(layout, 4, 2))
+  store.close()
+  with open(path, 'r+b') as f:  # a crash in the middle of the third add's write
+    f.truncate(size + cut if cut > 0 else os.path.getsize(path) + cut)
+  store = AddedStore(path, layout)
+  _assert_holds(store, kept)
+  assert os.path.getsize(path) == size
+  store.append(*_items(layout, 1, 3))  # and the store goes on from there
+  store.close()
+  _assert_holds(AddedStore(path, layout), kept + [_items(layout, 1, 3)])
+
+
+def test_damage_before_acknowledged_adds_is_an_error_and_the_file_is_untouched(tmp_path):
+  layout, path = LAYOUTS[0], str(tmp_path / 'added.bin')
+  store = AddedStore(path, layout)
+  header = os.path.getsize(path)
+  for seed in range(3):
+    store.append(*_items(layout, 2, seed))
+  store.close()
+  with open(path, 'r+b') as f:
+    f.seek(header + 20)  # inside the first batch's payload
+    f.write(b'\xff\xfe')
+  before = open(path, 'rb').read()
+  with pytest.raises(StoreError, match=f'damaged at byte {header} .*not a torn last write'):
+    AddedStore(path, layout)
+  assert open(path, 'rb').read() == before
+
+
+def test_another_models_store_and_a_second_server_are_refused(tmp_path):
+  path = str(tmp_path / 'added.bin')
+  store = AddedStore(path, LAYOUTS[0])
+  with pytest.raises(StoreError, match='in use by another server'):
+    AddedStore(path, LAYOUTS[0])
+  store.close()
+  with pytest.raises(StoreError, match='holds items of another model'):
+    AddedStore(path, ItemLayout((4, 4, 1), 4, 'class'))
+  (tmp_path / 'junk.bin').write_bytes(b'not a store at all')
+  with pytest.raises(StoreError, match='is not an added-items store'):
+    AddedStore(str(tmp_path / 'junk.bin'), LAYOUTS[0])
+
+
+class _FailingFile:
+  """A file whose writes stop after `room` bytes with ENOSPC, like a full disk."""
+
+  def __init__(self, real, room):
+    self._real, self._room = real, room
+
+  def write(self, data):
+    if len(data) > self._room:
+      self._real.write(data[:self._room])
+      self._real.flush()
+      raise OSError(errno.ENOSPC, 'No space left on device')
+    self._room -= len(data)
+    return self._real.write(data)
+
+  def __getattr__(self, name):
+    return getattr(self._real, name)
+
+
+def test_a_full_disk_refuses_the_add_and_leaves_the_store_as_it_was(tmp_path):
+  layout, path = LAYOUTS[0], str(tmp_path / 'added.bin')
+  store = AddedStore(path, layout)
+  kept = [_items(layout, 3, 0)]
+  store.append(*kept[0])
+  size = os.path.getsize(path)
+  store._file = _FailingFile(store._file, room=30)  # pylint: disable=protected-access
+  with pytest.raises(StoreFull, match='the add was not stored .*free space'):
+    store.append(*_items(layout, 5, 1))
+  assert os.path.getsize(path) == size  # the partial write was cut off again
+  _assert_holds(store, kept)
+  store._file = store._file._real  # pylint: disable=protected-access  # space again
+  store.append(*_items(layout, 1, 2))
+  store.close()
+  _assert_holds(AddedStore(path, layout), kept + [_items(layout, 1, 2)])
+
+
+def test_an_unknown_label_kind_is_one_line():
+  with pytest.raises(ValueError, match="label_kind='tags'; accepted: none, class, multi-hot"):
+    ItemLayout((2, 2, 1), 1, 'tags')

@@ -63,6 +63,9 @@ def _search_words(query_QxU: np.ndarray, db_dev, num_db: int, topk: int,
   step = _topk_step(int(topk), 32 * db_dev.shape[1])
   num_valid = np.int32(num_db)
   chunk = codes_lib.query_chunk_size(num_db, chunk_size)
+  if chunk_size is None:  # a few queries (a served search): pad them to a power of two only
+    devices = jax.local_device_count()
+    chunk = min(chunk, devices * (1 << max(0, -(-len(query_QxU) // devices) - 1).bit_length()))
   dists, indices = [], []
   for start, stop in codes_lib.query_chunks(len(query_QxU), chunk):
     dist_QxT, index_QxT = step(codes_lib.pad_chunk(query_QxU[start:stop], chunk), db_dev,

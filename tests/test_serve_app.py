@@ -135,6 +135,7 @@ def test_a_full_disk_refuses_the_add_with_507_and_searches_go_on(served):
   finally:
     service.store._file = real  # pylint: disable=protected-access
   assert response.status_code == 507
-  assert 'the add was not stored (No space left on device); free space on' in response.json()['error']
+  error = response.json()['error']
+  assert 'the add was not stored (No space left on device); free space on' in error
   assert len(service.index) == num
   assert client.get('/api/search', params={'query': 0, 'k': 3}).status_code == 200

@@ -38,9 +38,10 @@ def browser():
 
 def _wait(driver, condition, timeout=60):
   """Waits until `condition(driver)` is truthy (a re-rendered element is looked up again)."""
-  from selenium.common.exceptions import StaleElementReferenceException  # pylint: disable=g-import-not-at-top
+  from selenium.common import exceptions  # pylint: disable=g-import-not-at-top
   from selenium.webdriver.support.ui import WebDriverWait  # pylint: disable=g-import-not-at-top
-  return WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,)
+  return WebDriverWait(driver, timeout,
+                       ignored_exceptions=(exceptions.StaleElementReferenceException,)
                        ).until(condition)
 
 

@@ -34,8 +34,9 @@ class ServeError(ValueError):
 
 
 def distances_to_all(code_P: np.ndarray, db_NxP: np.ndarray) -> np.ndarray:
-  """Hamming distances int32 [N] from one packed code [P] to packed codes [N, P]."""
-  return _POPCOUNT[np.bitwise_xor(db_NxP, code_P[None, :])].sum(axis=1, dtype=np.int32)
+  """Hamming distances uint16 [N] from one packed code [P] to packed codes [N, P] (a small
+  unsigned type: numpy's stable argsort is then a radix sort, ~5× faster at N = 100,000)."""
+  return _POPCOUNT[np.bitwise_xor(db_NxP, code_P[None, :])].sum(axis=1, dtype=np.uint16)
 
 
 def average_precision(dist_N: np.ndarray, relevant_N: np.ndarray, topk: int | None) -> float:

@@ -100,6 +100,8 @@ def test_adding_needs_the_token_and_returns_the_new_indices(served):
      'upload is 9000×9000 pixels; at most 40,000,000 are accepted'),
     ('post', '/api/search', {'content': b'0' * (65 << 10)}, 413,
      'the request body is over the 65,536-byte limit'),
+    ('post', '/api/search', {'content': iter([b'0' * (40 << 10)] * 2)}, 413,
+     'the request body is over the 65,536-byte limit'),  # chunked: no declared length
     ('post', '/api/search', {'files': {'image': ('a', b'x')}, 'data': {'label': '1'}}, 415,
      'upload is not an image'),
     ('post', '/api/search', {'files': {'other': ('a', b'x')}, 'data': {'image': 'text'}}, 400,

@@ -40,47 +40,33 @@ log = logging.getLogger(__name__)
 MAX_FILES = 256  # images in one add
 
 
-class _BodyTooLarge(Exception):
-  pass
-
-
 class LimitBody:
-  """ASGI middleware: a request body over `max_bytes` gets 413 (declared or as it streams)."""
+  """ASGI middleware: a request body over `max_bytes` gets 413, whether its length is declared
+  (answered before reading) or it streams in chunks (answered when the limit is passed)."""
 
   def __init__(self, app, max_bytes: int):
     self.app, self.max_bytes = app, max_bytes
+
+  def _message(self) -> str:
+    return f'the request body is over the {self.max_bytes:,}-byte limit (--max-upload-mb)'
 
   async def __call__(self, scope, receive, send):
     if scope['type'] != 'http':
       return await self.app(scope, receive, send)
     declared = dict(scope.get('headers') or []).get(b'content-length')
     if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-      return await _too_large(self.max_bytes)(scope, receive, send)
-    seen, started = 0, False
+      return await _error(413, self._message())(scope, receive, send)
+    seen = 0
 
     async def counted_receive():
       nonlocal seen
       message = await receive()
       seen += len(message.get('body', b''))
-      if seen > self.max_bytes:
-        raise _BodyTooLarge()
+      if seen > self.max_bytes:  # answered by the app's HTTPException handler
+        raise HTTPException(413, self._message())
       return message
 
-    async def tracked_send(message):
-      nonlocal started
-      started = started or message['type'] == 'http.response.start'
-      await send(message)
-
-    try:
-      await self.app(scope, counted_receive, tracked_send)
-    except _BodyTooLarge:
-      if not started:
-        await _too_large(self.max_bytes)(scope, receive, send)
-
-
-def _too_large(max_bytes: int) -> JSONResponse:
-  return JSONResponse({'error': f'the request body is over the {max_bytes:,}-byte limit '
-                                '(--max-upload-mb)'}, 413)
+    return await self.app(scope, counted_receive, send)
 
 
 def _error(status: int, message: str) -> JSONResponse:

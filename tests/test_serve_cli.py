@@ -26,20 +26,24 @@ def _free_port() -> int:
 
 
 def start_server(workdir, port, *extra):
-  """A `python -m hashjax.serve` process, once its health endpoint answers."""
-  proc = subprocess.Popen([sys.executable, '-m', 'hashjax.serve', f'--workdir={workdir}',
-                           f'--port={port}', *extra], cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  """A `python -m hashjax.serve` process, once its health endpoint answers; its output goes
+  to server.log beside the workdir."""
+  log_path = os.path.join(os.path.dirname(os.path.abspath(workdir)), 'server.log')
+  with open(log_path, 'a') as log:
+    proc = subprocess.Popen([sys.executable, '-m', 'hashjax.serve', f'--workdir={workdir}',
+                             f'--port={port}', *extra], cwd=ROOT, stdout=log,
+                            stderr=subprocess.STDOUT)
   deadline = time.time() + 180
   while time.time() < deadline:
     if proc.poll() is not None:
-      raise AssertionError(f'the server exited: {proc.stdout.read()[-2000:]}')
+      raise AssertionError(f'the server exited: {open(log_path).read()[-2000:]}')
     try:
       with urllib.request.urlopen(f'http://127.0.0.1:{port}/api/health', timeout=2):
         return proc
     except OSError:
       time.sleep(0.3)
   proc.kill()
+  proc.wait()
   raise AssertionError('the server did not answer within 180 s')
 
 

@@ -1,5 +1,7 @@
 import io
+import os
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ from PIL import Image
 from hashjax.serve import uploads
 from hashjax.serve.app import create_app
 from hashjax.serve.service import SearchService
-from test_serve_store import _FailingFile
+from test_serve_store import failing_pwrite
 
 TOKEN = 'sesame'
 
@@ -129,15 +131,55 @@ def test_a_label_the_data_does_not_have_is_refused_before_anything_is_stored(ser
 
 def test_a_full_disk_refuses_the_add_with_507_and_searches_go_on(served):
   service, client = served
-  num, real = len(service.index), service.store._file  # pylint: disable=protected-access
-  service.store._file = _FailingFile(real, room=10)  # pylint: disable=protected-access
+  num = len(service.index)
+  service.store._pwrite = failing_pwrite(room=10)  # pylint: disable=protected-access
   try:
     response = client.post('/api/items', content=_png(service, 2),
                            headers={'Authorization': f'Bearer {TOKEN}'})
   finally:
-    service.store._file = real  # pylint: disable=protected-access
+    service.store._pwrite = os.pwrite  # pylint: disable=protected-access
   assert response.status_code == 507
   error = response.json()['error']
   assert 'the add was not stored (No space left on device); free space on' in error
   assert len(service.index) == num
   assert client.get('/api/search', params={'query': 0, 'k': 3}).status_code == 200
+
+
+def test_on_a_real_full_file_system_adds_get_507_and_searches_go_on(served_run, tmp_path):
+  if os.geteuid() != 0:
+    pytest.skip('mounting a tmpfs needs root (CI runs as root)')
+  mnt = tmp_path / 'small'
+  mnt.mkdir()
+  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', str(mnt)]).returncode:
+    pytest.skip('mount -t tmpfs failed although running as root')
+  try:
+    workdir = str(mnt / 'run')
+    shutil.copytree(served_run, workdir)
+    service = SearchService(workdir)
+    client = TestClient(create_app(service, token=None))
+    filler = mnt / 'filler'
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:  # fill the file system to the last byte
+      while os.write(fd, b'\0' * 4096):
+        pass
+    except OSError:
+      pass
+    finally:
+      os.close(fd)
+    num, body = len(service.index), _png(service, 5)
+    for acknowledged in range(200):  # the store's last page may still hold a few adds
+      response = client.post('/api/items', content=body)
+      if response.status_code != 200:
+        break
+    assert response.status_code == 507, response.text
+    assert 'No space left on device' in response.json()['error']
+    assert len(service.index) == num + acknowledged
+    assert client.get('/api/search', params={'query': 1, 'k': 5}).status_code == 200
+    filler.unlink()
+    assert client.post('/api/items', content=body).json()['added'] == [num + acknowledged]
+    service.close()
+    again = SearchService(workdir)
+    assert len(again.index) == num + acknowledged + 1
+    again.close()
+  finally:
+    subprocess.run(['umount', '-l', str(mnt)], check=False)

@@ -94,22 +94,18 @@ def test_another_models_store_and_a_second_server_are_refused(tmp_path):
     AddedStore(str(tmp_path / 'junk.bin'), LAYOUTS[0])
 
 
-class _FailingFile:
-  """A file whose writes stop after `room` bytes with ENOSPC, like a full disk."""
+def failing_pwrite(room: int):
+  """An os.pwrite that writes `room` bytes in all, then fails with ENOSPC, like a full disk."""
+  left = [room]
 
-  def __init__(self, real, room):
-    self._real, self._room = real, room
-
-  def write(self, data):
-    if len(data) > self._room:
-      self._real.write(data[:self._room])
-      self._real.flush()
+  def pwrite(fd, data, offset):
+    if len(data) > left[0]:
+      os.pwrite(fd, bytes(data[:left[0]]), offset)
+      left[0] = 0
       raise OSError(errno.ENOSPC, 'No space left on device')
-    self._room -= len(data)
-    return self._real.write(data)
-
-  def __getattr__(self, name):
-    return getattr(self._real, name)
+    left[0] -= len(data)
+    return os.pwrite(fd, data, offset)
+  return pwrite
 
 
 def test_a_full_disk_refuses_the_add_and_leaves_the_store_as_it_was(tmp_path):
@@ -118,12 +114,12 @@ def test_a_full_disk_refuses_the_add_and_leaves_the_store_as_it_was(tmp_path):
   kept = [_items(layout, 3, 0)]
   store.append(*kept[0])
   size = os.path.getsize(path)
-  store._file = _FailingFile(store._file, room=30)  # pylint: disable=protected-access
+  store._pwrite = failing_pwrite(room=30)  # pylint: disable=protected-access
   with pytest.raises(StoreFull, match='the add was not stored .*free space'):
     store.append(*_items(layout, 5, 1))
   assert os.path.getsize(path) == size  # the partial write was cut off again
   _assert_holds(store, kept)
-  store._file = store._file._real  # pylint: disable=protected-access  # space again
+  store._pwrite = os.pwrite  # pylint: disable=protected-access  # space again
   store.append(*_items(layout, 1, 2))
   store.close()
   _assert_holds(AddedStore(path, layout), kept + [_items(layout, 1, 2)])

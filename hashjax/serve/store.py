@@ -77,20 +77,22 @@ class AddedStore:
   def __init__(self, path: str, layout: ItemLayout):
     self.path, self.layout = path, layout
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    self._file = open(path, 'a+b')  # pylint: disable=consider-using-with
+    # Unbuffered: a write the disk refused must not linger in a buffer and reach the file later.
+    self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    self._pwrite = os.pwrite  # every write goes through this (tests make it fail)
     try:
-      fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-      self._file.close()
+      os.close(self._fd)
       raise StoreError(f'{path} is in use by another server; stop it first') from None
     try:
       self._load()
     except Exception:
-      self._file.close()
+      os.close(self._fd)
       raise
 
   def close(self) -> None:
-    self._file.close()
+    os.close(self._fd)
 
   def __len__(self) -> int:
     return len(self.codes)
@@ -101,8 +103,7 @@ class AddedStore:
     self._codes = np.zeros((0, layout.code_bytes), np.uint8)
     self._labels = np.zeros((0, layout.num_labels) if layout.label_kind == 'multi-hot' else 0,
                             np.uint8 if layout.label_kind == 'multi-hot' else np.int64)
-    self._file.seek(0)
-    data = self._file.read()
+    data = self._file_bytes()
     if not data:
       self._write_header()
       data = self._file_bytes()
@@ -124,15 +125,20 @@ class AddedStore:
         -1, self.layout.item_bytes))
 
   def _file_bytes(self) -> bytes:
-    self._file.seek(0)
-    return self._file.read()
+    with open(self.path, 'rb') as f:
+      return f.read()
+
+  def _write_at(self, data: bytes, offset: int) -> None:
+    """All of `data` at `offset`, then fsync; OSError (e.g. ENOSPC) may leave part of it."""
+    view, done = memoryview(data), 0
+    while done < len(view):
+      done += self._pwrite(self._fd, view[done:], offset + done)
+    os.fsync(self._fd)
 
   def _write_header(self) -> None:
     meta = self.layout.describe()
     header = _MAGIC + struct.pack('<I', len(meta)) + meta + struct.pack('<I', zlib.crc32(meta))
-    self._file.write(header)
-    self._file.flush()
-    os.fsync(self._file.fileno())
+    self._write_at(header, 0)
 
   def _check_header(self, data: bytes) -> int:
     size = len(_MAGIC) + 4
@@ -206,9 +212,8 @@ class AddedStore:
     return None if self.layout.label_kind == 'none' else self._labels[:self._count]
 
   def _truncate(self, size: int) -> None:
-    self._file.truncate(size)
-    self._file.flush()
-    os.fsync(self._file.fileno())
+    os.ftruncate(self._fd, size)
+    os.fsync(self._fd)
 
   def append(self, images_MxHxWxC: np.ndarray, codes_MxP: np.ndarray, labels=None) -> None:
     """Writes one batch and fsyncs it; when this returns, the items survive a crash. A disk
@@ -225,10 +230,7 @@ class AddedStore:
     payload = rows.tobytes()
     record = _BATCH.pack(_BATCH_MAGIC, count, zlib.crc32(payload)) + payload
     try:
-      self._file.seek(self._size)
-      self._file.write(record)
-      self._file.flush()
-      os.fsync(self._file.fileno())
+      self._write_at(record, self._size)
     except OSError as e:
       try:
         self._truncate(self._size)

@@ -25,7 +25,9 @@ import numpy as np
 
 from hashjax import codes as codes_lib
 from hashjax import images as images_lib
+from hashjax import mih
 from hashjax import parallel
+from hashjax import search_backends as backends
 from hashjax.data import UNREADABLE_NPZ_ERRORS
 
 CODES_FILE = 'codes.npz'
@@ -105,12 +107,17 @@ class HammingIndex:
     db_codes: packed uint8 [N, P]. bits: code length K ≤ 8·P.
     db_labels: class ids [N] or multi-hot [N, L], or None.
     extras: the other arrays of a loaded `codes.npz` (query codes, indices, dataset name).
+    backend: 'jax' (linear scan on the devices), 'faiss' (faiss IndexBinaryFlat, CPU) or
+      'mih' (multi-index hashing, falling back to the linear scan): the same neighbours in
+      the same order whichever it is (`hashjax.search_backends`).
   """
   db_codes: np.ndarray
   bits: int
   db_labels: np.ndarray | None = None
   extras: dict = dataclasses.field(default_factory=dict)
-  # (codes array, its device copy), shared with snapshots; valid while db_codes is that array.
+  backend: str = 'jax'
+  # name → (codes array, what was built from it: device copy, faiss index, MIH tables), shared
+  # with snapshots; an entry is valid while db_codes is that very array.
   _cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
   def __post_init__(self):
@@ -122,18 +129,55 @@ class HammingIndex:
       raise SearchError(f'bits={self.bits} does not fit {self.db_codes.shape[1]} bytes per code')
     if self.db_labels is not None and len(self.db_labels) != len(self.db_codes):
       raise SearchError(f'{len(self.db_codes)} codes but {len(self.db_labels)} labels')
+    try:
+      backends.check_backend(self.backend)
+    except backends.BackendError as e:
+      raise SearchError(str(e)) from None
 
   def __len__(self) -> int:
     return len(self.db_codes)
 
+  def _built(self, codes: np.ndarray, name: str, build):
+    """What `build(codes)` makes, cached for this very codes array (until `add`)."""
+    cached = self._cache.get(name)
+    if cached is None or cached[0] is not codes:
+      cached = (codes, build(codes))
+      self._cache[name] = cached
+    return cached[1]
+
+  def _linear(self, codes: np.ndarray, query_QxP, topk: int):
+    device = self._built(codes, 'device', lambda c: _device_database(codes_lib.code_words(c)))
+    return _search_words(codes_lib.code_words(query_QxP), device, len(codes), topk, None)
+
   def search(self, query_codes, topk: int) -> tuple[np.ndarray, np.ndarray]:
     """(distances int32 [Q, T], indices int64 [Q, T]) of the topk nearest items, T = topk,
-    ties by index. The database stays on the devices between searches (until `add`)."""
-    codes, cached = self.db_codes, self._cache.get('device')
-    if cached is None or cached[0] is not codes:
-      cached = (codes, _device_database(codes_lib.code_words(codes)))
-      self._cache['device'] = cached
-    return _search_words(codes_lib.code_words(query_codes), cached[1], len(codes), topk, None)
+    ties by index, by the index's backend. What a backend builds (the database on the
+    devices, faiss's index, the MIH tables) is kept until `add`."""
+    codes = self.db_codes
+    query = np.asarray(query_codes)
+    query = query if query.dtype == np.uint8 else codes_lib.pack_codes(query)
+    if query.ndim != 2 or query.shape[1] != codes.shape[1]:
+      raise SearchError(f'query codes must be packed uint8 [Q, {codes.shape[1]}] (or ±1 '
+                        f'[Q, {self.bits}]), got shape {np.shape(query_codes)}')
+    if self.backend == 'jax':
+      return self._linear(codes, query, topk)
+    _check_topk(topk, len(codes))
+    if self.backend == 'faiss':
+      try:
+        index = self._built(codes, 'faiss', backends.faiss_index)
+      except backends.BackendError as e:
+        raise SearchError(str(e)) from None
+      return backends.faiss_topk(index, query, int(topk))
+    tables = self._built(codes, 'mih', lambda c: mih.MultiIndex.build(c, self.bits))
+    dist, ids, fallbacks = tables.search(query, codes, int(topk),
+                                         functools.partial(self._linear, codes))
+    self._cache['mih_fallbacks'] = self._cache.get('mih_fallbacks', 0) + fallbacks
+    return dist, ids
+
+  @property
+  def mih_fallbacks(self) -> int:
+    """Queries the 'mih' backend has answered by the linear scan so far."""
+    return self._cache.get('mih_fallbacks', 0)
 
   def snapshot(self) -> 'HammingIndex':
     """The index as it is now; later `add`s do not change it (arrays shared, not copied), so
@@ -141,7 +185,7 @@ class HammingIndex:
     labels = self.db_labels  # labels first: `add` extends them before the codes
     codes = self.db_codes
     return HammingIndex(codes, self.bits, None if labels is None else labels[:len(codes)],
-                        self.extras, self._cache)
+                        self.extras, self.backend, self._cache)
 
   def add(self, codes_MxP, labels=None) -> None:
     """Appends packed uint8 codes [M, P] (and their labels, [M] or [M, L], when the index has
@@ -162,9 +206,16 @@ class HammingIndex:
     self.db_codes = np.concatenate([self.db_codes, codes_MxP])
 
   def save(self, path: str) -> None:
-    """Writes the `codes.npz` format (db_codes, db_labels, bits, plus any extras)."""
+    """Writes the `codes.npz` format (db_codes, db_labels, bits, plus any extras); with the
+    'mih' backend also its tables, so `load` need not build them again."""
     arrays = dict(self.extras)
     arrays.update(db_codes=self.db_codes, bits=np.int64(self.bits))
+    if self.backend != 'jax':
+      arrays['backend'] = np.str_(self.backend)
+    if self.backend == 'mih':
+      codes = self.db_codes
+      arrays.update(self._built(codes, 'mih', lambda c: mih.MultiIndex.build(c, self.bits)
+                                ).arrays())
     if self.db_labels is not None:
       arrays['db_labels'] = np.asarray(self.db_labels)
     with open(path, 'wb') as f:
@@ -186,8 +237,12 @@ class HammingIndex:
     if missing:
       raise SearchError(f'{path} lacks {", ".join(missing)}; is it a codes.npz from training?')
     db_codes, bits = arrays.pop('db_codes'), int(arrays.pop('bits'))
-    return cls(db_codes=db_codes, bits=bits, db_labels=arrays.pop('db_labels', None),
-               extras=arrays)
+    tables = {name: arrays.pop(name) for name in list(arrays) if name.startswith('mih_')}
+    labels, backend = arrays.pop('db_labels', None), str(arrays.pop('backend', 'jax'))
+    index = cls(db_codes=db_codes, bits=bits, db_labels=labels, extras=arrays, backend=backend)
+    if tables and len(tables.get('mih_order_0', ())) == len(db_codes):
+      index._cache['mih'] = (index.db_codes, mih.MultiIndex.from_arrays(tables, bits))
+    return index
 
 
 def _label_text(label) -> str:

@@ -7,6 +7,8 @@ Not part of the test suite. Examples (2-core CPU; XLA_FLAGS sets one JAX device 
   python benchmarks/retrieval.py --mode=scaling --queries=1000 --database=50000
   python benchmarks/retrieval.py --mode=topk --queries=1000 --database=1000000 --topk=100
   python benchmarks/retrieval.py --mode=map --queries=200 --database=1000000 --no-baseline
+  python benchmarks/retrieval.py --mode=mih --codes=runs/mnist64/codes.npz --database=10000000 \
+      --queries=1000 --topk=100      # multi-index hashing vs faiss and the jax scan
 
 Codes are clustered like trained hash codes: 10 classes, a random center per class, each bit
 flipped with probability --flip, so many items share a distance (realistic ties).
@@ -104,9 +106,62 @@ def run_topk(args):
           f'same neighbours {np.array_equal(fidx, idx)}', flush=True)
 
 
+def learned_like(codes_path: str, num: int, flips: int, seed: int):
+  """(database [num, P], queries [Q, P]) packed: the run's database codes, each copied with
+  `flips` random bit flips until there are `num`; the queries are the run's query codes."""
+  with np.load(codes_path) as f:
+    base, queries, bits = f['db_codes'], f['query_codes'], int(f['bits'])
+  rng = np.random.default_rng(seed)
+  db = base[rng.integers(0, len(base), num)]
+  rows = np.repeat(np.arange(num), flips)
+  cols = rng.integers(0, bits, num * flips)
+  flip = np.zeros_like(db)
+  np.bitwise_xor.at(flip, (rows, cols // 8), (128 >> (cols % 8)).astype(np.uint8))
+  return db ^ flip, queries, bits
+
+
+def run_mih(args):
+  """MIH against faiss IndexBinaryFlat (1 and 2 threads) and the jax scan, same results."""
+  from hashjax.search import HammingIndex  # pylint: disable=g-import-not-at-top
+  import faiss  # pylint: disable=g-import-not-at-top
+  for kind in ('learned-like', 'uniform'):
+    if kind == 'learned-like':
+      db, queries, bits = learned_like(args.codes, args.database, args.flips, 0)
+    else:
+      rng = np.random.default_rng(1)
+      bits = args.bits
+      db = np.packbits(rng.random((args.database, bits)) > 0.5, 1)
+      queries = np.packbits(rng.random((len(db) // 1000 or 1, bits)) > 0.5, 1)
+    queries = queries[:args.queries]
+    index = HammingIndex(db, bits, backend='mih')
+    _, t_build = timed(index.search, queries[:1], args.topk)
+    (d_mih, i_mih), t_mih = timed(index.search, queries, args.topk)
+    line = (f'{kind} N={len(db)} bits={bits} Q={len(queries)} k={args.topk}: mih '
+            f'{t_mih * 1e3 / len(queries):.3f} ms/query (m={index._cache["mih"][1].m}, '
+            f'{index.mih_fallbacks} of {len(queries) + 1} queries fell back; tables built in '
+            f'{t_build:.1f} s)')
+    for threads in (1, 2):
+      faiss.omp_set_num_threads(threads)
+      flat = faiss.IndexBinaryFlat(bits)
+      flat.add(db)
+      (d_f, i_f), t_f = timed(flat.search, queries, args.topk)
+      line += (f' | faiss {threads} thread(s) {t_f * 1e3 / len(queries):.3f} ms/query, mih '
+               f'{t_f / t_mih:.1f}x, same distances {np.array_equal(d_f, d_mih)}')
+    scan = HammingIndex(db, bits)
+    scan.search(queries[:1], args.topk)
+    (d_j, i_j), t_j = timed(scan.search, queries, args.topk)
+    line += (f' | jax scan {t_j * 1e3 / len(queries):.3f} ms/query, identical to mih '
+             f'{np.array_equal(d_j, d_mih) and np.array_equal(i_j, i_mih)}')
+    print(line + f' | peak RSS {peak_rss_gb():.2f} GB', flush=True)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--mode', choices=('map', 'scaling', 'topk'), default='map')
+  parser.add_argument('--mode', choices=('map', 'scaling', 'topk', 'mih'), default='map')
+  parser.add_argument('--codes', default=None,
+                      help='mih: a codes.npz of a trained run (its database codes are copied '
+                      'with --flips random bit flips to reach --database)')
+  parser.add_argument('--flips', type=int, default=2, help='mih: bit flips per copy')
   parser.add_argument('--queries', type=int, default=5000)
   parser.add_argument('--database', type=int, default=100_000)
   parser.add_argument('--bits', type=int, default=64)
@@ -127,6 +182,10 @@ def main():
     run_map(args, args.queries, args.database, baseline=not args.no_baseline)
   elif args.mode == 'topk':
     run_topk(args)
+  elif args.mode == 'mih':
+    if not args.codes:
+      parser.error('--mode=mih needs --codes=RUN/codes.npz (a trained run\'s codes)')
+    run_mih(args)
   else:
     times = {}
     for q_scale, n_scale in ((1, 1), (2, 1), (4, 1), (1, 2), (1, 4)):

@@ -96,7 +96,9 @@ def hamming_topk(query_codes, db_codes, topk: int, *,
     raise SearchError(f'code lengths differ: query {np.shape(query_codes)}, '
                       f'database {np.shape(db_codes)}')
   _check_topk(topk, len(db_NxU))
-  return _search_words(query_QxU, _device_database(db_NxU), len(db_NxU), topk, chunk_size)
+  # One search: pad to ALIGN only (the buckets of `_device_database` serve growing indexes).
+  db_dev = jax.device_put(codes_lib.pad_rows(db_NxU))
+  return _search_words(query_QxU, db_dev, len(db_NxU), topk, chunk_size)
 
 
 @dataclasses.dataclass
@@ -182,24 +184,31 @@ class HammingIndex:
   def snapshot(self) -> 'HammingIndex':
     """The index as it is now; later `add`s do not change it (arrays shared, not copied), so
     a search and the labels of its results always agree while other threads add."""
-    labels = self.db_labels  # labels first: `add` extends them before the codes
-    codes = self.db_codes
+    codes = self.db_codes  # codes first: `add` extends the labels before them, so the labels
+    labels = self.db_labels  # read now cover at least these codes
     return HammingIndex(codes, self.bits, None if labels is None else labels[:len(codes)],
                         self.extras, self.backend, self._cache)
+
+  def check_add(self, codes_MxP, labels=None) -> np.ndarray:
+    """The codes as an array when `add` would take them (and their labels); else SearchError."""
+    codes_MxP = np.asarray(codes_MxP)
+    if codes_MxP.dtype != np.uint8 or codes_MxP.shape[1:] != self.db_codes.shape[1:]:
+      raise SearchError(f'added codes must be packed uint8 [M, {self.db_codes.shape[1]}], got '
+                        f'{codes_MxP.dtype} of shape {codes_MxP.shape}')
+    if (labels is None) != (self.db_labels is None) or (labels is not None and (
+        np.shape(labels)[0] != len(codes_MxP) or
+        np.shape(labels)[1:] != self.db_labels.shape[1:])):
+      raise SearchError('labels must be given for every added code, shaped like the index\'s, '
+                        'exactly when the index has labels (it has '
+                        f'{"none" if self.db_labels is None else "labels"})')
+    return codes_MxP
 
   def add(self, codes_MxP, labels=None) -> None:
     """Appends packed uint8 codes [M, P] (and their labels, [M] or [M, L], when the index has
     labels) at the end: they get database indices len(self) .. len(self)+M−1. Searches
     running meanwhile see the index before or after the add, never a mix (not thread-safe
     against another `add`)."""
-    codes_MxP = np.asarray(codes_MxP)
-    if codes_MxP.dtype != np.uint8 or codes_MxP.shape[1:] != self.db_codes.shape[1:]:
-      raise SearchError(f'added codes must be packed uint8 [M, {self.db_codes.shape[1]}], got '
-                        f'{codes_MxP.dtype} of shape {codes_MxP.shape}')
-    if (labels is None) != (self.db_labels is None) or (
-        labels is not None and len(labels) != len(codes_MxP)):
-      raise SearchError('labels must be given for every added code exactly when the index '
-                        f'has labels (it has {"none" if self.db_labels is None else "labels"})')
+    codes_MxP = self.check_add(codes_MxP, labels)
     if labels is not None:
       self.db_labels = np.concatenate([self.db_labels, np.asarray(labels,
                                                                   self.db_labels.dtype)])

@@ -76,7 +76,8 @@ def test_adding_needs_the_token_and_returns_the_new_indices(served):
   assert one == {'added': [num], 'database': num + 1}
   files = [('image', ('a.png', body)), ('image', ('b.jpg', _image_bytes((30, 20), 'RGB', 'JPEG'))),
            ('label', (None, '1')), ('label', (None, ''))]
-  two = client.post('/api/items', files=files, headers=auth).json()
+  two = client.post('/api/items', files=files,
+                    headers={**auth, 'Origin': 'http://testserver'}).json()  # same origin
   assert two == {'added': [num + 1, num + 2], 'database': num + 3}
   assert service.index.db_labels[num:].tolist() == [3, 1, -1]
   hits = client.get('/api/search', params={'item': num, 'k': 1000}).json()['results']
@@ -93,7 +94,7 @@ def test_adding_needs_the_token_and_returns_the_new_indices(served):
     ('get', '/api/nothing', {}, 404, 'no such endpoint: /api/nothing'),
     ('post', '/api/search', {'content': b''}, 400, 'upload is empty'),
     ('post', '/api/search', {'content': b'%PDF-1.4 not an image'}, 415,
-     'upload is not an image Pillow can read'),
+     'upload is not an image of an accepted format (PNG, JPEG, GIF, BMP, WEBP, TIFF)'),
     ('post', '/api/search', {'content': _image_bytes((64, 64))[:-30]}, 415,
      'upload cannot be decoded'),
     ('post', '/api/search', {'content': _image_bytes((3, 50))}, 422,
@@ -108,15 +109,23 @@ def test_adding_needs_the_token_and_returns_the_new_indices(served):
      'upload is not an image'),
     ('post', '/api/search', {'files': {'other': ('a', b'x')}, 'data': {'image': 'text'}}, 400,
      'multipart field image must be a file'),
-    ('post', '/api/items?label=10', {'headers': {'Authorization': f'Bearer {TOKEN}'},
-                                    'content': b'GIF89a'}, 415, 'image 0 is not an image'),
+    ('post', '/api/items?label=1', {'headers': {'Authorization': f'Bearer {TOKEN}'},
+                                   'content': b'GIF89a'}, 415, 'image 0 is not an image'),
+    ('post', '/api/search', {'content': b'x', 'headers': {'Origin': 'http://evil.example'}},
+     403, 'a page of another site cannot post here (Origin http://evil.example)'),
+    ('post', '/api/items', {'content': b'x', 'headers': {'Sec-Fetch-Site': 'cross-site'}},
+     403, 'a page of another site cannot post here'),
+    ('post', '/api/items', {'content': b'x', 'headers': {'Authorization': b'Bearer \xe9'}},
+     401, 'adding images needs the header Authorization: Bearer <token>'),
+    ('get', '/api/search?query=1&k=' + '9' * 5000, {}, 422, "k='99999999999999999999999999999999"),
+    ('post', '/api/search?k=0', {'content': b'x' * 10}, 422, 'k=0 is out of range'),
 ])
 def test_bad_input_gets_a_4xx_with_one_line(served, method, url, kwargs, status, message):
   _, client = served
   response = getattr(client, method)(url, **kwargs)
   error = response.json()['error']
   assert (response.status_code, message) == (status, error[:len(message)]), error
-  assert '\n' not in error
+  assert '\n' not in error and len(error) < 200
 
 
 def test_a_label_the_data_does_not_have_is_refused_before_anything_is_stored(served):
@@ -183,3 +192,12 @@ def test_on_a_real_full_file_system_adds_get_507_and_searches_go_on(served_run, 
     again.close()
   finally:
     subprocess.run(['umount', '-l', str(mnt)], check=False)
+
+
+def test_only_the_named_hosts_are_answered(served):
+  service, _ = served
+  client = TestClient(create_app(service, allowed_hosts=('127.0.0.1', 'localhost')))
+  refused = client.get('/api/health')  # Host: testserver, like a DNS-rebinding page's name
+  assert refused.status_code == 400
+  assert refused.json()['error'].startswith("Host 'testserver' is not one this server answers")
+  assert client.get('/api/health', headers={'Host': '127.0.0.1:8000'}).status_code == 200

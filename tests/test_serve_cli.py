@@ -59,6 +59,8 @@ def post_image(port, body: bytes, label=None, timeout=30):
     (['--workdir=.', '--port=70000'], '--port=70000 is out of range; accepted: 0..65535'),
     (['--workdir=.', '--max-upload-mb=0'], '--max-upload-mb=0.0 is out of range'),
     (['--workdir=.'], 'must be a finished train.py run'),
+    (['--workdir=.', '--token='], '--token must be printable ASCII without spaces'),
+    (['--workdir=.', '--token=sé same'], '--token must be printable ASCII without spaces'),
 ])
 def test_bad_arguments_are_one_line_errors(args, message, tmp_path):
   args = [a.replace('--workdir=.', f'--workdir={tmp_path}') for a in args]

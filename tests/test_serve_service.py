@@ -129,11 +129,15 @@ def test_concurrent_searches_and_adds_are_consistent(service):
     (lambda s: s.parse_label('11'), r"label='11' is not one class id in 0\.\.9"),
     (lambda s: s.parse_label('1,2'), r"label='1,2' is not one class id"),
     (lambda s: s.add(np.zeros((1, 9, 9, 1), np.uint8)), r'images must be uint8 \[M, 8, 8, 1\]'),
+    (lambda s: s.add(np.zeros((2, 8, 8, 1), np.uint8), np.zeros(1)), 'labels must be given for'),
+    (lambda s: s.add(np.zeros((1, 8, 8, 1), np.uint8)), 'labels must be given for every'),
+    (lambda s: s.search_query('9' * 500, 5), r"query '99999.*… does not exist"),
 ])
 def test_bad_requests_are_one_line_errors_with_a_status(service, call, message):
   with pytest.raises(ServeError, match=message) as e:
     call(service)
-  assert '\n' not in str(e.value) and 400 <= e.value.status < 500
+  assert '\n' not in str(e.value) and len(str(e.value)) < 200 and 400 <= e.value.status < 500
+  assert len(service.store) == 0 and len(service.index) == service.num_original  # none stored
 
 
 def test_a_run_that_is_not_finished_is_refused(tmp_path):

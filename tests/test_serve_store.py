@@ -68,10 +68,10 @@ def test_a_torn_last_write_is_cut_off_and_the_acknowledged_adds_stay(tmp_path, c
 def test_damage_before_acknowledged_adds_is_an_error_and_the_file_is_untouched(tmp_path):
   layout, path = LAYOUTS[0], str(tmp_path / 'added.bin')
   store = AddedStore(path, layout)
-  header = os.path.getsize(path)
   for seed in range(3):
     store.append(*_items(layout, 2, seed))
   store.close()
+  header = os.path.getsize(path) - 3 * (12 + 2 * layout.item_bytes)
   with open(path, 'r+b') as f:
     f.seek(header + 20)  # inside the first batch's payload
     f.write(b'\xff\xfe')
@@ -86,6 +86,7 @@ def test_another_models_store_and_a_second_server_are_refused(tmp_path):
   store = AddedStore(path, LAYOUTS[0])
   with pytest.raises(StoreError, match='in use by another server'):
     AddedStore(path, LAYOUTS[0])
+  store.append(*_items(LAYOUTS[0], 1, 0))
   store.close()
   with pytest.raises(StoreError, match='holds items of another model'):
     AddedStore(path, ItemLayout((4, 4, 1), 4, 'class'))
@@ -128,3 +129,55 @@ def test_a_full_disk_refuses_the_add_and_leaves_the_store_as_it_was(tmp_path):
 def test_an_unknown_label_kind_is_one_line():
   with pytest.raises(ValueError, match="label_kind='tags'; accepted: none, class, multi-hot"):
     ItemLayout((2, 2, 1), 1, 'tags')
+
+
+def test_image_bytes_that_look_like_a_record_do_not_block_recovery(tmp_path):
+  layout, path = ItemLayout((4, 4, 1), 2, 'none'), str(tmp_path / 'added.bin')
+  store = AddedStore(path, layout)
+  forged = np.zeros((3, 4, 4, 1), np.uint8)  # an upload whose pixels spell a record header
+  forged[:, 0, :, 0] = np.frombuffer(b'HJB2', np.uint8)
+  store.append(forged, np.zeros((3, 2), np.uint8))
+  store.append(forged, np.zeros((3, 2), np.uint8))
+  store.close()
+  with open(path, 'r+b') as f:
+    f.truncate(os.path.getsize(path) - 5)  # the second add's write was torn
+  store = AddedStore(path, layout)
+  assert len(store) == 3
+  np.testing.assert_array_equal(store.images, forged)
+  store.close()
+
+
+def test_a_torn_first_add_leaves_an_empty_store(tmp_path):
+  layout, path = LAYOUTS[0], str(tmp_path / 'added.bin')
+  store = AddedStore(path, layout)
+  store._pwrite = failing_pwrite(room=20)  # pylint: disable=protected-access  # inside the header
+  with pytest.raises(StoreFull):
+    store.append(*_items(layout, 1, 0))
+  store._pwrite = os.pwrite  # pylint: disable=protected-access
+  store.append(*_items(layout, 1, 1))  # the header is written again with it
+  store.close()
+  with open(path, 'r+b') as f:
+    f.truncate(20)  # as if the process had died during its first add
+  store = AddedStore(path, layout)
+  assert len(store) == 0
+  store.append(*_items(layout, 2, 2))
+  store.close()
+  _assert_holds(AddedStore(path, layout), [_items(layout, 2, 2)])
+
+
+def test_a_store_that_cannot_be_created_refuses_adds_and_nothing_else(tmp_path):
+  (tmp_path / 'served').write_text('a file where the folder should be')
+  store = AddedStore(str(tmp_path / 'served' / 'added.bin'), LAYOUTS[0])
+  assert len(store) == 0
+  with pytest.raises(StoreFull, match='the add was not stored: .*served cannot be created'):
+    store.append(*_items(LAYOUTS[0], 1, 0))
+  store.close()
+
+
+def test_codes_of_another_model_are_refused(tmp_path):
+  path = str(tmp_path / 'added.bin')
+  store = AddedStore(path, ItemLayout((4, 4, 1), 2, 'class', model='step 100'))
+  store.append(*_items(LAYOUTS[0], 1, 0))
+  store.close()
+  with pytest.raises(StoreError, match=r'holds items of another model .*"step 100".* move'):
+    AddedStore(path, ItemLayout((4, 4, 1), 2, 'class', model='step 200'))

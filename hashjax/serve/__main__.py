@@ -12,6 +12,7 @@ import os
 import sys
 
 EXIT_BAD_INPUT = 2
+LOOPBACK = ('127.0.0.1', 'localhost', '::1')
 
 
 def _parse(argv):
@@ -39,6 +40,9 @@ def _parse(argv):
     if not low <= getattr(args, name) <= high:
       one_line_error(f'--{name.replace("_", "-")}={getattr(args, name)} is out of range; '
                      f'accepted: {low}..{high}')
+  if args.token is not None and (not args.token or not args.token.isascii() or
+                                 not args.token.isprintable() or ' ' in args.token):
+    one_line_error('--token must be printable ASCII without spaces, and not empty')
   if not 0 < args.max_upload_mb <= 1024:
     one_line_error(f'--max-upload-mb={args.max_upload_mb} is out of range; accepted: (0, 1024]')
   return args
@@ -65,8 +69,13 @@ def run(argv=None) -> int:
     return EXIT_BAD_INPUT
   try:
     service.warm_up()
+    loopback = args.host in LOOPBACK
+    if not loopback and args.token is None:
+      print(f'serve: warning: listening on {args.host} without --token: anyone who can reach '
+            'it can add images', file=sys.stderr)
     app = create_app(service, token=args.token,
-                     max_upload_bytes=int(args.max_upload_mb * (1 << 20)))
+                     max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
+                     allowed_hosts=LOOPBACK if loopback else None)
     print(f'serving {service.stats()["database"]} items of {args.workdir} at '
           f'http://{args.host}:{args.port}/', flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level='warning')

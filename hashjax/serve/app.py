@@ -24,6 +24,7 @@ from __future__ import annotations
 import hmac
 import importlib.resources
 import logging
+import urllib.parse
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -40,12 +41,15 @@ log = logging.getLogger(__name__)
 MAX_FILES = 256  # images in one add
 
 
-class LimitBody:
-  """ASGI middleware: a request body over `max_bytes` gets 413, whether its length is declared
-  (answered before reading) or it streams in chunks (answered when the limit is passed)."""
+class RequestGuard:
+  """ASGI middleware in front of the app: a Host header not in `allowed_hosts` (when given)
+  gets 400; a POST a browser sends for another site's page gets 403; a request body over
+  `max_bytes` gets 413, whether its length is declared (answered before reading) or it streams
+  in chunks (answered when the limit is passed)."""
 
-  def __init__(self, app, max_bytes: int):
+  def __init__(self, app, max_bytes: int, allowed_hosts=None):
     self.app, self.max_bytes = app, max_bytes
+    self.allowed_hosts = None if allowed_hosts is None else set(allowed_hosts)
 
   def _message(self) -> str:
     return f'the request body is over the {self.max_bytes:,}-byte limit (--max-upload-mb)'
@@ -53,6 +57,14 @@ class LimitBody:
   async def __call__(self, scope, receive, send):
     if scope['type'] != 'http':
       return await self.app(scope, receive, send)
+    host = urllib.parse.urlsplit(f'//{Request(scope).headers.get("host", "")}').hostname
+    if self.allowed_hosts is not None and host not in self.allowed_hosts:
+      return await _error(400, f'Host {str(host)[:60]!r} is not one this server answers to '
+                          f'({", ".join(sorted(self.allowed_hosts))})')(scope, receive, send)
+    if scope['method'] == 'POST' and _cross_site(Request(scope)):
+      origin = dict(scope.get('headers') or []).get(b'origin', b'?').decode('latin-1')[:60]
+      return await _error(403, 'a page of another site cannot post here (Origin '
+                          f'{origin})')(scope, receive, send)
     declared = dict(scope.get('headers') or []).get(b'content-length')
     if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
       return await _error(413, self._message())(scope, receive, send)
@@ -75,8 +87,28 @@ def _error(status: int, message: str) -> JSONResponse:
 
 def _validation_message(exc: RequestValidationError) -> str:
   first = exc.errors()[0]
-  name = first.get('loc', ('?',))[-1]
-  return f'{name}={first.get("input")!r}: {first.get("msg", "invalid")}'
+  name, shown = first.get('loc', ('?',))[-1], repr(first.get('input'))
+  shown = shown if len(shown) <= 40 else shown[:40] + '…'
+  return f'{name}={shown}: {first.get("msg", "invalid")}'
+
+
+def _authorized(request: Request, token: str | None) -> bool:
+  """No token set, or `Authorization: Bearer <token>` (compared in constant time, as bytes:
+  headers arrive as latin-1 text)."""
+  if token is None:
+    return True
+  sent = request.headers.get('authorization', '').encode('latin-1', 'replace')
+  return hmac.compare_digest(sent, f'Bearer {token}'.encode())
+
+
+def _cross_site(request: Request) -> bool:
+  """A request a page of another site made the browser send (refused for POSTs: a form on
+  any web page could otherwise add images to a server on this machine)."""
+  if request.headers.get('sec-fetch-site', 'same-origin') not in ('same-origin', 'none'):
+    return True
+  origin = request.headers.get('origin')
+  return origin is not None and urllib.parse.urlsplit(origin).netloc != request.headers.get(
+      'host')
 
 
 def _add_handlers(app: FastAPI) -> None:
@@ -114,11 +146,14 @@ def _png(image_HxWxC: np.ndarray, scale: int) -> Response:
 
 
 def create_app(service: SearchService, *, token: str | None = None,
-               max_upload_bytes: int = 8 << 20) -> LimitBody:
+               max_upload_bytes: int = 8 << 20, allowed_hosts=None) -> RequestGuard:
   """The ASGI app (FastAPI inside a body-size limit) over `service`; `token`: needed (as a
-  Bearer token) to add images; `max_upload_bytes`: the largest request body."""
+  Bearer token) to add images; `max_upload_bytes`: the largest request body; `allowed_hosts`:
+  the Host headers answered (None: any; the CLI names its loopback names, which stops DNS
+  rebinding). POSTs a browser sends for another site's page get 403."""
   app = FastAPI(title='hashjax search', docs_url='/api/docs', redoc_url=None)
   _add_handlers(app)
+
   page = importlib.resources.files('hashjax.serve').joinpath('page.html').read_text()
 
   @app.get('/', response_class=HTMLResponse)
@@ -145,6 +180,7 @@ def create_app(service: SearchService, *, token: str | None = None,
 
   @app.post('/api/search')
   async def search_upload(request: Request, k: int = 10, radius: int | None = None):
+    service.check_k(k, radius)
     bodies, _ = await _images_from(request)
     if len(bodies) != 1:
       raise ServeError(f'send exactly one image to search with, got {len(bodies)}')
@@ -153,18 +189,19 @@ def create_app(service: SearchService, *, token: str | None = None,
 
   @app.post('/api/items')
   async def add_items(request: Request, label: str | None = None):
-    if token is not None and not hmac.compare_digest(
-        request.headers.get('authorization', ''), f'Bearer {token}'):
-      return _error(401, 'adding images needs the header Authorization: Bearer <token> '
-                    '(the server\'s --token)')
+    if not _authorized(request, token):
+      response = _error(401, 'adding images needs the header Authorization: Bearer <token> '
+                        '(the server\'s --token)')
+      response.headers['WWW-Authenticate'] = 'Bearer'
+      return response
     bodies, labels = await _images_from(request)
     labels = labels or [label] * len(bodies)
     if not bodies or len(labels) != len(bodies):
       raise ServeError(f'{len(bodies)} images but {len(labels)} labels; give one label per '
                        'image, or none')
+    parsed = [service.parse_label(text) for text in labels]
     images = [await run_in_threadpool(uploads.decode_image, body, service.image_shape,
                                       f'image {i}') for i, body in enumerate(bodies)]
-    parsed = [service.parse_label(text) for text in labels]
     ids = await run_in_threadpool(service.add, np.stack(images),
                                   None if parsed[0] is None else np.stack(parsed))
     return {'added': ids, 'database': len(service.index)}
@@ -177,4 +214,4 @@ def create_app(service: SearchService, *, token: str | None = None,
   def item_png(i: int, scale: int = 1):
     return _png(service.item_image(i), scale)
 
-  return LimitBody(app, max_upload_bytes)
+  return RequestGuard(app, max_upload_bytes, allowed_hosts)

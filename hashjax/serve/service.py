@@ -9,6 +9,7 @@ image reads may come from many threads at once.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from typing import Any
@@ -58,11 +59,21 @@ def relevance(query_label, db_labels: np.ndarray) -> np.ndarray:
   return np.asarray(db_labels, np.int32) @ np.asarray(query_label, np.int32) > 0
 
 
-def _layout(index: search_lib.HammingIndex, image_shape) -> store_lib.ItemLayout:
+def _shown(value, limit: int = 40) -> str:
+  """repr(value), cut to `limit` characters (an error line never echoes a whole input)."""
+  text = repr(value)
+  return text if len(text) <= limit else text[:limit] + '…'
+
+
+def _layout(index: search_lib.HammingIndex, image_shape, step: int) -> store_lib.ItemLayout:
+  """What the store keeps per item; `model` ties the stored codes to this run's final model
+  (its step and a digest of the codes it indexed)."""
   labels = index.db_labels
   kind = 'none' if labels is None else 'class' if labels.ndim == 1 else 'multi-hot'
+  digest = hashlib.sha256(np.ascontiguousarray(index.db_codes)).hexdigest()[:16]
   return store_lib.ItemLayout(image_shape, index.db_codes.shape[1], kind,
-                              0 if kind != 'multi-hot' else labels.shape[1])
+                              0 if kind != 'multi-hot' else labels.shape[1],
+                              model=f'step {step}, codes.npz {digest}')
 
 
 class SearchService:
@@ -85,7 +96,7 @@ class SearchService:
         raise ServeError(f'{workdir}/codes.npz lacks {name}; rerun the run\'s train.py command')
     self.num_original = len(self.index)
     self.store = store_lib.AddedStore(os.path.join(workdir, store_lib.FILE),
-                                      _layout(self.index, self.image_shape))
+                                      _layout(self.index, self.image_shape, self.step))
     if len(self.store):
       self.index.add(self.store.codes, self.store.labels)
     self.max_k = max_k
@@ -119,7 +130,7 @@ class SearchService:
 
   def _check_index(self, i, size: int, what: str) -> int:
     if not isinstance(i, (int, np.integer)) or not 0 <= i < size:
-      raise ServeError(f'{what} {i!r} does not exist; accepted: 0..{size - 1}', 404)
+      raise ServeError(f'{what} {_shown(i)} does not exist; accepted: 0..{size - 1}', 404)
     return int(i)
 
   def query_image(self, i: int) -> np.ndarray:
@@ -152,23 +163,25 @@ class SearchService:
   def search_image(self, image_HxWxC: np.ndarray, k: int, radius: int | None = None
                    ) -> dict[str, Any]:
     """Encode one uint8 image [H, W, C] (the run's shape) and search with its code."""
+    self.check_k(k, radius)
     code = self.encoder.encode(image_HxWxC[None])[0]
     return self._search(code, k, radius, None, {'image': 'upload'})
 
-  def _check_k(self, k, radius, num_db: int) -> None:
-    top = min(self.max_k, num_db)
+  def check_k(self, k, radius, num_db: int | None = None) -> None:
+    """ServeError 422 unless 1 ≤ k ≤ min(max_k, N) and radius is None or 0..bits."""
+    top = min(self.max_k, len(self.index) if num_db is None else num_db)
     if not isinstance(k, (int, np.integer)) or not 1 <= k <= top:
-      raise ServeError(f'k={k!r} is out of range; accepted: 1..{top}', 422)
+      raise ServeError(f'k={_shown(k)} is out of range; accepted: 1..{top}', 422)
     if radius is not None and (not isinstance(radius, (int, np.integer)) or
                                not 0 <= radius <= self.index.bits):
-      raise ServeError(f'radius={radius!r} is out of range; accepted: 0..{self.index.bits} '
-                       '(or none)', 422)
+      raise ServeError(f'radius={_shown(radius)} is out of range; accepted: '
+                       f'0..{self.index.bits} (or none)', 422)
 
   def _search(self, code_P, k, radius, label, query, snapshot=None) -> dict[str, Any]:
     """The k nearest items (ties by index), those within `radius` when it is given, with
     distances, labels, relevance and the query's AP@map_topk when the query has a label."""
     snapshot = snapshot or self.index.snapshot()
-    self._check_k(k, radius, len(snapshot))
+    self.check_k(k, radius, len(snapshot))
     padded_k = min(len(snapshot), max(16, 1 << (int(k) - 1).bit_length()))
     dist_1xT, index_1xT = snapshot.search(np.asarray(code_P)[None], padded_k)
     dist_T, index_T = dist_1xT[0, :k], index_1xT[0, :k]
@@ -198,7 +211,7 @@ class SearchService:
       return None if kind == 'none' else (-1 if kind == 'class' else
                                          np.zeros(self.store.layout.num_labels, np.uint8))
     if kind == 'none':
-      raise ServeError(f'label={text!r}: this database has no labels; leave it out', 422)
+      raise ServeError(f'label={_shown(text)}: this database has no labels; leave it out', 422)
     try:
       ids = [int(part) for part in text.split(',')]
     except ValueError:
@@ -207,7 +220,7 @@ class SearchService:
            self.store.layout.num_labels - 1)
     if not ids or any(not 0 <= i <= top for i in ids) or (kind == 'class' and len(ids) > 1):
       what = 'one class id' if kind == 'class' else 'label ids separated by commas'
-      raise ServeError(f'label={text!r} is not {what} in 0..{top}', 422)
+      raise ServeError(f'label={_shown(text)} is not {what} in 0..{top}', 422)
     if kind == 'class':
       return ids[0]
     out = np.zeros(self.store.layout.num_labels, np.uint8)
@@ -221,6 +234,11 @@ class SearchService:
     if images.ndim != 4 or images.shape[1:] != self.image_shape or not len(images):
       raise ServeError(f'images must be uint8 [M, {", ".join(map(str, self.image_shape))}] '
                        f'with M ≥ 1, got shape {images.shape}', 422)
+    try:
+      self.index.check_add(np.zeros((len(images),) + self.index.db_codes.shape[1:], np.uint8),
+                           labels)
+    except search_lib.SearchError as e:
+      raise ServeError(str(e), 422) from None
     codes = self.encoder.encode(images)
     with self._add_lock:
       try:

@@ -1,16 +1,21 @@
 """The append-only store of images added to a served database (`WORKDIR/served/added.bin`).
 
-Layout: a header (magic `HJSTORE1`, uint32 length, the JSON description of an item, uint32
-CRC-32 of it), then one batch record per acknowledged add: magic `HJB1`, uint32 item count,
-uint32 CRC-32 of the payload, payload. An item is its label (int64 class id, L uint8 multi-hot
-flags, or nothing), its uint8 image [H, W, C] and its packed code [P], so added images are
-never encoded again when the service restarts.
+Layout: a header (magic `HJSTORE2`, uint32 length, a JSON description: the item layout, the
+model that encoded the codes, and a random salt; uint32 CRC-32 of it), then one record per
+acknowledged add: magic `HJB2`, uint32 item count (≥ 1), uint32 CRC-32 of (salt, the record's
+offset, count, payload), payload. An item is its label (int64 class id, L uint8 multi-hot flags,
+or nothing), its uint8 image [H, W, C] and its packed code [P], so added images are never
+encoded again when the service restarts. The salt and offset in the checksum mean no bytes of
+an uploaded image can pass for a record.
 
-A batch is written with one `write` and fsynced before the add is acknowledged. After a crash,
-an incomplete or corrupt *last* record (a write that was never acknowledged) is cut off when
-the store is opened; damage anywhere else is reported and the file is left as it is. A write
-the disk refuses (full, quota) is cut off again at once, so the store stays valid and searches
-go on. One server at a time: the file is locked (`flock`) while open.
+A record is written with one `pwrite` (unbuffered) and fsynced before the add is acknowledged;
+the file and its folder are created, and fsynced, with the first add. After a crash an
+incomplete or corrupt *last* record (a write that was never acknowledged) is cut off when the
+store is opened; damage followed by intact records is reported and the file left as it is. (A
+last acknowledged record damaged later, e.g. by bit rot, cannot be told from a torn write: it
+is cut off with a warning.) A write the disk refuses (full, quota) is cut off again at once, so
+the store stays valid and searches go on; so does a store that cannot even be created. One
+server at a time: the `served` folder is locked (`flock`) while the store is open.
 """
 
 from __future__ import annotations
@@ -30,9 +35,9 @@ from hashjax import disk
 log = logging.getLogger(__name__)
 
 FILE = os.path.join('served', 'added.bin')
-_MAGIC = b'HJSTORE1'
-_BATCH = struct.Struct('<4sII')  # magic, item count, CRC-32 of the payload
-_BATCH_MAGIC = b'HJB1'
+_MAGIC = b'HJSTORE2'
+_BATCH = struct.Struct('<4sII')  # magic, item count, CRC-32 of (salt, offset, count, payload)
+_BATCH_MAGIC = b'HJB2'
 LABEL_KINDS = ('none', 'class', 'multi-hot')
 
 
@@ -47,11 +52,13 @@ class StoreFull(OSError):
 @dataclasses.dataclass(frozen=True)
 class ItemLayout:
   """What one stored item holds: image uint8 [H, W, C], packed code uint8 [code_bytes] and a
-  label of `label_kind` ('class': int64 id, −1 for none; 'multi-hot': uint8 [num_labels])."""
+  label of `label_kind` ('class': int64 id, −1 for none; 'multi-hot': uint8 [num_labels]);
+  `model` names the model that encoded the codes (a store of another model is refused)."""
   image_shape: tuple
   code_bytes: int
   label_kind: str = 'none'
   num_labels: int = 0
+  model: str = ''
 
   @property
   def label_bytes(self) -> int:
@@ -76,38 +83,55 @@ class AddedStore:
 
   def __init__(self, path: str, layout: ItemLayout):
     self.path, self.layout = path, layout
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    # Unbuffered: a write the disk refused must not linger in a buffer and reach the file later.
-    self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    self._fd, self._lock, self._size, self._salt = None, None, 0, b''
     self._pwrite = os.pwrite  # every write goes through this (tests make it fail)
+    self._unavailable = None  # why adds are refused (a store that could not be created)
+    self._empty_buffers()
     try:
-      fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      self._lock = os.open(os.path.dirname(path), os.O_RDONLY)
+    except OSError as e:
+      self._unavailable = f'{os.path.dirname(path)} cannot be created ({e.strerror or e})'
+      log.warning('%s: adds are refused until it can be; searches go on', self._unavailable)
+      return
+    try:
+      fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-      os.close(self._fd)
+      self.close()
       raise StoreError(f'{path} is in use by another server; stop it first') from None
     try:
-      self._load()
+      if os.path.exists(path):
+        # Unbuffered: a write the disk refused must not linger in a buffer and reach the file.
+        self._fd = os.open(path, os.O_RDWR)
+        self._load()
     except Exception:
-      os.close(self._fd)
+      self.close()
       raise
 
   def close(self) -> None:
-    os.close(self._fd)
+    for fd in (self._fd, self._lock):
+      if fd is not None:
+        os.close(fd)
+    self._fd = self._lock = None
 
   def __len__(self) -> int:
     return len(self.codes)
 
-  def _load(self) -> None:
+  def _empty_buffers(self) -> None:
     layout, self._count = self.layout, 0
     self._images = np.zeros((0,) + tuple(layout.image_shape), np.uint8)
     self._codes = np.zeros((0, layout.code_bytes), np.uint8)
     self._labels = np.zeros((0, layout.num_labels) if layout.label_kind == 'multi-hot' else 0,
                             np.uint8 if layout.label_kind == 'multi-hot' else np.int64)
+
+  def _load(self) -> None:
     data = self._file_bytes()
-    if not data:
-      self._write_header()
-      data = self._file_bytes()
     offset = self._check_header(data)
+    if offset is None:  # empty, or the first add's write was torn: nothing was acknowledged
+      if data:
+        log.warning('%s: cut off the torn first add (never acknowledged)', self.path)
+      self._truncate(0)
+      return
     batches = []
     while offset < len(data):
       end = self._record_end(data, offset)
@@ -135,39 +159,53 @@ class AddedStore:
       done += self._pwrite(self._fd, view[done:], offset + done)
     os.fsync(self._fd)
 
-  def _write_header(self) -> None:
-    meta = self.layout.describe()
-    header = _MAGIC + struct.pack('<I', len(meta)) + meta + struct.pack('<I', zlib.crc32(meta))
-    self._write_at(header, 0)
+  def _header(self) -> bytes:
+    """A new header with a fresh salt (written with the first add)."""
+    self._salt = os.urandom(16)
+    meta = json.dumps({'layout': json.loads(self.layout.describe()),
+                       'salt': self._salt.hex()}, sort_keys=True).encode()
+    return _MAGIC + struct.pack('<I', len(meta)) + meta + struct.pack('<I', zlib.crc32(meta))
 
-  def _check_header(self, data: bytes) -> int:
+  def _check_header(self, data: bytes) -> int | None:
+    """The offset of the first record; None for an empty file or a torn first write."""
     size = len(_MAGIC) + 4
-    if data[:len(_MAGIC)] != _MAGIC or len(data) < size:
+    if not _MAGIC.startswith(data[:len(_MAGIC)]):
       raise StoreError(f'{self.path} is not an added-items store; move it away to start empty')
+    if len(data) < size:
+      return None
     (length,) = struct.unpack_from('<I', data, len(_MAGIC))
+    if len(data) < size + length + 4:
+      return None
     meta = data[size:size + length]
-    crc = data[size + length:size + length + 4]
-    if len(crc) < 4 or struct.unpack('<I', crc)[0] != zlib.crc32(meta):
+    if struct.unpack_from('<I', data, size + length)[0] != zlib.crc32(meta):
       raise StoreError(f'{self.path} has a damaged header; move it away to start empty')
-    if meta != self.layout.describe():
-      raise StoreError(f'{self.path} holds items of another model ({meta.decode()}); this '
-                       f'run needs {self.layout.describe().decode()}')
+    meta = json.loads(meta)
+    if meta['layout'] != json.loads(self.layout.describe()):
+      raise StoreError(f'{self.path} holds items of another model or data '
+                       f'({json.dumps(meta["layout"], sort_keys=True)}); this run needs '
+                       f'{self.layout.describe().decode()}: move {self.path} away (its images '
+                       'can be added again)')
+    self._salt = bytes.fromhex(meta['salt'])
     return size + length + 4
 
+  def _checksum(self, offset: int, count: int, payload) -> int:
+    return zlib.crc32(payload, zlib.crc32(self._salt + struct.pack('<QI', offset, count)))
+
   def _valid_end(self, data: bytes, offset: int) -> int | None:
-    """The end of a whole, intact batch record at `offset`, else None."""
+    """The end of a whole, intact record at `offset`, else None."""
     if len(data) - offset < _BATCH.size:
       return None
     magic, count, crc = _BATCH.unpack_from(data, offset)
     end = offset + _BATCH.size + count * self.layout.item_bytes
-    if magic != _BATCH_MAGIC or end > len(data):
+    if magic != _BATCH_MAGIC or count < 1 or end > len(data):
       return None
-    return end if zlib.crc32(memoryview(data)[offset + _BATCH.size:end]) == crc else None
+    payload = memoryview(data)[offset + _BATCH.size:end]
+    return end if self._checksum(offset, count, payload) == crc else None
 
   def _record_end(self, data: bytes, offset: int) -> int | None:
-    """The end of the batch record at `offset`; None when it is a torn last write (no intact
-    record follows). Damage followed by intact records is a `StoreError`, and the file is
-    left untouched: cutting it off would lose acknowledged adds."""
+    """The end of the record at `offset`; None when it is a torn last write (no intact record
+    follows). Damage followed by intact records is a `StoreError`, and the file is left
+    untouched: cutting it off would lose acknowledged adds."""
     end = self._valid_end(data, offset)
     if end is not None:
       return end
@@ -215,9 +253,7 @@ class AddedStore:
     os.ftruncate(self._fd, size)
     os.fsync(self._fd)
 
-  def append(self, images_MxHxWxC: np.ndarray, codes_MxP: np.ndarray, labels=None) -> None:
-    """Writes one batch and fsyncs it; when this returns, the items survive a crash. A disk
-    that refuses the write raises `StoreFull` and leaves the store as it was."""
+  def _rows(self, images_MxHxWxC, codes_MxP, labels) -> np.ndarray:
     layout, count = self.layout, len(codes_MxP)
     parts = []
     if layout.label_kind == 'class':
@@ -226,17 +262,34 @@ class AddedStore:
       parts.append(np.asarray(labels, np.uint8).reshape(count, layout.num_labels))
     parts += [np.asarray(images_MxHxWxC, np.uint8).reshape(count, -1),
               np.asarray(codes_MxP, np.uint8).reshape(count, layout.code_bytes)]
-    rows = np.concatenate(parts, axis=1)
-    payload = rows.tobytes()
-    record = _BATCH.pack(_BATCH_MAGIC, count, zlib.crc32(payload)) + payload
+    return np.concatenate(parts, axis=1)
+
+  def _create(self) -> None:
+    """Opens a new store file and fsyncs its folder (the name survives a power loss)."""
+    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    os.fsync(self._lock)
+
+  def append(self, images_MxHxWxC: np.ndarray, codes_MxP: np.ndarray, labels=None) -> None:
+    """Writes one record (M ≥ 1 items) and fsyncs it; when this returns, the items survive a
+    crash. A disk that refuses the write raises `StoreFull` and the store stays as it was."""
+    if self._unavailable:
+      raise StoreFull(f'the add was not stored: {self._unavailable}; free space and restart')
+    rows = self._rows(images_MxHxWxC, codes_MxP, labels)
     try:
-      self._write_at(record, self._size)
+      if self._fd is None:
+        self._create()
+      header = self._header() if self._size == 0 else b''  # the first add writes it
+      offset = self._size + len(header)
+      payload = rows.tobytes()
+      self._write_at(header + _BATCH.pack(_BATCH_MAGIC, len(rows), self._checksum(
+          offset, len(rows), payload)) + payload, self._size)
     except OSError as e:
       try:
-        self._truncate(self._size)
+        if self._fd is not None:
+          self._truncate(self._size)
       except OSError:
         pass  # the torn record is cut off when the store is next opened
       raise StoreFull(f'the add was not stored ({e.strerror or disk.short_error(e)}); free '
                       f'space on {os.path.dirname(self.path)} and add again') from None
-    self._size += len(record)
+    self._size = offset + _BATCH.size + len(payload)
     self._set_rows(rows)

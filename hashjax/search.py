@@ -171,7 +171,7 @@ class HammingIndex:
         raise SearchError(str(e)) from None
       return backends.faiss_topk(index, query, int(topk))
     tables = self._built(codes, 'mih', lambda c: mih.MultiIndex.build(c, self.bits))
-    dist, ids, fallbacks = tables.search(query, codes, int(topk),
+    dist, ids, fallbacks = tables.search(query, int(topk),
                                          functools.partial(self._linear, codes))
     self._cache['mih_fallbacks'] = self._cache.get('mih_fallbacks', 0) + fallbacks
     return dist, ids
@@ -249,7 +249,8 @@ class HammingIndex:
     tables = {name: arrays.pop(name) for name in list(arrays) if name.startswith('mih_')}
     labels, backend = arrays.pop('db_labels', None), str(arrays.pop('backend', 'jax'))
     index = cls(db_codes=db_codes, bits=bits, db_labels=labels, extras=arrays, backend=backend)
-    if tables and len(tables.get('mih_order_0', ())) == len(db_codes):
+    offsets = tables.get('mih_member_offsets')
+    if offsets is not None and len(offsets) and offsets[-1] == len(db_codes):
       index._cache['mih'] = (index.db_codes, mih.MultiIndex.from_arrays(tables, bits))
     return index
 

@@ -44,7 +44,7 @@ def test_flip_masks_are_every_key_at_that_distance():
 def test_probing_finds_exactly_the_linear_scans_neighbours_and_tie_order(bits, topk):
   db, queries = _learned_like(300, 40, bits, 0.03, bits)
   index = mih.MultiIndex.build(db, bits)
-  dist, ids, fallbacks = index.search(queries[:40], db, topk, _linear(db), max_work=1.0)
+  dist, ids, fallbacks = index.search(queries[:40], topk, _linear(db), max_work=1.0)
   want_dist, want_ids = hamming_topk(queries[:40], db, topk)
   assert fallbacks == 0  # every query answered by probing the tables
   np.testing.assert_array_equal(dist, want_dist)
@@ -54,7 +54,7 @@ def test_probing_finds_exactly_the_linear_scans_neighbours_and_tie_order(bits, t
 def test_duplicates_tie_by_index():
   db = np.repeat(np.packbits(np.random.default_rng(1).random((20, 32)) > 0.5, 1), 30, axis=0)
   index = mih.MultiIndex.build(db, 32, m=2)
-  dist, ids, _ = index.search(db[[5, 599]], db, 50, _linear(db), max_work=1.0)
+  dist, ids, _ = index.search(db[[5, 599]], 50, _linear(db), max_work=1.0)
   want_dist, want_ids = hamming_topk(db[[5, 599]], db, 50)
   np.testing.assert_array_equal(ids, want_ids)
   np.testing.assert_array_equal(dist, want_dist)
@@ -71,7 +71,7 @@ def test_crowded_or_spread_codes_fall_back_to_the_linear_scan_with_the_same_resu
     calls.append(len(query))
     return hamming_topk(query, uniform, topk)
 
-  dist, ids, fallbacks = index.search(uniform[:40] ^ 1, uniform, 20, linear)
+  dist, ids, fallbacks = index.search(uniform[:40] ^ 1, 20, linear)
   want_dist, want_ids = hamming_topk(uniform[:40] ^ 1, uniform, 20)
   np.testing.assert_array_equal(ids, want_ids)
   np.testing.assert_array_equal(dist, want_dist)
@@ -83,8 +83,8 @@ def test_tables_round_trip_through_arrays():
   index = mih.MultiIndex.build(db, 64, m=4)
   again = mih.MultiIndex.from_arrays(index.arrays(), 64)
   assert again.bounds == index.bounds
-  got = again.search(queries, db, 5, _linear(db), max_work=1.0)
-  want = index.search(queries, db, 5, _linear(db), max_work=1.0)
+  got = again.search(queries, 5, _linear(db), max_work=1.0)
+  want = index.search(queries, 5, _linear(db), max_work=1.0)
   np.testing.assert_array_equal(got[1], want[1])
 
 

@@ -128,18 +128,20 @@ def run_mih(args):
     if kind == 'learned-like':
       db, queries, bits = learned_like(args.codes, args.database, args.flips, 0)
     else:
-      rng = np.random.default_rng(1)
+      rng = np.random.default_rng(1)  # uniform bytes (no float temporaries: RSS is reported)
       bits = args.bits
-      db = np.packbits(rng.random((args.database, bits)) > 0.5, 1)
-      queries = np.packbits(rng.random((len(db) // 1000 or 1, bits)) > 0.5, 1)
+      db = rng.integers(0, 256, (args.database, bits // 8), dtype=np.uint8)
+      queries = rng.integers(0, 256, (args.queries, bits // 8), dtype=np.uint8)
     queries = queries[:args.queries]
     index = HammingIndex(db, bits, backend='mih')
     _, t_build = timed(index.search, queries[:1], args.topk)
     (d_mih, i_mih), t_mih = timed(index.search, queries, args.topk)
+    tables = index._cache['mih'][1]  # pylint: disable=protected-access
+    size = sum(a.nbytes for a in tables.arrays().values()) / 2**20
     line = (f'{kind} N={len(db)} bits={bits} Q={len(queries)} k={args.topk}: mih '
-            f'{t_mih * 1e3 / len(queries):.3f} ms/query (m={index._cache["mih"][1].m}, '
-            f'{index.mih_fallbacks} of {len(queries) + 1} queries fell back; tables built in '
-            f'{t_build:.1f} s)')
+            f'{t_mih * 1e3 / len(queries):.3f} ms/query (m={tables.m}, {len(tables.codes)} '
+            f'distinct codes, {index.mih_fallbacks} of {len(queries) + 1} queries fell back; '
+            f'tables {size:.0f} MiB built in {t_build:.1f} s)')
     for threads in (1, 2):
       faiss.omp_set_num_threads(threads)
       flat = faiss.IndexBinaryFlat(bits)

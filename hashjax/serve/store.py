@@ -99,14 +99,16 @@ class AddedStore:
     except BlockingIOError:
       self.close()
       raise StoreError(f'{path} is in use by another server; stop it first') from None
+    opened = False
     try:
       if os.path.exists(path):
         # Unbuffered: a write the disk refused must not linger in a buffer and reach the file.
         self._fd = os.open(path, os.O_RDWR)
         self._load()
-    except Exception:
-      self.close()
-      raise
+      opened = True
+    finally:
+      if not opened:  # a damaged or foreign store: release the lock, then the error goes on
+        self.close()
 
   def close(self) -> None:
     for fd in (self._fd, self._lock):

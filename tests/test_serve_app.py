@@ -201,3 +201,7 @@ def test_only_the_named_hosts_are_answered(served):
   assert refused.status_code == 400
   assert refused.json()['error'].startswith("Host 'testserver' is not one this server answers")
   assert client.get('/api/health', headers={'Host': '127.0.0.1:8000'}).status_code == 200
+  assert client.get('/api/health', headers={'Host': '[::1'}).status_code == 400
+  post = client.post('/api/search', content=b'x',
+                     headers={'Host': '127.0.0.1:8000', 'Origin': 'http://[::1'})
+  assert post.status_code == 403

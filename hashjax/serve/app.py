@@ -57,7 +57,7 @@ class RequestGuard:
   async def __call__(self, scope, receive, send):
     if scope['type'] != 'http':
       return await self.app(scope, receive, send)
-    host = urllib.parse.urlsplit(f'//{Request(scope).headers.get("host", "")}').hostname
+    host = _host(Request(scope).headers.get('host', ''))
     if self.allowed_hosts is not None and host not in self.allowed_hosts:
       return await _error(400, f'Host {str(host)[:60]!r} is not one this server answers to '
                           f'({", ".join(sorted(self.allowed_hosts))})')(scope, receive, send)
@@ -79,6 +79,15 @@ class RequestGuard:
       return message
 
     return await self.app(scope, counted_receive, send)
+
+
+def _host(netloc: str) -> str | None:
+  """The host name of a Host header or an Origin's netloc ('127.0.0.1:8000' → '127.0.0.1');
+  None when it cannot be parsed."""
+  try:
+    return urllib.parse.urlsplit(f'//{netloc}').hostname
+  except ValueError:  # e.g. '[::1' (an unclosed IPv6 bracket)
+    return None
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -107,8 +116,12 @@ def _cross_site(request: Request) -> bool:
   if request.headers.get('sec-fetch-site', 'same-origin') not in ('same-origin', 'none'):
     return True
   origin = request.headers.get('origin')
-  return origin is not None and urllib.parse.urlsplit(origin).netloc != request.headers.get(
-      'host')
+  if origin is None:
+    return False
+  try:
+    return urllib.parse.urlsplit(origin).netloc != request.headers.get('host')
+  except ValueError:
+    return True  # an Origin that is not a URL is not this server
 
 
 def _add_handlers(app: FastAPI) -> None:

@@ -77,9 +77,9 @@ def grow(workdir: str, items: int, seed: int) -> float:
 class Client(threading.Thread):
   """One keep-alive connection sending searches and adds until `stop` is set."""
 
-  def __init__(self, port, stats, stop, kill_time, args, seed, shape, sizes):
+  def __init__(self, port, stop, kill_time, args, seed, shape, sizes):
     super().__init__(daemon=True)
-    self.port, self.stats, self.stop, self.kill_time = port, stats, stop, kill_time
+    self.port, self.stop, self.kill_time = port, stop, kill_time
     self.args, self.rng, self.shape, self.sizes = args, np.random.default_rng(seed), shape, sizes
     self.latencies = {'search': [], 'add': []}
     self.errors, self.acked = [], {}
@@ -136,7 +136,7 @@ def load(args, workdir, port, shape, sizes):
   """Runs the clients, kills the server while they run; returns (clients, seconds, rss)."""
   server = start(workdir, port)
   stop, kill_time = threading.Event(), [float('inf')]
-  clients = [Client(port, None, stop, kill_time, args, args.seed + i, shape, sizes)
+  clients = [Client(port, stop, kill_time, args, args.seed + i, shape, sizes)
              for i in range(args.clients)]
   began = time.perf_counter()
   for c in clients:

@@ -117,6 +117,20 @@ def distance_dtype(bits: int):
   return jnp.uint8 if bits < 255 else jnp.uint16
 
 
+_POPCOUNT = np.array([bin(i).count('1') for i in range(256)], np.uint8)
+
+
+def host_distances(code_P: np.ndarray, db_NxP: np.ndarray) -> np.ndarray:
+  """Hamming distances uint16 [N] from one packed code [P] to packed codes [N, P], on the host
+  (numpy). A small unsigned type: numpy's stable argsort of it is a radix sort."""
+  xor = np.bitwise_xor(db_NxP, code_P)
+  if hasattr(np, 'bitwise_count'):  # numpy ≥ 2: a popcount instruction per 64-bit word
+    if xor.shape[1] % 8 == 0 and xor.flags.c_contiguous:
+      xor = xor.view(np.uint64)
+    return np.bitwise_count(xor).sum(axis=1, dtype=np.uint16)
+  return _POPCOUNT[xor].sum(axis=1, dtype=np.uint16)
+
+
 def row_bucket(num_rows: int) -> int:
   """The padded length for `num_rows` database rows: a multiple of ALIGN and of 2**(⌊log2 N⌋−3),
   so at most 1/8 of the rows are padding and a growing database compiles O(log N) programs."""

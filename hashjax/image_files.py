@@ -30,17 +30,27 @@ def _list_images(root: str) -> tuple[list[str], np.ndarray, list[str]]:
   return paths, np.array([index[g] for g in groups], np.int64), class_names
 
 
+def fit_square(im, image_shape) -> np.ndarray:
+  """A Pillow image → uint8 [H, W, C]: grey (C = 1) or RGB (C = 3), its central square crop
+  resized bicubic to H × W (the folder source's images and the search service's uploads)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  height, width, channels = image_shape
+  im = im.convert('L' if channels == 1 else 'RGB')
+  side = min(im.size)
+  left, top = (im.size[0] - side) // 2, (im.size[1] - side) // 2
+  im = im.crop((left, top, left + side, top + side))
+  if im.size != (width, height):
+    im = im.resize((width, height), Image.BICUBIC)
+  out = np.asarray(im, np.uint8)
+  return out[..., None] if out.ndim == 2 else out
+
+
 def _decode_square(path: str, size: int) -> np.ndarray | None:
   """RGB uint8 [size, size, 3]: the central square crop, resized; None if undecodable."""
   from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
   try:
     with Image.open(path) as im:
-      im = im.convert('RGB')
-      w, h = im.size
-      side = min(w, h)
-      left, top = (w - side) // 2, (h - side) // 2
-      im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
-      return np.asarray(im, np.uint8)
+      return fit_square(im, (size, size, 3))
   except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError):
     return None
 

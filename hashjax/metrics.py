@@ -167,7 +167,9 @@ def _tie_aware(count_QxR, relcount_QxR, topk: int, harmonic) -> dict[str, np.nda
   }
 
 
-def _index_ap(rel_QxT: np.ndarray, topk: int) -> np.ndarray:
+def ranked_average_precision(rel_QxT: np.ndarray, topk: int) -> np.ndarray:
+  """AP@topk float64 [Q] from the relevance of each query's ranked items [Q, ≥topk] (bool or
+  0/1), by the module's conventions; 0 for a query with no relevant item in its first topk."""
   rel = rel_QxT[:, :topk].astype(np.float64)
   hits = np.cumsum(rel, axis=1)
   ap_sum = np.sum(rel * hits / np.arange(1, topk + 1), axis=1)
@@ -230,7 +232,7 @@ def _per_query(query_codes, db_codes, query_labels, db_labels, *, map_topks=(),
       for mode in modes:
         if mode == 'index':
           ap = (out['ap_full'] if cut(topk) == num_db
-                else _index_ap(out['rel_topk'], cut(topk)))
+                else ranked_average_precision(out['rel_topk'], cut(topk)))
           add(f'ap@{name}:index', ap)
         else:
           add(f'ap@{name}:{mode}',
@@ -408,5 +410,5 @@ def inner_product_map(query_h_QxK, db_h_NxK, query_labels, db_labels, *, topk=No
       rel_QxT = query_labels[start:stop, None] == ranked
     else:
       rel_QxT = (query_labels[start:stop, None, :] * ranked).sum(-1) > 0
-    aps.append(_index_ap(rel_QxT, cut))
+    aps.append(ranked_average_precision(rel_QxT, cut))
   return float(np.concatenate(aps).mean())

@@ -29,7 +29,8 @@ from typing import Callable
 
 import numpy as np
 
-_POPCOUNT = np.array([bin(i).count('1') for i in range(256)], np.uint8)
+from hashjax import codes as codes_lib
+
 MAX_KEY_BITS = 24  # direct-address tables: at most 2**24 + 1 offsets each
 
 
@@ -59,16 +60,6 @@ def flip_masks(length: int, radius: int) -> np.ndarray:
   """Every `length`-bit integer with exactly `radius` bits set, int64 [C(length, radius)]."""
   masks = [sum(1 << i for i in ones) for ones in itertools.combinations(range(length), radius)]
   return np.asarray(masks, np.int64)
-
-
-def distances(code_P: np.ndarray, db_NxP: np.ndarray) -> np.ndarray:
-  """Hamming distances int32 [N] between one packed code [P] and packed codes [N, P]."""
-  xor = np.bitwise_xor(db_NxP, code_P)
-  if hasattr(np, 'bitwise_count'):  # numpy ≥ 2: a popcount instruction per 64-bit word
-    if xor.shape[1] % 8 == 0:
-      xor = xor.view(np.uint64)
-    return np.bitwise_count(xor).sum(axis=1, dtype=np.int32)
-  return _POPCOUNT[xor].sum(axis=1, dtype=np.int32)
 
 
 def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -198,7 +189,7 @@ class MultiIndex:
     seen = np.zeros(0, np.int64)
     keys = [int(substring_keys(code_P[None], a, b)[0]) for a, b in self.bounds]
     longest = max(b - a for a, b in self.bounds)
-    seen_dist = np.zeros(0, np.int32)
+    seen_dist = np.zeros(0, np.uint16)
     work, budget = 0, max_work * len(self.members)  # a share of the linear scan's N items
     try:
       for radius in range(longest + 1):
@@ -214,7 +205,7 @@ class MultiIndex:
           found.append(self.order[j][positions])
         new = self._fresh(found, flags, slot)
         seen = np.concatenate([seen, new])
-        seen_dist = np.concatenate([seen_dist, distances(code_P, self.codes[new])])
+        seen_dist = np.concatenate([seen_dist, codes_lib.host_distances(code_P, self.codes[new])])
         within = seen_dist <= self.m * (radius + 1) - 1
         sizes = self.member_offsets[seen[within] + 1] - self.member_offsets[seen[within]]
         if sizes.sum() >= topk or radius == longest:

@@ -195,13 +195,17 @@ class HammingIndex:
     if codes_MxP.dtype != np.uint8 or codes_MxP.shape[1:] != self.db_codes.shape[1:]:
       raise SearchError(f'added codes must be packed uint8 [M, {self.db_codes.shape[1]}], got '
                         f'{codes_MxP.dtype} of shape {codes_MxP.shape}')
+    self.check_labels(labels, len(codes_MxP))
+    return codes_MxP
+
+  def check_labels(self, labels, count: int) -> None:
+    """SearchError unless `labels` fit `count` added codes: None exactly when the index has no
+    labels, else [count] or [count, L] like the index's."""
     if (labels is None) != (self.db_labels is None) or (labels is not None and (
-        np.shape(labels)[0] != len(codes_MxP) or
-        np.shape(labels)[1:] != self.db_labels.shape[1:])):
+        np.shape(labels)[0] != count or np.shape(labels)[1:] != self.db_labels.shape[1:])):
       raise SearchError('labels must be given for every added code, shaped like the index\'s, '
                         'exactly when the index has labels (it has '
                         f'{"none" if self.db_labels is None else "labels"})')
-    return codes_MxP
 
   def add(self, codes_MxP, labels=None) -> None:
     """Appends packed uint8 codes [M, P] (and their labels, [M] or [M, L], when the index has

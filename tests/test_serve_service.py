@@ -5,6 +5,7 @@ import threading
 import numpy as np
 import pytest
 
+from hashjax import codes as codes_lib
 from hashjax import metrics
 from hashjax.search import HammingIndex, hamming_topk
 from hashjax.serve import service as service_lib
@@ -21,7 +22,7 @@ def test_average_precision_equals_the_metrics_module(multi_hot, topk):
   db_labels = rng.integers(0, 2 if multi_hot else 4, shape)
   query_labels = rng.integers(0, 2 if multi_hot else 4, (12,) + shape[1:])
   want = metrics.average_precision(queries, db, query_labels, db_labels, topk=topk)
-  got = [service_lib.average_precision(service_lib.distances_to_all(q, db),
+  got = [service_lib.average_precision(codes_lib.host_distances(q, db),
                                        service_lib.relevance(y, db_labels), topk)
          for q, y in zip(queries, query_labels)]
   # metrics accumulates in float32 on the device; this is float64 on the host

@@ -17,14 +17,13 @@ from typing import Any
 import jax
 import numpy as np
 
+from hashjax import codes as codes_lib
 from hashjax import hash_trainer
+from hashjax import metrics
 from hashjax import search as search_lib
 from hashjax import update
 from hashjax.serve import store as store_lib
 from hashjax.serve.encoder import BatchEncoder
-
-_POPCOUNT = np.array([bin(i).count('1') for i in range(256)], np.uint8)
-
 
 class ServeError(ValueError):
   """A request the service cannot answer; `status` is the HTTP status (4xx)."""
@@ -34,22 +33,11 @@ class ServeError(ValueError):
     self.status = status
 
 
-def distances_to_all(code_P: np.ndarray, db_NxP: np.ndarray) -> np.ndarray:
-  """Hamming distances uint16 [N] from one packed code [P] to packed codes [N, P] (a small
-  unsigned type: numpy's stable argsort is then a radix sort, ~5× faster at N = 100,000)."""
-  return _POPCOUNT[np.bitwise_xor(db_NxP, code_P[None, :])].sum(axis=1, dtype=np.uint16)
-
-
 def average_precision(dist_N: np.ndarray, relevant_N: np.ndarray, topk: int | None) -> float:
-  """AP@topk of one query, ties by database index (`hashjax.metrics` conventions): the mean of
-  precision@t over the relevant ranks t ≤ topk; 0 when none of the first topk is relevant."""
+  """AP@topk of one query, ties by database index (`hashjax.metrics` conventions)."""
   order = np.argsort(dist_N, kind='stable')[:topk]
   rel = np.asarray(relevant_N, bool)[order]
-  hits = np.cumsum(rel)
-  if not hits.size or hits[-1] == 0:
-    return 0.0
-  ranks = np.arange(1, len(rel) + 1)
-  return float(np.sum(hits[rel] / ranks[rel]) / hits[-1])
+  return float(metrics.ranked_average_precision(rel[None], len(rel))[0])
 
 
 def relevance(query_label, db_labels: np.ndarray) -> np.ndarray:
@@ -95,6 +83,8 @@ class SearchService:
       if name not in self.index.extras:
         raise ServeError(f'{workdir}/codes.npz lacks {name}; rerun the run\'s train.py command')
     self.num_original = len(self.index)
+    labels = self.index.db_labels  # an added item's class must be one the run knows
+    self._max_class = int(np.max(labels)) if labels is not None and labels.ndim == 1 else None
     self.store = store_lib.AddedStore(os.path.join(workdir, store_lib.FILE),
                                       _layout(self.index, self.image_shape, self.step))
     if len(self.store):
@@ -192,8 +182,8 @@ class SearchService:
     relevant, ap = None, None
     if label is not None and labels is not None:
       relevant = relevance(label, labels)
-      ap = average_precision(distances_to_all(np.asarray(code_P), snapshot.db_codes), relevant,
-                             self.cfg.map_topk)
+      dist_N = codes_lib.host_distances(np.asarray(code_P), snapshot.db_codes)
+      ap = average_precision(dist_N, relevant, self.cfg.map_topk)
     results = [{'item': int(i), 'distance': int(d),
                 'label': None if labels is None else _label_json(labels[i]),
                 'relevant': None if relevant is None else bool(relevant[i]),
@@ -216,8 +206,7 @@ class SearchService:
       ids = [int(part) for part in text.split(',')]
     except ValueError:
       ids = None
-    top = (int(np.max(self.index.db_labels)) if kind == 'class' else
-           self.store.layout.num_labels - 1)
+    top = self._max_class if kind == 'class' else self.store.layout.num_labels - 1
     if not ids or any(not 0 <= i <= top for i in ids) or (kind == 'class' and len(ids) > 1):
       what = 'one class id' if kind == 'class' else 'label ids separated by commas'
       raise ServeError(f'label={_shown(text)} is not {what} in 0..{top}', 422)
@@ -235,8 +224,7 @@ class SearchService:
       raise ServeError(f'images must be uint8 [M, {", ".join(map(str, self.image_shape))}] '
                        f'with M ≥ 1, got shape {images.shape}', 422)
     try:
-      self.index.check_add(np.zeros((len(images),) + self.index.db_codes.shape[1:], np.uint8),
-                           labels)
+      self.index.check_labels(labels, len(images))
     except search_lib.SearchError as e:
       raise ServeError(str(e), 422) from None
     codes = self.encoder.encode(images)

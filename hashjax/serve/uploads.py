@@ -1,12 +1,12 @@
 """Uploaded images → the model's input: decoded, checked and fitted to the run's image shape.
 
 Accepted formats: FORMATS (Pillow's other decoders are not offered to uploads: some run
-external programs, e.g. Ghostscript for EPS). An upload is refused (a `BadImage` with the HTTP status
-and a one-line message) when it is empty, not an image, cut short or undecodable, or has a side
-outside MIN_SIDE..MAX_SIDE pixels or more than MAX_PIXELS pixels; the size is checked from the
-header, before any pixel is decoded, so a decompression bomb costs nothing. The image is
-converted to grey or RGB (the run's channels), centre-cropped to a square and resized to the
-run's H × W, as the `folder:` data source does.
+external programs, e.g. Ghostscript for EPS). An upload is refused (a `BadImage` with the HTTP
+status and a one-line message) when it is empty, not an image, cut short or undecodable, or has
+a side outside MIN_SIDE..MAX_SIDE pixels or more than MAX_PIXELS pixels; the size is checked
+from the header, before any pixel is decoded, so a decompression bomb costs nothing. The image
+is converted to grey or RGB (the run's channels), centre-cropped to a square and resized to the
+run's H × W by `image_files.fit_square`, as the `folder:` data source does.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from __future__ import annotations
 import io
 
 import numpy as np
+
+from hashjax import image_files
 
 FORMATS = ('PNG', 'JPEG', 'GIF', 'BMP', 'WEBP', 'TIFF')
 MIN_SIDE, MAX_SIDE = 4, 8192
@@ -57,27 +59,12 @@ def decode_image(data: bytes, image_shape, name: str = 'upload') -> np.ndarray:
                      f'{MIN_SIDE}..{MAX_SIDE}', 422)
     try:
       im.load()
-      return fit_image(im, image_shape)
+      return image_files.fit_square(im, image_shape)
     except MemoryError:
       raise BadImage(f'{name} is too large to decode', 413) from None
     except Exception as e:  # pylint: disable=broad-except  # any decoder failure is the upload's
       raise BadImage(f'{name} cannot be decoded ({type(e).__name__}: '
                      f'{" ".join(str(e).split())[:80]})') from None
-
-
-def fit_image(im, image_shape) -> np.ndarray:
-  """A Pillow image → uint8 [H, W, C]: grey (C = 1) or RGB (C = 3), centre-cropped square,
-  resized bicubic to H × W."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  height, width, channels = image_shape
-  im = im.convert('L' if channels == 1 else 'RGB')
-  side = min(im.size)
-  left, top = (im.size[0] - side) // 2, (im.size[1] - side) // 2
-  im = im.crop((left, top, left + side, top + side))
-  if im.size != (width, height):
-    im = im.resize((width, height), Image.BICUBIC)
-  out = np.asarray(im, np.uint8)
-  return out[..., None] if out.ndim == 2 else out
 
 
 def encode_png(image_HxWxC: np.ndarray, scale: int = 1) -> bytes:

@@ -126,6 +126,15 @@ class CheckpointStats:
     return {f'checkpoint_{k}': v for k, v in dataclasses.asdict(self).items()}
 
 
+def complete_steps(directory: str) -> list[int]:
+  """Steps of the complete checkpoints in `directory`, ascending; [] when it does not exist
+  (orbax renames a step's temporary folder to the bare step number only once it is complete)."""
+  if not os.path.isdir(directory):  # e.g. deleted during the run: saves recreate it
+    return []
+  return sorted(int(name) for name in os.listdir(directory)
+                if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
+
+
 class Checkpointer:
   """Saves and restores pytrees by step under `directory`, never failing for lack of space.
 
@@ -172,12 +181,8 @@ class Checkpointer:
 
   # -- queries ---------------------------------------------------------------------------
   def all_steps(self) -> list[int]:
-    """Steps of the complete checkpoints on disk, ascending (read from the directory: orbax
-    renames a step's temporary folder to the bare step number only once it is complete)."""
-    if not os.path.isdir(self.directory):  # deleted during the run: saves recreate it
-      return []
-    return sorted(int(name) for name in os.listdir(self.directory)
-                  if name.isdigit() and os.path.isdir(os.path.join(self.directory, name)))
+    """Steps of the complete checkpoints on disk, ascending (`complete_steps`)."""
+    return complete_steps(self.directory)
 
   def latest_step(self) -> int | None:
     """The newest complete checkpoint's step, or None."""

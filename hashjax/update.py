@@ -37,7 +37,7 @@ import optax
 
 from hashjax import codes as codes_lib
 from hashjax import data as data_lib
-from hashjax import disk, hash_trainer, increments, loop, metrics, parallel, priors
+from hashjax import checkpoint, disk, hash_trainer, increments, loop, metrics, parallel, priors
 from hashjax.config import ConfigError, HashConfig, hash_config
 from hashjax.models import hash_activation
 
@@ -155,9 +155,7 @@ def check_compatible(cfg: HashConfig, base: HashConfig, workdir: str) -> None:
 def load_base(workdir: str, image_shape) -> tuple[HashConfig, hash_trainer.TrainState, int]:
   """(settings, state of the final checkpoint, final step) of the finished run in `workdir`."""
   base, step = base_config(workdir)
-  folder = os.path.join(workdir, 'checkpoints')
-  steps = sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(
-      folder) else []
+  steps = checkpoint.complete_steps(os.path.join(workdir, 'checkpoints'))
   if step not in steps:
     raise ConfigError(f'{workdir} has no final checkpoint (step {step}; found: '
                       f'{", ".join(map(str, steps)) or "none"}); finish that run first')

@@ -10,6 +10,8 @@ Conventions used across hashjax:
 
 from __future__ import annotations
 
+import collections
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -79,13 +81,8 @@ def hamming_distance(query_QxK: jax.Array, db_NxK: jax.Array) -> jax.Array:
 
 
 # ---------------------------------------------------------------------------------------------
-# Exact Hamming ranking without sorting whole rows.
-#
-# Distances are small integers 0..bits, so the topk nearest items of a query are: every item
-# closer than a threshold distance t, then the first (in database index order) items at
-# distance exactly t. t comes from a binary search on counts (ceil(log2(bits + 1)) passes over
-# uint8 distances); the items are gathered in index order with a word-level prefix count
-# (32 items per uint32 word, popcount select); only those ≤ topk items are sorted.
+# Distances between codes packed into uint32 words, on device (see `hashjax.selection` for
+# the exact top-k over them).
 # ---------------------------------------------------------------------------------------------
 
 ALIGN = 256  # database rows are padded to a multiple of this (word packing, uint8 block sums)
@@ -158,94 +155,14 @@ def word_distances(query_QxU: jax.Array, db_NxU: jax.Array, num_valid: int,
   """
   dtype = distance_dtype(bits)
   dist_QxN = jnp.zeros((query_QxU.shape[0], db_NxU.shape[0]), dtype)
+  db_UxN = db_NxU.T  # contiguous rows of one word: the loop below vectorises along N
   for u in range(query_QxU.shape[1]):
-    xor_QxN = jnp.bitwise_xor(query_QxU[:, u, None], db_NxU[None, :, u])
+    xor_QxN = jnp.bitwise_xor(query_QxU[:, u, None], db_UxN[None, u, :])
     dist_QxN = dist_QxN + jax.lax.population_count(xor_QxN).astype(dtype)
   if not isinstance(num_valid, (int, np.integer)) or num_valid < db_NxU.shape[0]:
     valid_N = jnp.arange(db_NxU.shape[0]) < num_valid
     dist_QxN = jnp.where(valid_N[None, :], dist_QxN, jnp.iinfo(dtype).max)
   return dist_QxN
-
-
-def _count_at_most(dist_QxN: jax.Array, t_Q: jax.Array) -> jax.Array:
-  """#items with distance ≤ t per query, int32 [Q]; uint8 partial sums over blocks of 128."""
-  q, n = dist_QxN.shape
-  le = (dist_QxN.reshape(q, n // 128, 128) <= t_Q.astype(dist_QxN.dtype)[:, None, None])
-  return jnp.sum(jnp.sum(le.astype(jnp.uint8), axis=2, dtype=jnp.uint8).astype(jnp.int32), 1)
-
-
-def threshold_distance(dist_QxN: jax.Array, topk: int, bits: int) -> jax.Array:
-  """Smallest t with #{distance ≤ t} ≥ topk per query (int32 [Q]); needs topk ≤ valid items.
-  """
-  lo_Q = jnp.zeros(dist_QxN.shape[:1], jnp.int32)
-  hi_Q = jnp.full(dist_QxN.shape[:1], bits, jnp.int32)
-
-  def halve(_, bounds):
-    lo_Q, hi_Q = bounds
-    mid_Q = (lo_Q + hi_Q) // 2
-    enough_Q = _count_at_most(dist_QxN, mid_Q) >= topk
-    return jnp.where(enough_Q, lo_Q, mid_Q + 1), jnp.where(enough_Q, mid_Q, hi_Q)
-
-  steps = int(np.ceil(np.log2(bits + 1)))
-  return jax.lax.fori_loop(0, steps, halve, (lo_Q, hi_Q))[1]
-
-
-def select_first(mask_QxN: jax.Array, topk: int) -> tuple[jax.Array, jax.Array]:
-  """Indices of the first `topk` True entries of each row, in index order.
-
-  Returns (indices int32 [Q, T], valid bool [Q, T]), T = topk; slots past the row's count are
-  invalid. N must be a multiple of 32. Cost O(N) per row plus O(T log N): a prefix count over
-  uint32 words of 32 flags, then a binary search per slot and a popcount select inside the word.
-  """
-  q, n = mask_QxN.shape
-  shifts = jnp.arange(32, dtype=jnp.uint32)
-  flags_QxUx32 = mask_QxN.reshape(q, n // 32, 32).astype(jnp.uint32) << shifts
-  words_QxU = jnp.sum(flags_QxUx32, axis=2, dtype=jnp.uint32)  # distinct bits: sum == or
-  count_QxU = jax.lax.population_count(words_QxU).astype(jnp.int32)
-  upto_QxU = jnp.cumsum(count_QxU, axis=1)
-  slots_T = jnp.arange(topk, dtype=jnp.int32)
-  word_QxT = jax.vmap(lambda upto_U: jnp.searchsorted(upto_U, slots_T, side='right'))(upto_QxU)
-  word_QxT = jnp.minimum(word_QxT, n // 32 - 1).astype(jnp.int32)
-  bits_QxT = jnp.take_along_axis(words_QxU, word_QxT, axis=1)
-  rank_QxT = (slots_T - jnp.take_along_axis(upto_QxU - count_QxU, word_QxT, axis=1))
-  rank_QxT = rank_QxT.astype(jnp.uint32)
-  # The bit of the rank-th set flag: the largest p with popcount(bits below p) ≤ rank.
-  pos_QxT = jnp.zeros_like(rank_QxT)
-  for step in (16, 8, 4, 2, 1):
-    cand_QxT = pos_QxT + step
-    below = jax.lax.population_count(bits_QxT & ((jnp.uint32(1) << cand_QxT) - 1))
-    pos_QxT = jnp.where(below <= rank_QxT, cand_QxT, pos_QxT)
-  valid_QxT = slots_T[None, :] < upto_QxU[:, -1:]
-  return word_QxT * 32 + pos_QxT.astype(jnp.int32), valid_QxT
-
-
-def topk_from_distances(dist_QxN: jax.Array, topk: int, bits: int
-                        ) -> tuple[jax.Array, jax.Array]:
-  """The topk nearest items per row, ascending distance, ties by index; int32 ([Q, T], [Q, T])
-  (distances, indices), T = topk.
-
-  Needs topk ≤ number of valid (non-sentinel) items and N a multiple of 32.
-  """
-  q, n = dist_QxN.shape
-  t_Q = threshold_distance(dist_QxN, topk, bits)
-  t_Qx1 = t_Q.astype(dist_QxN.dtype)[:, None]
-  closer_QxT, closer_valid_QxT = select_first(dist_QxN < t_Qx1, topk)
-  at_t_QxT, _ = select_first(dist_QxN == t_Qx1, topk)
-  num_closer_Q = jnp.sum(closer_valid_QxT, axis=1, dtype=jnp.int32)
-  closer_dist_QxT = jnp.take_along_axis(dist_QxN, closer_QxT, axis=1).astype(jnp.int32)
-  closer_dist_QxT = jnp.where(closer_valid_QxT, closer_dist_QxT, bits + 1)
-  if (bits + 2) * n < 2**31:
-    key_QxT = jnp.sort(closer_dist_QxT * n + closer_QxT, axis=1)
-    closer_dist_QxT, closer_QxT = key_QxT // n, key_QxT % n
-  else:
-    closer_dist_QxT, closer_QxT = jax.lax.sort((closer_dist_QxT, closer_QxT), dimension=1,
-                                                num_keys=2)
-  slots_T = jnp.arange(topk, dtype=jnp.int32)
-  from_t_QxT = jnp.take_along_axis(
-      at_t_QxT, jnp.clip(slots_T[None, :] - num_closer_Q[:, None], 0, topk - 1), axis=1)
-  is_closer_QxT = slots_T[None, :] < num_closer_Q[:, None]
-  return (jnp.where(is_closer_QxT, closer_dist_QxT, t_Q[:, None]),
-          jnp.where(is_closer_QxT, closer_QxT, from_t_QxT))
 
 
 def query_chunk_size(num_db: int, chunk_size: int | None = None) -> int:
@@ -261,6 +178,17 @@ def query_chunk_size(num_db: int, chunk_size: int | None = None) -> int:
 def query_chunks(num_query: int, chunk: int):
   """(start, stop) of each chunk; every chunk is later padded to `chunk` rows."""
   return [(s, min(s + chunk, num_query)) for s in range(0, num_query, chunk)]
+
+
+def dispatch_ahead(run, num_query: int, chunk: int, ahead: int = 2):
+  """Yields (start, stop, run(start, stop)) for each query chunk, with up to `ahead` later
+  chunks already dispatched: the device computes them while the host reads this one."""
+  pending = collections.deque()
+  for start, stop in query_chunks(num_query, chunk):
+    pending.append((start, stop, run(start, stop)))
+    if len(pending) > ahead:
+      yield pending.popleft()
+  yield from pending
 
 
 def pad_chunk(array, chunk: int) -> np.ndarray:

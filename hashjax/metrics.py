@@ -30,6 +30,7 @@ from scipy.special import gammaln
 
 from hashjax import codes as codes_lib
 from hashjax import parallel
+from hashjax import selection
 
 TIES = ('index', 'best', 'worst', 'expected')
 
@@ -67,13 +68,12 @@ def _relevance_u8(query_labels, db_labels) -> jax.Array:
 def _stats_step(max_topk: int, histogram: bool, full_index: bool, num_valid: int, bits: int):
   """Jitted chunk function (query words, query labels, db words, db labels) → dict of [Q, ...]."""
 
-  def step(query_QxU, query_labels, db_NxU, db_labels):
-    dist_QxN = codes_lib.word_distances(query_QxU, db_NxU, num_valid, bits)
-    valid_N = jnp.arange(db_NxU.shape[0]) < num_valid
+  def stats(dist_QxN, sample_QxS, query_labels, db_labels):
+    valid_N = jnp.arange(dist_QxN.shape[1]) < num_valid
     rel_QxN = _relevance_u8(query_labels, db_labels) * valid_N.astype(jnp.uint8)
-    out = {'num_relevant': jnp.sum(rel_QxN, axis=1, dtype=jnp.int32)}
+    out = {'num_relevant': selection.count_true(rel_QxN)}
     if max_topk:
-      _, index_QxT = codes_lib.topk_from_distances(dist_QxN, max_topk, bits)
+      _, index_QxT = selection.nearest(dist_QxN, max_topk, bits, sample_QxS)
       out['rel_topk'] = jnp.take_along_axis(rel_QxN, index_QxT, axis=1)
     if histogram:
       # Per relevance, the R = bits + 1 distances and one more bin that collects padding
@@ -96,7 +96,14 @@ def _stats_step(max_topk: int, histogram: bool, full_index: bool, num_valid: int
       out['ap_full'] = jnp.where(num_Q > 0, ap_sum_Q / jnp.maximum(num_Q, 1.0), 0.0)
     return out
 
-  return parallel.local_query_jit(step, 2, 2)
+  # Two programs: the distances are read from memory by every later pass (in one program
+  # XLA would fuse their computation into each pass and compute them again there).
+  distances = parallel.local_query_jit(
+      lambda query_QxU, db_NxU: selection.distances_and_sample(query_QxU, db_NxU, num_valid,
+                                                               bits), 1, 1)
+  stats = parallel.local_query_jit(stats, 3, 1)
+  return lambda query_QxU, query_labels, db_NxU, db_labels: stats(
+      *distances(query_QxU, db_NxU), query_labels, db_labels)
 
 
 def _harmonic(n: int) -> np.ndarray:
@@ -170,10 +177,11 @@ def _tie_aware(count_QxR, relcount_QxR, topk: int, harmonic) -> dict[str, np.nda
 def ranked_average_precision(rel_QxT: np.ndarray, topk: int) -> np.ndarray:
   """AP@topk float64 [Q] from the relevance of each query's ranked items [Q, ≥topk] (bool or
   0/1), by the module's conventions; 0 for a query with no relevant item in its first topk."""
-  rel = rel_QxT[:, :topk].astype(np.float64)
-  hits = np.cumsum(rel, axis=1)
-  ap_sum = np.sum(rel * hits / np.arange(1, topk + 1), axis=1)
-  return np.where(hits[:, -1] > 0, ap_sum / np.maximum(hits[:, -1], 1.0), 0.0)
+  rel = np.asarray(rel_QxT)[:, :topk].astype(np.int32)
+  hits = np.cumsum(rel, axis=1, dtype=np.int32)
+  # einsum, not @: BLAS threads would spin against the device's threads.
+  ap_sum = np.einsum('qt,t->q', (rel * hits).astype(np.float64), 1.0 / np.arange(1, topk + 1))
+  return np.where(hits[:, -1] > 0, ap_sum / np.maximum(hits[:, -1], 1), 0.0)
 
 
 def _check_modes(ties) -> tuple[str, ...]:
@@ -222,9 +230,9 @@ def _per_query(query_codes, db_codes, query_labels, db_labels, *, map_topks=(),
   chunk = codes_lib.query_chunk_size(num_db, chunk_size)
   results: dict[str, list] = {}
   add = lambda key, value: results.setdefault(key, []).append(np.asarray(value, np.float64))
-  for start, stop in codes_lib.query_chunks(len(query_QxU), chunk):
-    out = step(codes_lib.pad_chunk(query_QxU[start:stop], chunk),
-               codes_lib.pad_chunk(query_labels[start:stop], chunk), *db_dev)
+  run = lambda start, stop: step(codes_lib.pad_chunk(query_QxU[start:stop], chunk),
+                                 codes_lib.pad_chunk(query_labels[start:stop], chunk), *db_dev)
+  for start, stop, out in codes_lib.dispatch_ahead(run, len(query_QxU), chunk):
     out = {key: np.asarray(value)[:stop - start] for key, value in out.items()}
     num_relevant = out['num_relevant'].astype(np.float64)
     for topk in map_topks:

@@ -28,6 +28,7 @@ from hashjax import images as images_lib
 from hashjax import mih
 from hashjax import parallel
 from hashjax import search_backends as backends
+from hashjax import selection
 from hashjax.data import UNREADABLE_NPZ_ERRORS
 
 CODES_FILE = 'codes.npz'
@@ -41,7 +42,7 @@ class SearchError(ValueError):
 def _topk_step(topk: int, bits: int):
   def step(query_QxU, db_NxU, num_valid):
     dist_QxN = codes_lib.word_distances(query_QxU, db_NxU, num_valid, bits)
-    return codes_lib.topk_from_distances(dist_QxN, topk, bits)
+    return selection.nearest(dist_QxN, topk, bits)
   return parallel.local_query_jit(step, 1, 2)
 
 
@@ -69,9 +70,10 @@ def _search_words(query_QxU: np.ndarray, db_dev, num_db: int, topk: int,
     devices = jax.local_device_count()
     chunk = min(chunk, devices * (1 << max(0, -(-len(query_QxU) // devices) - 1).bit_length()))
   dists, indices = [], []
-  for start, stop in codes_lib.query_chunks(len(query_QxU), chunk):
-    dist_QxT, index_QxT = step(codes_lib.pad_chunk(query_QxU[start:stop], chunk), db_dev,
-                               num_valid)
+  run = lambda start, stop: step(codes_lib.pad_chunk(query_QxU[start:stop], chunk), db_dev,
+                                 num_valid)
+  for start, stop, (dist_QxT, index_QxT) in codes_lib.dispatch_ahead(run, len(query_QxU),
+                                                                      chunk):
     dists.append(np.asarray(dist_QxT)[:stop - start])
     indices.append(np.asarray(index_QxT)[:stop - start])
   if not dists:

@@ -53,14 +53,3 @@ def test_code_words_keep_hamming_distances():
   dist = np.asarray(word_distances(words_q, words_db, num_valid=60, bits=32))
   np.testing.assert_array_equal(dist[:, :60], (q[:, None] != db[None, :60]).sum(-1))
   assert np.all(dist[:, 60:] == 255)  # padding rows get the sentinel
-
-
-def test_select_first_returns_true_positions_in_order():
-  from hashjax.codes import select_first
-  rng = np.random.default_rng(2)
-  mask = rng.random((5, 256)) < np.array([0.0, 0.01, 0.3, 0.9, 1.0])[:, None]
-  idx, valid = select_first(jnp.asarray(mask), 40)
-  for row in range(5):
-    expected = np.flatnonzero(mask[row])[:40]
-    assert int(np.sum(valid[row])) == len(expected)
-    np.testing.assert_array_equal(np.asarray(idx[row])[:len(expected)], expected)

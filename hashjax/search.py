@@ -40,10 +40,13 @@ class SearchError(ValueError):
 
 @functools.lru_cache(maxsize=None)
 def _topk_step(topk: int, bits: int):
-  def step(query_QxU, db_NxU, num_valid):
-    dist_QxN = codes_lib.word_distances(query_QxU, db_NxU, num_valid, bits)
-    return selection.nearest(dist_QxN, topk, bits)
-  return parallel.local_query_jit(step, 1, 2)
+  # Two programs, so that every pass of the selection reads the distances from memory.
+  distances = parallel.local_query_jit(
+      lambda query_QxU, db_NxU, num_valid: selection.distances_and_sample(
+          query_QxU, db_NxU, num_valid, bits), 1, 2)
+  nearest = parallel.local_query_jit(
+      lambda dist_QxN, sample_QxS: selection.nearest(dist_QxN, topk, bits, sample_QxS), 2, 0)
+  return lambda query_QxU, db_NxU, num_valid: nearest(*distances(query_QxU, db_NxU, num_valid))
 
 
 def _check_topk(topk, num_db: int) -> None:

@@ -42,6 +42,17 @@ def test_map_matches_bruteforce_with_many_ties(topk, multi):
   assert mean_average_precision(qc, dc, ql, dl, topk=topk) == pytest.approx(expected.mean(), abs=1e-6)
 
 
+@pytest.mark.parametrize('bits,n', [(16, 9000), (300, 700)])
+def test_map_matches_bruteforce_on_a_sampled_database_and_long_codes(bits, n):
+  # n = 9,000 rows: the top-k search guesses its threshold from a sample of the database;
+  # 300 bits: distances in uint16. Both must change nothing.
+  qc, dc, ql, dl = _random_problem(bits, bits=bits, q=20, n=n)
+  for topk in (None, 1, 250):
+    expected = _brute_ap(qc, dc, ql, dl, topk)
+    np.testing.assert_allclose(average_precision(qc, dc, ql, dl, topk=topk), expected,
+                               atol=1e-6)
+
+
 def test_query_with_no_relevant_item_scores_zero_and_counts():
   q = np.array([[1, 1], [1, -1]])
   db = np.array([[1, 1], [-1, -1]])

@@ -73,8 +73,10 @@ def _stats_step(max_topk: int, histogram: bool, full_index: bool, num_valid: int
     rel_QxN = _relevance_u8(query_labels, db_labels) * valid_N.astype(jnp.uint8)
     out = {'num_relevant': selection.count_true(rel_QxN)}
     if max_topk:
-      _, index_QxT = selection.nearest(dist_QxN, max_topk, bits, sample_QxS)
-      out['rel_topk'] = jnp.take_along_axis(rel_QxN, index_QxT, axis=1)
+      # The max_topk nearest in index order; the host orders them by distance.
+      index_QxT = selection.nearest_in_index_order(dist_QxN, max_topk, bits, sample_QxS)
+      out['topk_dist'] = jnp.take_along_axis(dist_QxN, index_QxT, axis=1)
+      out['topk_rel'] = jnp.take_along_axis(rel_QxN, index_QxT, axis=1)
     if histogram or full_index:
       # The rest runs on the host: numpy's bincount and its radix argsort of small integers
       # cost ~1.2 and ~3.2 ns per pair here, XLA:CPU's scatter and comparison sort ~4.3 and
@@ -160,6 +162,9 @@ def _per_query(query_codes, db_codes, query_labels, db_labels, *, map_topks=(),
     out = {key: np.asarray(value)[:stop - start] for key, value in out.items()}
     if histogram:
       out['count'], out['relcount'] = ranking.histograms(out.pop('key'), bits)
+    if 'topk_dist' in out:
+      order_QxT = ranking.order_by_distance(out.pop('topk_dist'))
+      out['rel_topk'] = np.take_along_axis(out.pop('topk_rel'), order_QxT, axis=1)
     if full_index:
       out['ap_full'] = ranking.full_index_ap(out.pop('dist')[:, :num_db],
                                              out.pop('rel')[:, :num_db])

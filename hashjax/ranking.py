@@ -2,7 +2,8 @@
 
 * `histograms`: per query, how many items (and relevant items) lie at each distance. numpy's
   bincount of uint16 keys costs ~1.2 ns per pair on this CPU, XLA:CPU's scatter ~4.3 ns.
-* `full_index_ap`: AP over the whole ranking with ties by index. numpy's stable argsort of
+* `order_by_distance` (the top-k's final order) and `full_index_ap` (AP over the whole
+  ranking with ties by index). numpy's stable argsort of
   uint8/uint16 distances is a radix (counting) sort, linear in N; XLA:CPU has only comparison
   sorts (~170 ns per pair with the index as payload).
 * `tie_aware`: AP@k and P@k under the 'best', 'worst' and 'expected' tie orders, from the
@@ -27,6 +28,12 @@ def histograms(key_QxN: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
   return hist_Qx2B[:, :bits + 1] + relcount_QxR, relcount_QxR
 
 
+def order_by_distance(dist_QxT: np.ndarray) -> np.ndarray:
+  """Stable ascending order of each row, int64 [Q, T]: items given in index order come out
+  by (distance, index). For uint8/uint16 distances numpy uses a radix sort."""
+  return np.argsort(dist_QxT, axis=1, kind='stable')
+
+
 def full_index_ap(dist_QxN: np.ndarray, rel_QxN: np.ndarray) -> np.ndarray:
   """AP float64 [Q] over the whole ranking (ascending distance, ties by index).
 
@@ -35,7 +42,7 @@ def full_index_ap(dist_QxN: np.ndarray, rel_QxN: np.ndarray) -> np.ndarray:
   (0 for a query with m = 0 relevant items).
   """
   q, n = dist_QxN.shape
-  order_QxN = np.argsort(dist_QxN, axis=1, kind='stable')
+  order_QxN = order_by_distance(dist_QxN)
   order_QxN += n * np.arange(q)[:, None]  # flat indices: np.take beats take_along_axis
   flat = np.flatnonzero(np.take(np.ascontiguousarray(rel_QxN).reshape(-1), order_QxN))
   rows, cols = np.divmod(flat, n)  # row-major: each row's relevant ranks in order

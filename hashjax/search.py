@@ -21,12 +21,14 @@ import os
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from hashjax import codes as codes_lib
 from hashjax import images as images_lib
 from hashjax import mih
 from hashjax import parallel
+from hashjax import ranking
 from hashjax import search_backends as backends
 from hashjax import selection
 from hashjax.data import UNREADABLE_NPZ_ERRORS
@@ -44,8 +46,10 @@ def _topk_step(topk: int, bits: int):
   distances = parallel.local_query_jit(
       lambda query_QxU, db_NxU, num_valid: selection.distances_and_sample(
           query_QxU, db_NxU, num_valid, bits), 1, 2)
-  nearest = parallel.local_query_jit(
-      lambda dist_QxN, sample_QxS: selection.nearest(dist_QxN, topk, bits, sample_QxS), 2, 0)
+  def nearest(dist_QxN, sample_QxS):  # in index order; _search_words orders them
+    index_QxT = selection.nearest_in_index_order(dist_QxN, topk, bits, sample_QxS)
+    return jnp.take_along_axis(dist_QxN, index_QxT, axis=1), index_QxT
+  nearest = parallel.local_query_jit(nearest, 2, 0)
   return lambda query_QxU, db_NxU, num_valid: nearest(*distances(query_QxU, db_NxU, num_valid))
 
 
@@ -77,8 +81,10 @@ def _search_words(query_QxU: np.ndarray, db_dev, num_db: int, topk: int,
                                  num_valid)
   for start, stop, (dist_QxT, index_QxT) in codes_lib.dispatch_ahead(run, len(query_QxU),
                                                                       chunk):
-    dists.append(np.asarray(dist_QxT)[:stop - start])
-    indices.append(np.asarray(index_QxT)[:stop - start])
+    dist_QxT, index_QxT = (np.asarray(a)[:stop - start] for a in (dist_QxT, index_QxT))
+    order_QxT = ranking.order_by_distance(dist_QxT)
+    dists.append(np.take_along_axis(dist_QxT, order_QxT, axis=1))
+    indices.append(np.take_along_axis(index_QxT, order_QxT, axis=1))
   if not dists:
     return np.zeros((0, topk), np.int32), np.zeros((0, topk), np.int64)
   return np.concatenate(dists).astype(np.int32), np.concatenate(indices).astype(np.int64)

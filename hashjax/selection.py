@@ -8,7 +8,8 @@ distance t. So:
    two passes that confirm it, and bisection only for the rows where the guess was wrong;
 2. a ranked selection finds the index of the last item at distance t that is taken, and a
    second one lists the k taken items in index order;
-3. `nearest` orders those k items by (distance, index) with a sort of k keys.
+3. the caller orders those k items by distance on the host (`ranking.order_by_distance`: a
+   radix sort of small integers; XLA:CPU's comparison sort took ~22 µs per row of 1,000).
 
 Counts are uint8 sums over a major axis, which XLA:CPU vectorises: a row sum in int32 costs
 ~30× more per element (see benchmarks/retrieval.py's profile).
@@ -106,9 +107,10 @@ def _sample_blocks(n: int) -> bool:
 def distances_and_sample(query_QxU: jax.Array, db_NxU: jax.Array, num_valid,
                          bits: int) -> tuple[jax.Array, jax.Array | None]:
   """`codes.word_distances` [Q, N], and the distances to every `_SAMPLE_STRIDE`-th block of
-  the database [Q, N / _SAMPLE_STRIDE] (None for a small database) that `nearest` guesses
-  the threshold from. Computing the sample here, from the codes, keeps XLA from re-reading
-  the whole distance array with a stride in every pass of the guess."""
+  the database [Q, N / _SAMPLE_STRIDE] (None for a small database) that
+  `nearest_in_index_order` guesses the threshold from. Computing the sample here, from the
+  codes, keeps XLA from re-reading the whole distance array with a stride in every pass of
+  the guess."""
   dist_QxN = codes.word_distances(query_QxU, db_NxU, num_valid, bits)
   n, words = db_NxU.shape
   if not _sample_blocks(n):
@@ -233,17 +235,3 @@ def nearest_in_index_order(dist_QxN: jax.Array, topk: int, bits: int,
   keep_QxU = jnp.where(last_Qx1 >= start_U[None, :],
                        (jnp.uint32(2) << upto_bit_QxU) - 1, jnp.uint32(0))
   return _first_in_words(closer_QxU | (at_t_QxU & keep_QxU), topk)[0]
-
-
-def nearest(dist_QxN: jax.Array, topk: int, bits: int, sample_QxS: jax.Array | None = None
-            ) -> tuple[jax.Array, jax.Array]:
-  """The topk nearest items per row, ascending distance, ties by index: int32 (distances
-  [Q, T], indices [Q, T]). Needs topk ≤ the row's items at distance ≤ bits. `sample_QxS`:
-  see `distances_and_sample`."""
-  n = dist_QxN.shape[1]
-  index_QxT = nearest_in_index_order(dist_QxN, topk, bits, sample_QxS)
-  dist_QxT = jnp.take_along_axis(dist_QxN, index_QxT, axis=1).astype(jnp.int32)
-  if (bits + 1) * n < 2**31:
-    key_QxT = jnp.sort(dist_QxT * n + index_QxT, axis=1)
-    return key_QxT // n, key_QxT % n
-  return jax.lax.sort((dist_QxT, index_QxT), dimension=1, num_keys=2)

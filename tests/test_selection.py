@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from hashjax import codes
+from hashjax import ranking
 from hashjax import selection
 
 
@@ -52,14 +53,17 @@ def _distance_rows(rng, n, bits):
 
 @pytest.mark.parametrize('n,bits,topk', [(256, 16, 1), (256, 16, 100), (8192, 64, 1000),
                                          (16384, 64, 17), (8192, 300, 500), (8192, 64, 8192)])
-def test_nearest_is_the_stable_sort_prefix(n, bits, topk):
+def test_nearest_ordered_by_distance_is_the_stable_sort_prefix(n, bits, topk):
   rng = np.random.default_rng(n + bits + topk)
   dist = _distance_rows(rng, n, bits).astype(codes.distance_dtype(bits))
-  got_dist, got_idx = jax.jit(selection.nearest, static_argnums=(1, 2))(
-      jnp.asarray(dist), topk, bits)
+  got_idx = np.asarray(jax.jit(selection.nearest_in_index_order, static_argnums=(1, 2))(
+      jnp.asarray(dist), topk, bits))
+  assert np.all(np.diff(got_idx, axis=1) > 0)  # index order
+  got_dist = np.take_along_axis(dist, got_idx, axis=1)
+  order = ranking.order_by_distance(got_dist)
   want_dist, want_idx = _reference_nearest(dist, topk)
-  np.testing.assert_array_equal(np.asarray(got_idx), want_idx)
-  np.testing.assert_array_equal(np.asarray(got_dist), want_dist)
+  np.testing.assert_array_equal(np.take_along_axis(got_idx, order, axis=1), want_idx)
+  np.testing.assert_array_equal(np.take_along_axis(got_dist, order, axis=1), want_dist)
   t, closer = selection.kth_distance(jnp.asarray(dist), topk, bits)
   np.testing.assert_array_equal(np.asarray(t), want_dist[:, -1])
   np.testing.assert_array_equal(np.asarray(closer), (dist < want_dist[:, -1:]).sum(1))
@@ -69,6 +73,5 @@ def test_nearest_never_takes_padding_rows():
   rng = np.random.default_rng(5)
   dist = rng.integers(0, 9, (3, 512)).astype(np.uint8)
   dist[:, 500:] = 255  # the sentinel of padding rows
-  _, idx = selection.nearest(jnp.asarray(dist), 500, 8)
-  np.testing.assert_array_equal(np.sort(np.asarray(idx), axis=1),
-                                np.broadcast_to(np.arange(500), (3, 500)))
+  idx = selection.nearest_in_index_order(jnp.asarray(dist), 500, 8)
+  np.testing.assert_array_equal(np.asarray(idx), np.broadcast_to(np.arange(500), (3, 500)))

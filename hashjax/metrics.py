@@ -169,6 +169,9 @@ def _per_query(query_codes, db_codes, query_labels, db_labels, *, map_topks=(),
       out['ap_full'] = ranking.full_index_ap(out.pop('dist')[:, :num_db],
                                              out.pop('rel')[:, :num_db])
     num_relevant = out['num_relevant'].astype(np.float64)
+    # Every tie mode of one cutoff from one call (its hypergeometric terms dominate).
+    tie_aware = functools.lru_cache(maxsize=None)(lambda cutoff: ranking.tie_aware(
+        out['count'], out['relcount'], cutoff, harmonic))
     for topk in map_topks:
       name = 'all' if topk is None else int(topk)
       for mode in modes:
@@ -177,8 +180,7 @@ def _per_query(query_codes, db_codes, query_labels, db_labels, *, map_topks=(),
                 else ranked_average_precision(out['rel_topk'], cut(topk)))
           add(f'ap@{name}:index', ap)
         else:
-          add(f'ap@{name}:{mode}',
-              ranking.tie_aware(out['count'], out['relcount'], cut(topk), harmonic)[f'ap_{mode}'])
+          add(f'ap@{name}:{mode}', tie_aware(cut(topk))[f'ap_{mode}'])
     for topk in precision_topks:
       for mode in modes:
         if cut(topk) == num_db:
@@ -186,8 +188,7 @@ def _per_query(query_codes, db_codes, query_labels, db_labels, *, map_topks=(),
         elif mode == 'index':
           add(f'p@{int(topk)}:index', out['rel_topk'][:, :cut(topk)].sum(1) / cut(topk))
         else:
-          add(f'p@{int(topk)}:{mode}',
-              ranking.tie_aware(out['count'], out['relcount'], cut(topk), harmonic)[f'p_{mode}'])
+          add(f'p@{int(topk)}:{mode}', tie_aware(cut(topk))[f'p_{mode}'])
     if pr_curve:
       retrieved = np.cumsum(out['count'], axis=1)[:, :curve_bits + 1].astype(np.float64)
       hits = np.cumsum(out['relcount'], axis=1)[:, :curve_bits + 1].astype(np.float64)

@@ -155,9 +155,8 @@ def word_distances(query_QxU: jax.Array, db_NxU: jax.Array, num_valid: int,
   """
   dtype = distance_dtype(bits)
   dist_QxN = jnp.zeros((query_QxU.shape[0], db_NxU.shape[0]), dtype)
-  db_UxN = db_NxU.T  # contiguous rows of one word: the loop below vectorises along N
   for u in range(query_QxU.shape[1]):
-    xor_QxN = jnp.bitwise_xor(query_QxU[:, u, None], db_UxN[None, u, :])
+    xor_QxN = jnp.bitwise_xor(query_QxU[:, u, None], db_NxU[None, :, u])
     dist_QxN = dist_QxN + jax.lax.population_count(xor_QxN).astype(dtype)
   if not isinstance(num_valid, (int, np.integer)) or num_valid < db_NxU.shape[0]:
     valid_N = jnp.arange(db_NxU.shape[0]) < num_valid

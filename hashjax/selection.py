@@ -4,15 +4,17 @@ Per row of distances [N] (N a multiple of `BLOCK`), the k nearest items with tie
 are the items closer than the k-th smallest distance t and the first k − #closer items at
 distance t. So:
 
-1. t comes from counting passes (#distance ≤ v): a guess from every 16th block of items,
-   two passes that confirm it, and bisection only for the rows where the guess was wrong;
-2. a ranked selection finds the index of the last item at distance t that is taken, and a
-   second one lists the k taken items in index order;
+1. t comes from counting passes (#distance ≤ v, two thresholds v per pass): a guess from
+   every 16th block of items, then passes next to the guess (a right guess is settled by
+   one pass, one off by ±1 or ±2 by two), then thirds of what is left;
+2. one pass packs the flags "closer than t" and "at t" into bit words; a ranked selection
+   finds the last item at t that is taken, and a second one lists the k taken items in
+   index order;
 3. the caller orders those k items by distance on the host (`ranking.order_by_distance`: a
    radix sort of small integers; XLA:CPU's comparison sort took ~22 µs per row of 1,000).
 
-Counts are uint8 sums over a major axis, which XLA:CPU vectorises: a row sum in int32 costs
-~30× more per element (see benchmarks/retrieval.py's profile).
+Counts are uint8 sums over a major axis, which XLA:CPU vectorises: a row sum in int32 cost
+~30× more per element on this project's 2-core CPU.
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ def distances_and_sample(query_QxU: jax.Array, db_NxU: jax.Array, num_valid,
   codes, keeps XLA from re-reading the whole distance array with a stride in every pass of
   the guess."""
   dist_QxN = codes.word_distances(query_QxU, db_NxU, num_valid, bits)
-  n, words = db_NxU.shape
+  n = db_NxU.shape[0]
   if not _sample_blocks(n):
     return dist_QxN, None
   rows = np.arange(n).reshape(-1, BLOCK)[::_SAMPLE_STRIDE].reshape(-1)

@@ -103,11 +103,13 @@ def _stats_step(max_topk: int, histogram: bool, full_index: bool, num_valid: int
 def ranked_average_precision(rel_QxT: np.ndarray, topk: int) -> np.ndarray:
   """AP@topk float64 [Q] from the relevance of each query's ranked items [Q, ≥topk] (bool or
   0/1), by the module's conventions; 0 for a query with no relevant item in its first topk."""
-  rel = np.asarray(rel_QxT)[:, :topk].astype(np.int32)
-  hits = np.cumsum(rel, axis=1, dtype=np.int32)
+  rel = np.asarray(rel_QxT)[:, :topk]
+  rel_hits = np.cumsum(rel, axis=1, dtype=np.int32)
+  rel_hits *= rel  # hits@rank at the relevant ranks, 0 elsewhere
+  num = rel_hits.max(axis=1)  # hits grow with the rank: the last relevant rank's
   # einsum, not @: BLAS threads would spin against the device's threads.
-  ap_sum = np.einsum('qt,t->q', (rel * hits).astype(np.float64), 1.0 / np.arange(1, topk + 1))
-  return np.where(hits[:, -1] > 0, ap_sum / np.maximum(hits[:, -1], 1), 0.0)
+  ap_sum = np.einsum('qt,t->q', rel_hits.astype(np.float64), 1.0 / np.arange(1, topk + 1))
+  return np.where(num > 0, ap_sum / np.maximum(num, 1), 0.0)
 
 
 def _check_modes(ties) -> tuple[str, ...]:

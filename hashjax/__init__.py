@@ -8,6 +8,7 @@ the table in README.md, section "Names".
 
 from hashjax.codes import hamming_distance, pack_codes, sign_codes, unpack_codes
 from hashjax.divergence import JSDEstimate, estimate_jsd, exact_jsd, jsd_lower_bound
+from hashjax.graded import graded_metrics, mean_acg, mean_ndcg
 from hashjax.losses import dhn_loss, hashnet_loss
 from hashjax.metrics import (average_precision, map_tie_summary, mean_average_precision,
                              precision_at_radius, precision_at_topk, precision_recall_curve,
@@ -31,8 +32,9 @@ def __getattr__(name):
 __all__ = [
     'HammingIndex', 'HashNet', 'JSDEstimate', 'average_precision', 'beta_schedule',
     'code_flip_rate', 'constant_beta', 'dhn_loss', 'estimate_jsd', 'exact_jsd',
-    'fisher_diagonal', 'hamming_distance', 'hamming_topk', 'hash_activation', 'hashnet_loss',
-    'jsd_lower_bound', 'laplace_penalty', 'map_tie_summary', 'mean_average_precision',
+    'fisher_diagonal', 'graded_metrics', 'hamming_distance', 'hamming_topk', 'hash_activation',
+    'hashnet_loss', 'jsd_lower_bound', 'laplace_penalty', 'map_tie_summary', 'mean_acg',
+    'mean_average_precision', 'mean_ndcg',
     'pack_codes', 'precision_at_radius', 'precision_at_topk', 'precision_recall_curve',
     'recall_at_radius', 'retrieval_report', 'sign_codes', 'unpack_codes',
 ]

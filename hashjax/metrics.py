@@ -35,7 +35,9 @@ from hashjax import selection
 TIES = ('index', 'best', 'worst', 'expected')
 
 
-def _check_inputs(query_codes, db_codes, query_labels, db_labels):
+def check_inputs(query_codes, db_codes, query_labels, db_labels):
+  """The four arrays as numpy, or a one-line ValueError: codes [Q, K] and [N, K], labels [Q]
+  and [N] (class ids) or [Q, L] and [N, L] (multi-hot)."""
   query_codes, db_codes = np.asarray(query_codes), np.asarray(db_codes)
   query_labels, db_labels = np.asarray(query_labels), np.asarray(db_labels)
   if query_codes.ndim != 2 or db_codes.ndim != 2 or query_codes.shape[1] != db_codes.shape[1]:
@@ -112,7 +114,8 @@ def ranked_average_precision(rel_QxT: np.ndarray, topk: int) -> np.ndarray:
   return np.where(num > 0, ap_sum / np.maximum(num, 1), 0.0)
 
 
-def _check_modes(ties) -> tuple[str, ...]:
+def check_modes(ties) -> tuple[str, ...]:
+  """A tie order or a sequence of them as a tuple; one-line ValueError naming an unknown one."""
   modes = (ties,) if isinstance(ties, str) else tuple(ties)
   for mode in modes:
     if mode not in TIES:
@@ -120,7 +123,8 @@ def _check_modes(ties) -> tuple[str, ...]:
   return modes
 
 
-def _check_cutoff(value, what: str):
+def check_cutoff(value, what: str):
+  """One-line ValueError unless `value` is a positive integer or None."""
   if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
     raise ValueError(f'{what}={value!r} must be a positive integer or None (whole database)')
 
@@ -133,14 +137,14 @@ def _per_query(query_codes, db_codes, query_labels, db_labels, *, map_topks=(),
   Keys: f'ap@{topk}:{mode}' and f'p@{topk}:{mode}' (float64 [Q]; topk is the int or 'all'),
   'precision_R' and 'recall_R' (float64 [Q, R], R = bits + 1) when pr_curve.
   """
-  modes = _check_modes(ties)
+  modes = check_modes(ties)
   for topk in map_topks:
-    _check_cutoff(topk, 'topk')
+    check_cutoff(topk, 'topk')
   for topk in precision_topks:
     if topk is None:
       raise ValueError('precision_topks needs integer cutoffs, got None')
-    _check_cutoff(topk, 'topk')
-  query_codes, db_codes, query_labels, db_labels = _check_inputs(
+    check_cutoff(topk, 'topk')
+  query_codes, db_codes, query_labels, db_labels = check_inputs(
       query_codes, db_codes, query_labels, db_labels)
   query_QxU, db_NxU = codes_lib.code_words(query_codes), codes_lib.code_words(db_codes)
   num_db, bits = len(db_NxU), 32 * db_NxU.shape[1]
@@ -214,8 +218,8 @@ def average_precision(query_codes, db_codes, query_labels, db_labels, *, topk=No
   Returns:
     float64 numpy array [Q] of AP values in [0, 1].
   """
-  _check_modes(ties)
-  _check_cutoff(topk, 'topk')
+  check_modes(ties)
+  check_cutoff(topk, 'topk')
   name = 'all' if topk is None else int(topk)
   return _per_query(query_codes, db_codes, query_labels, db_labels, map_topks=(topk,),
                     ties=(ties,), chunk_size=chunk_size)[f'ap@{name}:{ties}']
@@ -272,7 +276,7 @@ def retrieval_report(query_codes, db_codes, query_labels, db_labels, *, map_topk
   Example: retrieval_report(q, db, ql, dl, map_topks=(100, 1000, None),
   precision_topks=(10, 100), ties=('index', 'expected'))
   """
-  modes = _check_modes(ties)
+  modes = check_modes(ties)
   values = _per_query(query_codes, db_codes, query_labels, db_labels,
                       map_topks=tuple(map_topks), precision_topks=tuple(precision_topks),
                       ties=modes, pr_curve=pr_curve, chunk_size=chunk_size)
@@ -341,8 +345,8 @@ def inner_product_map(query_h_QxK, db_h_NxK, query_labels, db_labels, *, topk=No
 
   On ±1 codes it equals `mean_average_precision` (−⟨b_q, b_i⟩ = 2·Hamming − K).
   """
-  _check_cutoff(topk, 'topk')
-  query_h_QxK, db_h_NxK, query_labels, db_labels = _check_inputs(
+  check_cutoff(topk, 'topk')
+  query_h_QxK, db_h_NxK, query_labels, db_labels = check_inputs(
       query_h_QxK, db_h_NxK, query_labels, db_labels)
   q, db = query_h_QxK.astype(np.float32), db_h_NxK.astype(np.float32)
   cut = len(db) if topk is None else min(int(topk), len(db))

@@ -7,6 +7,7 @@ the table in README.md, section "Names".
 """
 
 from hashjax.codes import hamming_distance, pack_codes, sign_codes, unpack_codes
+from hashjax.copy_detection import copy_detection
 from hashjax.divergence import JSDEstimate, estimate_jsd, exact_jsd, jsd_lower_bound
 from hashjax.graded import graded_metrics, mean_acg, mean_ndcg
 from hashjax.losses import dhn_loss, hashnet_loss
@@ -31,7 +32,7 @@ def __getattr__(name):
 
 __all__ = [
     'HammingIndex', 'HashNet', 'JSDEstimate', 'average_precision', 'beta_schedule',
-    'code_flip_rate', 'constant_beta', 'dhn_loss', 'estimate_jsd', 'exact_jsd',
+    'code_flip_rate', 'constant_beta', 'copy_detection', 'dhn_loss', 'estimate_jsd', 'exact_jsd',
     'fisher_diagonal', 'graded_metrics', 'hamming_distance', 'hamming_topk', 'hash_activation',
     'hashnet_loss', 'jsd_lower_bound', 'laplace_penalty', 'map_tie_summary', 'mean_acg',
     'mean_average_precision', 'mean_ndcg',

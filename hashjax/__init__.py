@@ -11,10 +11,11 @@ from hashjax.copy_detection import copy_detection
 from hashjax.divergence import JSDEstimate, estimate_jsd, exact_jsd, jsd_lower_bound
 from hashjax.graded import graded_metrics, mean_acg, mean_ndcg
 from hashjax.losses import dhn_loss, hashnet_loss
-from hashjax.metrics import (average_precision, map_tie_summary, mean_average_precision,
-                             precision_at_radius, precision_at_topk, precision_recall_curve,
-                             recall_at_radius, retrieval_report)
+from hashjax.metrics import (average_precision, average_precision_of_sets, map_tie_summary,
+                             mean_average_precision, precision_at_radius, precision_at_topk,
+                             precision_recall_curve, recall_at_radius, retrieval_report)
 from hashjax.models import HashNet, hash_activation
+from hashjax.neighbours import neighbour_sets
 from hashjax.priors import code_flip_rate, fisher_diagonal, laplace_penalty
 from hashjax.schedules import beta_schedule, constant_beta
 
@@ -31,11 +32,12 @@ def __getattr__(name):
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 __all__ = [
-    'HammingIndex', 'HashNet', 'JSDEstimate', 'average_precision', 'beta_schedule',
+    'HammingIndex', 'HashNet', 'JSDEstimate', 'average_precision',
+    'average_precision_of_sets', 'beta_schedule',
     'code_flip_rate', 'constant_beta', 'copy_detection', 'dhn_loss', 'estimate_jsd', 'exact_jsd',
     'fisher_diagonal', 'graded_metrics', 'hamming_distance', 'hamming_topk', 'hash_activation',
     'hashnet_loss', 'jsd_lower_bound', 'laplace_penalty', 'map_tie_summary', 'mean_acg',
-    'mean_average_precision', 'mean_ndcg',
+    'mean_average_precision', 'mean_ndcg', 'neighbour_sets',
     'pack_codes', 'precision_at_radius', 'precision_at_topk', 'precision_recall_curve',
     'recall_at_radius', 'retrieval_report', 'sign_codes', 'unpack_codes',
 ]

@@ -66,13 +66,24 @@ def _relevance_u8(query_labels, db_labels) -> jax.Array:
   return (inner > 0).astype(jnp.uint8)
 
 
+def _set_mask(sets_QxR, num_rows: int) -> jax.Array:
+  """uint8 [Q, N]: 1 at each query's listed database indices (−1 entries list nothing)."""
+  rows_QxR = jnp.broadcast_to(jnp.arange(sets_QxR.shape[0])[:, None], sets_QxR.shape)
+  cols_QxR = jnp.where(sets_QxR < 0, num_rows, sets_QxR)  # out of range: dropped
+  return jnp.zeros((sets_QxR.shape[0], num_rows), jnp.uint8).at[rows_QxR, cols_QxR].set(
+      1, mode='drop')
+
+
 @functools.lru_cache(maxsize=None)
-def _stats_step(max_topk: int, histogram: bool, full_index: bool, num_valid: int, bits: int):
-  """Jitted chunk function (query words, query labels, db words, db labels) → dict of [Q, ...]."""
+def _stats_step(max_topk: int, histogram: bool, full_index: bool, num_valid: int, bits: int,
+                sets: bool = False):
+  """Jitted chunk function (query words, query labels, db words, db labels) → dict of [Q, ...].
+  With `sets`, the query labels are each query's relevant database indices [Q, R]."""
 
   def stats(dist_QxN, sample_QxS, query_labels, db_labels):
     valid_N = jnp.arange(dist_QxN.shape[1]) < num_valid
-    rel_QxN = _relevance_u8(query_labels, db_labels) * valid_N.astype(jnp.uint8)
+    rel_QxN = (_set_mask(query_labels, dist_QxN.shape[1]) if sets
+               else _relevance_u8(query_labels, db_labels)) * valid_N.astype(jnp.uint8)
     out = {'num_relevant': selection.count_true(rel_QxN)}
     if max_topk:
       # The max_topk nearest in index order; the host orders them by distance.
@@ -130,12 +141,13 @@ def check_cutoff(value, what: str):
 
 
 def _per_query(query_codes, db_codes, query_labels, db_labels, *, map_topks=(),
-               precision_topks=(), ties=('index',), pr_curve=False, chunk_size=None
-               ) -> dict[str, np.ndarray]:
+               precision_topks=(), ties=('index',), pr_curve=False, chunk_size=None,
+               sets=False) -> dict[str, np.ndarray]:
   """Every requested per-query metric in one pass over the query chunks.
 
   Keys: f'ap@{topk}:{mode}' and f'p@{topk}:{mode}' (float64 [Q]; topk is the int or 'all'),
-  'precision_R' and 'recall_R' (float64 [Q, R], R = bits + 1) when pr_curve.
+  'precision_R' and 'recall_R' (float64 [Q, R], R = bits + 1) when pr_curve. With `sets`,
+  query_labels are relevant database indices [Q, R] (−1: none) and db_labels is ignored.
   """
   modes = check_modes(ties)
   for topk in map_topks:
@@ -154,7 +166,7 @@ def _per_query(query_codes, db_codes, query_labels, db_labels, *, map_topks=(),
   max_topk = max([c for c in index_cuts if c < num_db] or [0]) if 'index' in modes else 0
   full_index = 'index' in modes and any(cut(topk) == num_db for topk in map_topks)
   histogram = pr_curve or any(mode != 'index' for mode in modes)
-  step = _stats_step(max_topk, histogram, full_index, num_db, bits)
+  step = _stats_step(max_topk, histogram, full_index, num_db, bits, sets)
   pad_label = 0 if db_labels.ndim == 2 else -1
   db_dev = (jax.device_put(codes_lib.pad_rows(db_NxU)),
             jax.device_put(codes_lib.pad_rows(db_labels, value=pad_label)))
@@ -223,6 +235,36 @@ def average_precision(query_codes, db_codes, query_labels, db_labels, *, topk=No
   name = 'all' if topk is None else int(topk)
   return _per_query(query_codes, db_codes, query_labels, db_labels, map_topks=(topk,),
                     ties=(ties,), chunk_size=chunk_size)[f'ap@{name}:{ties}']
+
+
+def average_precision_of_sets(query_codes, db_codes, relevant_sets, *, topk=None,
+                              ties: str = 'index', chunk_size: int | None = None) -> np.ndarray:
+  """Per-query AP@topk when each query's relevant items are given as database indices (e.g.
+  its nearest neighbours in a reference space: `hashjax.neighbours.neighbour_sets`).
+
+  Args:
+    query_codes: [Q, K] ±1 or packed uint8. db_codes: [N, K] of the same kind.
+    relevant_sets: int [Q, R], database indices in 0..N−1; −1 pads rows with fewer.
+    topk, ties, chunk_size: as in `average_precision`.
+
+  Returns:
+    float64 numpy array [Q] of AP values in [0, 1].
+  """
+  check_modes(ties)
+  check_cutoff(topk, 'topk')
+  sets = np.asarray(relevant_sets)
+  num_db = len(np.asarray(db_codes))
+  if (sets.ndim != 2 or len(sets) != len(np.asarray(query_codes))
+      or not np.issubdtype(sets.dtype, np.integer)):
+    raise ValueError(f'relevant_sets must be int [Q, R] (database indices per query); got '
+                     f'{sets.dtype} {sets.shape}')
+  if np.any((sets < -1) | (sets >= num_db)):
+    raise ValueError(f'relevant index {int(sets[(sets < -1) | (sets >= num_db)][0])} is '
+                     f'outside the database (0..{num_db - 1}, or -1 for none)')
+  name = 'all' if topk is None else int(topk)
+  return _per_query(query_codes, db_codes, sets.astype(np.int32),
+                    np.zeros((num_db, 1), np.int32), map_topks=(topk,),
+                    ties=(ties,), chunk_size=chunk_size, sets=True)[f'ap@{name}:{ties}']
 
 
 def mean_average_precision(query_codes, db_codes, query_labels, db_labels, *, topk=None,

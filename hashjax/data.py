@@ -1,10 +1,11 @@
 """Image sources, the retrieval protocol split, and deterministic batches.
 
-Data flows one way: a *source* (`digits`, `npz:PATH`, `tfds:NAME[:SPLIT]`, `pairs:SPEC`, and
-the image files `folder:PATH` and `list:PATH` of `hashjax.image_files`) gives uint8 images
-[N, H, W, C] and labels (class ids [N] or multi-hot [N, L]); `protocol_split` divides its
-indices into query / database / training sets; `batch_indices` picks the training examples of
-a step from (seed, step) alone, so a resumed run sees exactly the batches it would have seen.
+Data flows one way: a *source* (`digits`, `npz:PATH`, `tfds:NAME[:SPLIT]`, `pairs:SPEC`,
+`mosaic:SPEC`, and the image files `folder:PATH` and `list:PATH` of `hashjax.image_files`)
+gives uint8 images [N, H, W, C] and labels (class ids [N] or multi-hot [N, L]);
+`protocol_split` divides its indices into query / database / training sets; `batch_indices`
+picks the training examples of a step from (seed, step) alone, so a resumed run sees exactly
+the batches it would have seen.
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ def _resize(image_HxWxC: np.ndarray, size: int | None) -> np.ndarray:
   return out[..., None] if out.ndim == 2 else out
 
 
-SOURCES = 'digits, npz:PATH, tfds:NAME[:SPLIT], folder:PATH, list:PATH, pairs:SPEC'
+SOURCES = ('digits, npz:PATH, tfds:NAME[:SPLIT], folder:PATH, list:PATH, pairs:SPEC, '
+           'mosaic:SPEC')
 
 
 def load_source(spec: str, *, image_size: int | None = None,
@@ -151,7 +153,9 @@ def load_source(spec: str, *, image_size: int | None = None,
       images relative to the list file's folder, resized to image_size; NUS-WIDE, MS-COCO),
       or 'pairs:SPEC' (two items of the single-label source SPEC side by side, L² classes
       with ~1/L² of pairs similar: `pair_source`; e.g. 'pairs:npz:mnist_t10k.npz' is a
-      100-class set of 56×28 images).
+      100-class set of 56×28 images), or 'mosaic:SPEC' (2×2 mosaics of four items of SPEC,
+      multi-hot labels over its classes: `mosaic_source`; 'mosaic:npz:mnist_t10k.npz' gives
+      56×56 images sharing 0–4 digits).
     image_size: resize images to image_size × image_size pixels (None: keep their size;
       required for folders and lists; for pairs it applies to each half).
     cache_dir: where a folder's decoded images are cached as one uint8 array file (None: no
@@ -167,7 +171,7 @@ def load_source(spec: str, *, image_size: int | None = None,
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
     return _array_source(images, digits.target.astype(np.int64), image_size)
   kind, _, rest = spec.partition(':') if isinstance(spec, str) else ('', '', '')
-  if kind not in ('npz', 'tfds', 'folder', 'list', 'pairs'):
+  if kind not in ('npz', 'tfds', 'folder', 'list', 'pairs', 'mosaic'):
     raise DataError(f'unknown dataset {spec!r}; accepted: {SOURCES}')
   if not rest:
     raise DataError(f'dataset {spec!r} names no {kind} source; accepted: {SOURCES}')
@@ -177,6 +181,8 @@ def load_source(spec: str, *, image_size: int | None = None,
     return _load_tfds(rest, image_size)
   if kind == 'pairs':
     return pair_source(load_source(rest, image_size=image_size, cache_dir=cache_dir))
+  if kind == 'mosaic':
+    return mosaic_source(load_source(rest, image_size=image_size, cache_dir=cache_dir))
   from hashjax import image_files  # pylint: disable=g-import-not-at-top  # imports this module
   if kind == 'folder':
     return image_files.load_folder(rest, image_size, cache_dir)
@@ -209,6 +215,38 @@ def pair_source(base: Source, num_items: int | None = None, seed: int = 0) -> Ar
   images = np.concatenate([base.images(left), base.images(right)], axis=2)
   labels = (int(base.labels.max()) + 1) * base.labels[left] + base.labels[right]
   return ArraySource(images, labels.astype(np.int64))
+
+
+def mosaic_source(base: Source, num_items: int | None = None, seed: int = 0) -> ArraySource:
+  """A multi-label set: 2×2 mosaics of four items of `base`, for graded relevance.
+
+  Item n places base images a, b, c, d (four independent permutations of the base, cycled)
+  top-left, top-right, bottom-left, bottom-right; its label is multi-hot over the base's L
+  classes (the classes of the four, each once). Two mosaics share 0 to 4 classes.
+
+  Args:
+    base: single-label source of equal-size images [N, H, W, C] (class ids 0..L−1).
+    num_items: items to build (None: N). seed: the placement (deterministic; fixed at 0 by
+      the `mosaic:` spec).
+
+  Returns:
+    ArraySource with uint8 images [num_items, 2H, 2W, C] and int64 multi-hot labels
+    [num_items, L].
+  """
+  if base.labels.ndim != 1:
+    raise DataError('a mosaic: source needs single-label data (class ids), not multi-hot '
+                    'labels')
+  n = len(base)
+  num_items = n if num_items is None else num_items
+  rng = np.random.default_rng([seed, 0x3051])
+  draw = lambda: np.concatenate([rng.permutation(n) for _ in range(-(-num_items // n))])
+  quarters = [draw()[:num_items] for _ in range(4)]
+  top = np.concatenate([base.images(quarters[0]), base.images(quarters[1])], axis=2)
+  bottom = np.concatenate([base.images(quarters[2]), base.images(quarters[3])], axis=2)
+  labels = np.zeros((num_items, int(base.labels.max()) + 1), np.int64)
+  for quarter in quarters:
+    labels[np.arange(num_items), base.labels[quarter]] = 1
+  return ArraySource(np.concatenate([top, bottom], axis=1), labels)
 
 
 def _array_source(images, labels, image_size):

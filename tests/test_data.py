@@ -130,6 +130,29 @@ def test_pairs_spec_pairs_any_single_label_source(tmp_path):
     data.load_source(f'pairs:npz:{path}')
 
 
+def test_mosaic_source_places_four_items_and_labels_their_classes(tmp_path):
+  # Item i of the base is a 1×1 image of value i, class i % 4: every pixel names its item.
+  path = tmp_path / 'base.npz'
+  np.savez(path, image=np.arange(12, dtype=np.uint8).reshape(12, 1, 1), label=np.arange(12) % 4)
+  mosaics = data.load_source(f'mosaic:npz:{path}')
+  images = mosaics.images(np.arange(len(mosaics)))
+  assert images.shape == (12, 2, 2, 1) and mosaics.labels.shape == (12, 4)
+  for image, label in zip(images, mosaics.labels):
+    classes = set(int(v) % 4 for v in image.reshape(-1))
+    assert set(np.flatnonzero(label)) == classes
+  # Deterministic, seeded, and every base item appears once in each quarter.
+  np.testing.assert_array_equal(mosaics.labels, data.load_source(f'mosaic:npz:{path}').labels)
+  assert not np.array_equal(images, data.mosaic_source(data.load_source(f'npz:{path}'),
+                                                       seed=1).images(np.arange(12)))
+  assert sorted(images[:, 0, 0, 0]) == list(range(12))
+  shared = mosaics.labels @ mosaics.labels.T
+  assert shared.min() >= 0 and shared.max() <= 4  # graded relevance: 0–4 shared classes
+  with pytest.raises(data.DataError, match='a mosaic: source needs single-label data'):
+    data.mosaic_source(mosaics)
+  with pytest.raises(data.DataError, match='missing.npz'):
+    data.load_source(f'mosaic:npz:{tmp_path}/missing.npz')
+
+
 def test_tfds_source_through_data_source_mock():
   with tfds.testing.mock_data(num_examples=12):
     src = data.load_source('tfds:mnist:train', image_size=16)

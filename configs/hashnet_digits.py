@@ -46,6 +46,7 @@ def get_config() -> config_dict.ConfigDict:
   c.loss = config_dict.ConfigDict()
   c.loss.name = 'hashnet'  # or 'dhn'
   c.loss.weighting = 'balanced'  # 'fixed' (authors' code) or 'none'
+  c.loss.similarity = 'hard'  # 'soft': Jaccard of multi-hot labels as a soft target
   c.loss.alpha = config_dict.placeholder(float)  # None: 10 / bits
   c.loss.class_num = config_dict.placeholder(float)  # for weighting='fixed'
   c.loss.quantization_weight = 0.1  # DHN only

@@ -10,7 +10,7 @@ import dataclasses
 import os
 from typing import Any
 
-from hashjax.losses import WEIGHTINGS
+from hashjax.losses import SIMILARITIES, WEIGHTINGS
 from hashjax.models.backbones import BACKBONES
 from hashjax.pretrained import BACKBONES as PRETRAINED_BACKBONES
 from hashjax.schedules import SCHEDULES
@@ -37,6 +37,7 @@ class BetaConfig:
 class LossConfig:
   name: str = 'hashnet'
   weighting: str = 'balanced'
+  similarity: str = 'hard'
   alpha: float | None = None
   class_num: float | None = None
   quantization_weight: float = 0.1
@@ -170,6 +171,9 @@ def hash_config(config) -> HashConfig:
   _one_of('optimizer', cfg.optimizer, OPTIMIZERS)
   _one_of('loss.name', cfg.loss.name, LOSSES)
   _one_of('loss.weighting', cfg.loss.weighting, WEIGHTINGS)
+  _one_of('loss.similarity', cfg.loss.similarity, SIMILARITIES)
+  _require(cfg.loss.similarity == 'hard' or cfg.loss.name == 'hashnet',
+           f"loss.similarity='soft' is HashNet's; loss.name={cfg.loss.name!r} takes 'hard'")
   _one_of('beta.schedule', cfg.beta.schedule, SCHEDULES)
   _one_of('compute_dtype', cfg.compute_dtype, ('float32', 'bfloat16'))
   _require(isinstance(cfg.bits, int) and 8 <= cfg.bits <= 1024,

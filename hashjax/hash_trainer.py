@@ -115,7 +115,7 @@ def make_loss_fn(cfg: HashConfig) -> Callable[[jax.Array, jax.Array], jax.Array]
     return functools.partial(losses.dhn_loss, alpha=cfg.alpha,
                              quantization_weight=cfg.loss.quantization_weight)
   return functools.partial(losses.hashnet_loss, alpha=cfg.alpha, weighting=cfg.loss.weighting,
-                           class_num=cfg.loss.class_num)
+                           class_num=cfg.loss.class_num, similarity=cfg.loss.similarity)
 
 
 def make_beta_fn(cfg: HashConfig) -> schedules.BetaSchedule:
@@ -262,6 +262,10 @@ def load_incremental(cfg: HashConfig) -> tuple[data_lib.Source, data_lib.Split,
   """(source, full split, the stage's split, arrives-later mask bool [N]); see
   `hashjax.increments`."""
   source = data_lib.load_source(cfg.dataset, image_size=cfg.image_size)
+  if cfg.loss.similarity == 'soft' and source.labels.ndim != 2:
+    raise data_lib.DataError(f"loss.similarity='soft' needs multi-hot labels; {cfg.dataset} "
+                             "has class ids (use loss.similarity='hard', or a multi-label set "
+                             "such as mosaic:npz:mnist_t10k.npz)")
   if cfg.class_list:
     source = data_lib.restrict_classes(source, data_lib.read_class_list(cfg.class_list))
   full, split, later = increments.incremental_split(
@@ -293,12 +297,14 @@ class HashJob(loop.Job):
   eval_at_start = False
   resumable = frozenset({'learning_rate', 'lr_decay_every', 'lr_decay_factor', 'map_topk',
                          'eval_batch_size', 'pretrained', 'save_fisher'})
-  # Settings of the update issue: a run from before them had these values.
+  # Settings added after older runs were made (the update issue's, loss.similarity): a run
+  # from before them had these values.
   added_settings = {
       'split.new_classes': None, 'split.later_fraction': 0.0, 'split.stage': 'all',
       'split.validation': False, 'updating.from_workdir': None, 'updating.prior': 'laplace',
       'updating.prior_weight': 1.0, 'updating.database_codes': 'reencode',
-      'updating.code_anchor_weight': 0.0, 'updating.replay_per_class': 0, 'save_fisher': False}
+      'updating.code_anchor_weight': 0.0, 'updating.replay_per_class': 0, 'save_fisher': False,
+      'loss.similarity': 'hard'}
 
   def __init__(self, config: ml_collections.ConfigDict | HashConfig, workdir: str):
     self.cfg = config if isinstance(config, HashConfig) else hash_config(config)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 WEIGHTINGS = ('balanced', 'fixed', 'none')
+SIMILARITIES = ('hard', 'soft')
 
 
 def similarity_matrix(labels_BxL: jax.Array) -> jax.Array:
@@ -33,6 +34,26 @@ def similarity_matrix(labels_BxL: jax.Array) -> jax.Array:
   raise ValueError(f'labels must be class ids [B] or multi-hot [B, L], got shape {labels.shape}')
 
 
+def soft_similarity_matrix(labels_BxL: jax.Array) -> jax.Array:
+  """Graded similarity s_ij = |y_i ∧ y_j| / |y_i ∨ y_j| (Jaccard) of multi-hot labels.
+
+  Args:
+    labels_BxL: multi-hot {0, 1} labels [B, L] (class ids have no grades: a ValueError).
+
+  Returns:
+    float32 [B, B] in [0, 1]; 0 for two items without labels.
+  """
+  labels = jnp.asarray(labels_BxL)
+  if labels.ndim != 2:
+    raise ValueError("similarity='soft' needs multi-hot labels [B, L]; got single-label data "
+                     f'(class ids, shape {labels.shape}); use similarity=\'hard\'')
+  y = labels.astype(jnp.float32)
+  shared_BxB = y @ y.T
+  count_B = jnp.sum(y, axis=1)
+  union_BxB = count_B[:, None] + count_B[None, :] - shared_BxB
+  return jnp.where(union_BxB > 0, shared_BxB / jnp.maximum(union_BxB, 1.0), 0.0)
+
+
 def pairwise_nll(h_BxK: jax.Array, s_BxB: jax.Array, alpha: float) -> jax.Array:
   """Per-pair negative log-likelihood softplus(αθ) − α·s·θ, θ = ⟨h_i, h_j⟩; [B, B], nats.
 
@@ -47,7 +68,8 @@ def _default_alpha(h_BxK, alpha):
 
 
 def hashnet_loss(h_BxK: jax.Array, labels_BxL: jax.Array, *, alpha: float | None = None,
-                 weighting: str = 'balanced', class_num: float | None = None) -> jax.Array:
+                 weighting: str = 'balanced', class_num: float | None = None,
+                 similarity: str = 'hard') -> jax.Array:
   """HashNet's weighted pairwise maximum-likelihood loss (Cao et al. 2017, eqs. 4–6).
 
   Args:
@@ -62,15 +84,26 @@ def hashnet_loss(h_BxK: jax.Array, labels_BxL: jax.Array, *, alpha: float | None
         count (#similar·class_num + #dissimilar). Set class_num ≈ |S|/|S1| of the training set.
       'none' — the plain mean over S (the ablation without weighting).
     class_num: the weight of similar pairs for 'fixed' (required there, unused otherwise).
+    similarity: 'hard' (s_ij ∈ {0, 1} as above) or 'soft' (multi-hot labels only: the
+      Jaccard similarity, a soft target of the same cross-entropy; the weightings then count
+      masses: pair ij adds s_ij to the similar mass and 1 − s_ij to the dissimilar one, and
+      its loss splits the same way, s·(−log σ(αθ)) + (1 − s)·(−log(1 − σ(αθ))), so 'balanced'
+      is the similar part's mean over the similar mass plus the dissimilar part's over the
+      dissimilar mass. With 0/1 similarities that is the hard loss.)
 
   Returns:
     Scalar float32 loss in nats per (weighted) pair.
   """
   if weighting not in WEIGHTINGS:
     raise ValueError(f'unknown weighting {weighting!r}; accepted: {", ".join(WEIGHTINGS)}')
+  if similarity not in SIMILARITIES:
+    raise ValueError(f'unknown similarity {similarity!r}; accepted: {", ".join(SIMILARITIES)}')
   if weighting == 'fixed' and (class_num is None or class_num <= 0):
     raise ValueError(f"weighting='fixed' needs class_num > 0, got {class_num!r}")
   h = jnp.asarray(h_BxK, jnp.float32)
+  if similarity == 'soft':
+    return _soft_loss(h, soft_similarity_matrix(labels_BxL), _default_alpha(h, alpha),
+                      weighting, class_num)
   s_BxB = similarity_matrix(labels_BxL)
   nll_BxB = pairwise_nll(h, s_BxB, _default_alpha(h, alpha))
   off_diag_BxB = 1.0 - jnp.eye(h.shape[0], dtype=jnp.float32)
@@ -85,6 +118,23 @@ def hashnet_loss(h_BxK: jax.Array, labels_BxL: jax.Array, *, alpha: float | None
   mean_similar = jnp.sum(similar_BxB * nll_BxB) / jnp.maximum(similar_BxB.sum(), 1.0)
   mean_dissimilar = jnp.sum(dissimilar_BxB * nll_BxB) / jnp.maximum(dissimilar_BxB.sum(), 1.0)
   return mean_similar + mean_dissimilar
+
+
+def _soft_loss(h_BxK, s_BxB, alpha: float, weighting: str, class_num) -> jax.Array:
+  """`hashnet_loss` with graded similarities s_ij ∈ [0, 1] (see its `similarity`)."""
+  theta_BxB = alpha * (h_BxK @ h_BxK.T)
+  off_diag_BxB = 1.0 - jnp.eye(h_BxK.shape[0], dtype=jnp.float32)
+  similar_BxB, dissimilar_BxB = s_BxB * off_diag_BxB, (1.0 - s_BxB) * off_diag_BxB
+  # −log σ(θ) = softplus(−θ) and −log(1 − σ(θ)) = softplus(θ).
+  similar_part = jnp.sum(similar_BxB * jax.nn.softplus(-theta_BxB))
+  dissimilar_part = jnp.sum(dissimilar_BxB * jax.nn.softplus(theta_BxB))
+  if weighting == 'none':
+    return (similar_part + dissimilar_part) / jnp.maximum(off_diag_BxB.sum(), 1.0)
+  if weighting == 'fixed':
+    mass = class_num * similar_BxB.sum() + dissimilar_BxB.sum()
+    return (class_num * similar_part + dissimilar_part) / jnp.maximum(mass, 1e-12)
+  mean = lambda part, mass: jnp.where(mass > 0, part / jnp.maximum(mass, 1e-12), 0.0)
+  return mean(similar_part, similar_BxB.sum()) + mean(dissimilar_part, dissimilar_BxB.sum())
 
 
 def quantization_penalty(u_BxK: jax.Array) -> jax.Array:

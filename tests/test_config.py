@@ -14,6 +14,8 @@ from test_hash_trainer import _get_test_config
     ({'bits': 2048}, 'bits=2048'),
     ({'loss.weighting': 'paper'}, "loss.weighting='paper' is not accepted"),
     ({'loss.weighting': 'fixed'}, 'needs loss.class_num'),
+    ({'loss.similarity': 'graded'}, "loss.similarity='graded' is not accepted"),
+    ({'loss.similarity': 'soft', 'loss.name': 'dhn'}, "loss.similarity='soft' is HashNet's"),
     ({'optimizer': 'lamb'}, "optimizer='lamb'"),
     ({'batch_size': 1}, 'batch_size=1'),
 ])

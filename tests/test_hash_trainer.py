@@ -4,10 +4,12 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from configs import hashnet_digits
 from hashjax import hash_trainer, loop
 from hashjax.config import hash_config, override
+from hashjax.data import DataError
 
 
 def _get_test_config(**overrides):
@@ -52,6 +54,19 @@ def test_train_step_changes_params_and_stays_finite():
   assert float(metrics['beta']) == 1.0 and 0.0 <= float(metrics['saturation']) <= 1.0
   changed = jax.tree.map(lambda a, b: not np.allclose(a, b), before, jax.tree.map(np.asarray, state.params))
   assert all(jax.tree.leaves(changed))
+
+
+def test_soft_similarity_trains_on_multi_hot_labels_and_refuses_class_ids():
+  cfg = hash_config(_get_test_config(**{'loss.similarity': 'soft'}))
+  state = hash_trainer.create_train_state(cfg, (16, 16, 1), jax.random.PRNGKey(0))
+  step = hash_trainer.make_train_step(cfg)
+  batch = {'image': jax.random.normal(jax.random.PRNGKey(1), (8, 16, 16, 1)),
+           'label': jnp.array(np.eye(4, dtype=np.int32)[[0, 1, 2, 3, 0, 1, 2, 3]] | np.eye(
+               4, k=1, dtype=np.int32)[[0, 1, 2, 3, 0, 1, 2, 3]])}  # two labels each
+  state, metrics = step(state, batch, jax.random.PRNGKey(2))
+  assert np.isfinite(float(metrics['loss']))
+  with pytest.raises(DataError, match="loss.similarity='soft' needs multi-hot labels; digits"):
+    hash_trainer.load_data(cfg)  # digits: class ids
 
 
 def test_hash_layer_gets_ten_times_the_learning_rate():

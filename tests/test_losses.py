@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from hashjax import dhn_loss, hashnet_loss
-from hashjax.losses import quantization_penalty, similarity_matrix
+from hashjax.losses import quantization_penalty, similarity_matrix, soft_similarity_matrix
 
 
 def _pair_terms(h, s, alpha):
@@ -87,6 +87,49 @@ def test_bad_weighting_arguments():
     hashnet_loss(jnp.array(H), jnp.array(LABELS), weighting='paper')
   with pytest.raises(ValueError, match='class_num'):
     hashnet_loss(jnp.array(H), jnp.array(LABELS), weighting='fixed')
+
+
+def test_soft_similarity_is_the_jaccard_index():
+  labels = np.array([[1, 1, 0], [1, 0, 0], [0, 0, 1], [0, 0, 0]])
+  expected = np.array([[1, 0.5, 0, 0], [0.5, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]])
+  np.testing.assert_allclose(soft_similarity_matrix(jnp.array(labels)), expected)
+
+
+@pytest.mark.parametrize('weighting', ['balanced', 'fixed', 'none'])
+def test_soft_loss_with_0_1_similarities_is_the_hard_loss(weighting):
+  # One label per item: every Jaccard index is 0 or 1.
+  one_hot = np.eye(3, dtype=np.int64)[np.array(LABELS) % 3]
+  args = dict(weighting=weighting, class_num=4.0)
+  hard = hashnet_loss(jnp.array(H), jnp.array(one_hot), **args)
+  soft = hashnet_loss(jnp.array(H), jnp.array(one_hot), similarity='soft', **args)
+  assert float(soft) == pytest.approx(float(hard), rel=1e-5)
+
+
+@pytest.mark.parametrize('weighting', ['balanced', 'fixed', 'none'])
+def test_soft_loss_matches_a_direct_computation(weighting):
+  rng = np.random.default_rng(0)
+  h = np.tanh(rng.normal(size=(7, 12)))
+  labels = (rng.random((7, 5)) > 0.5).astype(np.int64)
+  shared = labels @ labels.T
+  union = labels.sum(1)[:, None] + labels.sum(1)[None, :] - shared
+  s = np.where(union > 0, shared / np.maximum(union, 1), 0.0)
+  off = 1 - np.eye(7)
+  theta = (10 / 12) * h @ h.T
+  softplus = lambda x: np.logaddexp(0, x)
+  sim, dis = np.sum(s * off * softplus(-theta)), np.sum((1 - s) * off * softplus(theta))
+  expected = {'balanced': sim / np.sum(s * off) + dis / np.sum((1 - s) * off),
+              'fixed': (3 * sim + dis) / (3 * np.sum(s * off) + np.sum((1 - s) * off)),
+              'none': (sim + dis) / off.sum()}[weighting]
+  got = hashnet_loss(jnp.array(h), jnp.array(labels), weighting=weighting, class_num=3.0,
+                     similarity='soft')
+  assert float(got) == pytest.approx(expected, rel=1e-5)
+
+
+def test_soft_similarity_needs_multi_hot_labels():
+  with pytest.raises(ValueError, match="similarity='soft' needs multi-hot labels"):
+    hashnet_loss(jnp.array(H), jnp.array(LABELS), similarity='soft')
+  with pytest.raises(ValueError, match="unknown similarity 'graded'"):
+    hashnet_loss(jnp.array(H), jnp.array(LABELS), similarity='graded')
 
 
 # -- GAN losses -------------------------------------------------------------------------------

@@ -46,7 +46,17 @@ def get_config() -> config_dict.ConfigDict:
   c.loss = config_dict.ConfigDict()
   c.loss.name = 'hashnet'  # or 'dhn'
   c.loss.weighting = 'balanced'  # 'fixed' (authors' code) or 'none'
-  c.loss.similarity = 'hard'  # 'soft': Jaccard of multi-hot labels as a soft target
+  c.loss.similarity = 'hard'  # 'soft': Jaccard of multi-hot labels; 'views': label-free
+
+  # The random views of loss.similarity='views' (hashjax/augment.py); 0 / False: off.
+  c.augment = config_dict.ConfigDict()
+  c.augment.crop = 0.5  # kept area in [1 − crop, 1]
+  c.augment.flip = False  # off for digits: a mirrored digit is another symbol
+  c.augment.rotate = 10.0  # degrees
+  c.augment.brightness = 0.2
+  c.augment.contrast = 0.2
+  c.augment.noise = 0.05
+  c.augment.cutout = 0.25  # side fraction
   c.loss.alpha = config_dict.placeholder(float)  # None: 10 / bits
   c.loss.class_num = config_dict.placeholder(float)  # for weighting='fixed'
   c.loss.quantization_weight = 0.1  # DHN only

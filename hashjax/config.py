@@ -10,7 +10,9 @@ import dataclasses
 import os
 from typing import Any
 
-from hashjax.losses import SIMILARITIES, WEIGHTINGS
+from hashjax.augment import Strengths as AugmentConfig
+from hashjax.losses import SIMILARITIES as LOSS_SIMILARITIES
+from hashjax.losses import WEIGHTINGS
 from hashjax.models.backbones import BACKBONES
 from hashjax.pretrained import BACKBONES as PRETRAINED_BACKBONES
 from hashjax.schedules import SCHEDULES
@@ -22,6 +24,8 @@ class ConfigError(ValueError):
 
 OPTIMIZERS = ('sgd', 'adam')
 LOSSES = ('hashnet', 'dhn')
+# 'views': label-free, the two random views of one image are the similar pairs (augment.*)
+SIMILARITIES = LOSS_SIMILARITIES + ('views',)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +117,7 @@ class HashConfig:
   pretrained: str | None = None  # torchvision-named backbone weights (.npz / .safetensors)
   updating: UpdateConfig = UpdateConfig()
   save_fisher: bool = False  # write fisher.npz (the Laplace prior of a later update) at the end
+  augment: AugmentConfig = AugmentConfig()  # the views of loss.similarity='views'
 
   @property
   def alpha(self) -> float:
@@ -162,7 +167,7 @@ def hash_config(config) -> HashConfig:
   """Validates a hashing ConfigDict (or plain dict) and returns a frozen `HashConfig`."""
   values = dict(config.to_dict() if hasattr(config, 'to_dict') else config)
   nested = {'beta': BetaConfig, 'loss': LossConfig, 'split': SplitConfig,
-            'checkpoint': CheckpointConfig, 'updating': UpdateConfig}
+            'checkpoint': CheckpointConfig, 'updating': UpdateConfig, 'augment': AugmentConfig}
   for key, cls in nested.items():
     values[key] = _build(cls, dict(values.get(key) or {}), prefix=f'{key}.')
   cfg = _build(HashConfig, values)
@@ -172,8 +177,12 @@ def hash_config(config) -> HashConfig:
   _one_of('loss.name', cfg.loss.name, LOSSES)
   _one_of('loss.weighting', cfg.loss.weighting, WEIGHTINGS)
   _one_of('loss.similarity', cfg.loss.similarity, SIMILARITIES)
-  _require(cfg.loss.similarity == 'hard' or cfg.loss.name == 'hashnet',
+  _require(cfg.loss.similarity != 'soft' or cfg.loss.name == 'hashnet',
            f"loss.similarity='soft' is HashNet's; loss.name={cfg.loss.name!r} takes 'hard'")
+  _require(cfg.loss.similarity != 'views' or cfg.updating.from_workdir is None,
+           "loss.similarity='views' trains from scratch; the update job (updating."
+           "from_workdir) learns from labels")
+  _check_augment(cfg.augment)
   _one_of('beta.schedule', cfg.beta.schedule, SCHEDULES)
   _one_of('compute_dtype', cfg.compute_dtype, ('float32', 'bfloat16'))
   _require(isinstance(cfg.bits, int) and 8 <= cfg.bits <= 1024,
@@ -210,6 +219,15 @@ def hash_config(config) -> HashConfig:
     _require(cfg.loss.class_num is not None and cfg.loss.class_num > 0,
              f"loss.weighting='fixed' needs loss.class_num > 0, got {cfg.loss.class_num!r}")
   return cfg
+
+
+def _check_augment(a: AugmentConfig) -> None:
+  for name, value, low, high in (('crop', a.crop, 0.0, 1.0), ('cutout', a.cutout, 0.0, 1.0),
+                                 ('contrast', a.contrast, 0.0, 1.0)):
+    _require(low <= value < high, f'augment.{name}={value!r} must be in [{low:g}, {high:g})')
+  for name in ('rotate', 'brightness', 'noise'):
+    value = getattr(a, name)
+    _require(value >= 0, f'augment.{name}={value!r} must be ≥ 0 (0: off)')
 
 
 def _check_increments(cfg: HashConfig) -> None:

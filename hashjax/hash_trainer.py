@@ -9,6 +9,7 @@ newest checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -22,6 +23,7 @@ import optax
 from flax import struct
 from jax.sharding import Mesh
 
+from hashjax import augment
 from hashjax import codes as codes_lib
 from hashjax import data as data_lib
 from hashjax import disk, increments, loop, losses, metrics, parallel, pretrained, schedules
@@ -114,8 +116,9 @@ def make_loss_fn(cfg: HashConfig) -> Callable[[jax.Array, jax.Array], jax.Array]
   if cfg.loss.name == 'dhn':
     return functools.partial(losses.dhn_loss, alpha=cfg.alpha,
                              quantization_weight=cfg.loss.quantization_weight)
+  similarity = 'hard' if cfg.loss.similarity == 'views' else cfg.loss.similarity  # view ids
   return functools.partial(losses.hashnet_loss, alpha=cfg.alpha, weighting=cfg.loss.weighting,
-                           class_num=cfg.loss.class_num, similarity=cfg.loss.similarity)
+                           class_num=cfg.loss.class_num, similarity=similarity)
 
 
 def make_beta_fn(cfg: HashConfig) -> schedules.BetaSchedule:
@@ -127,25 +130,30 @@ def make_beta_fn(cfg: HashConfig) -> schedules.BetaSchedule:
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
-               loss_fn, beta_fn, lr_fn) -> tuple[TrainState, dict[str, jax.Array]]:
+               loss_fn, beta_fn, lr_fn, views_fn=None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a global batch.
 
   Args:
     state: the train state. batch: {'image': float32 [B, H, W, C], 'label': [B] or [B, L]}.
     rng: the run's base PRNG key; this step uses fold_in(rng, state.step) for dropout.
     loss_fn, beta_fn, lr_fn: bound by `functools.partial` before jitting.
+    views_fn: label-free training: (key, images [B, ...]) → (2B views, view ids [2B]), the
+      loss then sees the views with their ids as labels (None: the batch as it is).
 
   Returns:
     (new state, metrics): loss (nats per pair), beta, lr, saturation = fraction of |h| > 0.99.
   """
   beta = beta_fn(state.step)
   dropout_rng = jax.random.fold_in(rng, state.step)
+  images, labels = batch['image'], batch['label']
+  if views_fn is not None:
+    images, labels = views_fn(jax.random.fold_in(dropout_rng, 1), images)
 
   def objective(params):
-    z_BxK, updates = state.apply_fn(state.variables(params), batch['image'], train=True,
+    z_BxK, updates = state.apply_fn(state.variables(params), images, train=True,
                                     rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
     h_BxK = hash_activation(z_BxK, beta)
-    return loss_fn(h_BxK, batch['label']), (h_BxK, updates)
+    return loss_fn(h_BxK, labels), (h_BxK, updates)
 
   (loss, (h_BxK, updates)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
   param_updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
@@ -159,8 +167,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
 
 def bound_train_step(cfg: HashConfig):
   """`train_step` with the configured loss, β schedule and learning rate bound (unjitted)."""
+  views_fn = (functools.partial(augment.views, strengths=cfg.augment)
+              if cfg.loss.similarity == 'views' else None)
   return functools.partial(train_step, loss_fn=make_loss_fn(cfg), beta_fn=make_beta_fn(cfg),
-                           lr_fn=learning_rate_schedule(cfg))
+                           lr_fn=learning_rate_schedule(cfg), views_fn=views_fn)
 
 
 def make_train_step(cfg: HashConfig, mesh: Mesh | None = None):
@@ -304,7 +314,8 @@ class HashJob(loop.Job):
       'split.validation': False, 'updating.from_workdir': None, 'updating.prior': 'laplace',
       'updating.prior_weight': 1.0, 'updating.database_codes': 'reencode',
       'updating.code_anchor_weight': 0.0, 'updating.replay_per_class': 0, 'save_fisher': False,
-      'loss.similarity': 'hard'}
+      'loss.similarity': 'hard',
+      **{f'augment.{k}': v for k, v in dataclasses.asdict(augment.Strengths()).items()}}
 
   def __init__(self, config: ml_collections.ConfigDict | HashConfig, workdir: str):
     self.cfg = config if isinstance(config, HashConfig) else hash_config(config)

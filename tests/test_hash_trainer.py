@@ -69,6 +69,19 @@ def test_soft_similarity_trains_on_multi_hot_labels_and_refuses_class_ids():
     hash_trainer.load_data(cfg)  # digits: class ids
 
 
+def test_views_train_without_labels_and_repeat_exactly():
+  cfg = hash_config(_get_test_config(**{'loss.similarity': 'views'}))
+  step = hash_trainer.make_train_step(cfg)
+  images = jax.random.uniform(jax.random.PRNGKey(1), (8, 8, 8, 1), minval=-1, maxval=1)
+  runs = []
+  for labels in (jnp.zeros(8, jnp.int32), jnp.arange(8)):  # labels are never read
+    state = hash_trainer.create_train_state(cfg, (8, 8, 1), jax.random.PRNGKey(0))
+    state, metrics = step(state, {'image': images, 'label': labels}, jax.random.PRNGKey(2))
+    runs.append((float(metrics['loss']), jax.tree.map(np.asarray, state.params)))
+  assert np.isfinite(runs[0][0]) and runs[0][0] == runs[1][0]
+  jax.tree.map(np.testing.assert_array_equal, runs[0][1], runs[1][1])
+
+
 def test_hash_layer_gets_ten_times_the_learning_rate():
   cfg = hash_config(_get_test_config(optimizer='sgd', momentum=0.0, weight_decay=0.0))
   tx = hash_trainer.make_optimizer(cfg)

@@ -48,6 +48,9 @@ def get_config() -> config_dict.ConfigDict:
   c.loss.weighting = 'balanced'  # 'fixed' (authors' code) or 'none'
   c.loss.similarity = 'hard'  # 'soft': Jaccard of multi-hot labels; 'views': label-free
 
+  # More in eval.json, comma-separated: ndcg (multi-hot labels), neighbours, copies.
+  c.eval_extra = ''
+
   # The random views of loss.similarity='views' (hashjax/augment.py); 0 / False: off.
   c.augment = config_dict.ConfigDict()
   c.augment.crop = 0.5  # kept area in [1 − crop, 1]

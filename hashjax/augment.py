@@ -105,6 +105,27 @@ def augment(key, image_HxWxC, strengths: Strengths):
   return x
 
 
+# Copies for copy detection: transformations stronger than, or absent from, the training views.
+COPY_STRENGTHS = Strengths(crop=0.7, flip=False, rotate=20.0, brightness=0.0, contrast=0.0,
+                           noise=0.0, cutout=0.4)
+COPY_LEVELS = 8  # grey levels per channel after the copy's quantisation (JPEG-like loss)
+
+
+def quantise(image_HxWxC, levels: int):
+  """Each value of [−1, 1] rounded to one of `levels` evenly spaced values."""
+  step = 2.0 / (levels - 1)
+  return jnp.round((jnp.clip(image_HxWxC, -1.0, 1.0) + 1.0) / step) * step - 1.0
+
+
+def copies(key, images_BxHxWxC):
+  """The transformed copies of copy detection (float32 [B, H, W, C]): a crop keeping 30–100 %
+  of the area, a rotation up to ±20°, quantisation to `COPY_LEVELS` values and an occluding
+  square of 40 % of the side; deterministic in `key`."""
+  keys = jax.random.split(key, images_BxHxWxC.shape[0])
+  return jax.vmap(lambda k, x: quantise(augment(k, x, COPY_STRENGTHS), COPY_LEVELS))(
+      keys, images_BxHxWxC)
+
+
 def views(key, images_BxHxWxC, strengths: Strengths):
   """Two independent views of each image: (float32 [2B, H, W, C], view ids int32 [2B]); the
   views of image b are rows b and B + b, both with id b."""

@@ -10,6 +10,7 @@ import dataclasses
 import os
 from typing import Any
 
+from hashjax import extra_eval
 from hashjax.augment import Strengths as AugmentConfig
 from hashjax.losses import SIMILARITIES as LOSS_SIMILARITIES
 from hashjax.losses import WEIGHTINGS
@@ -118,6 +119,7 @@ class HashConfig:
   updating: UpdateConfig = UpdateConfig()
   save_fisher: bool = False  # write fisher.npz (the Laplace prior of a later update) at the end
   augment: AugmentConfig = AugmentConfig()  # the views of loss.similarity='views'
+  eval_extra: str = ''  # comma-separated: ndcg, neighbours, copies (hashjax.extra_eval)
 
   @property
   def alpha(self) -> float:
@@ -183,6 +185,10 @@ def hash_config(config) -> HashConfig:
            "loss.similarity='views' trains from scratch; the update job (updating."
            "from_workdir) learns from labels")
   _check_augment(cfg.augment)
+  try:
+    extra_eval.parse(cfg.eval_extra)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   _one_of('beta.schedule', cfg.beta.schedule, SCHEDULES)
   _one_of('compute_dtype', cfg.compute_dtype, ('float32', 'bfloat16'))
   _require(isinstance(cfg.bits, int) and 8 <= cfg.bits <= 1024,

@@ -26,7 +26,8 @@ from jax.sharding import Mesh
 from hashjax import augment
 from hashjax import codes as codes_lib
 from hashjax import data as data_lib
-from hashjax import disk, increments, loop, losses, metrics, parallel, pretrained, schedules
+from hashjax import disk, extra_eval, increments, loop, losses, metrics, parallel, pretrained
+from hashjax import schedules
 from hashjax import priors, training
 from hashjax.disk import write_or_warn
 from hashjax.config import HashConfig, hash_config
@@ -246,6 +247,11 @@ def evaluate(state: TrainState, cfg: HashConfig, source: data_lib.Source,
       'num_query': len(split.query),
       'num_database': len(split.database),
   }
+  extra = extra_eval.parse(cfg.eval_extra)
+  if extra:
+    encode_fn = lambda src, indices: encode(state, src, indices, cfg.eval_batch_size, mesh)
+    results.update(extra_eval.evaluate_extra(extra, encode_fn, source, split, query_codes,
+                                             db_codes, topk=cfg.map_topk, seed=cfg.seed))
   return results, {'query': query_codes, 'database': db_codes}
 
 
@@ -272,6 +278,9 @@ def load_incremental(cfg: HashConfig) -> tuple[data_lib.Source, data_lib.Split,
   """(source, full split, the stage's split, arrives-later mask bool [N]); see
   `hashjax.increments`."""
   source = data_lib.load_source(cfg.dataset, image_size=cfg.image_size)
+  if 'ndcg' in extra_eval.parse(cfg.eval_extra) and source.labels.ndim != 2:
+    raise data_lib.DataError(f"eval_extra 'ndcg' grades relevance by shared labels and needs "
+                             f'multi-hot labels; {cfg.dataset} has class ids')
   if cfg.loss.similarity == 'soft' and source.labels.ndim != 2:
     raise data_lib.DataError(f"loss.similarity='soft' needs multi-hot labels; {cfg.dataset} "
                              "has class ids (use loss.similarity='hard', or a multi-label set "
@@ -306,7 +315,7 @@ class HashJob(loop.Job):
                   'recall_at_radius_2': 'max'}
   eval_at_start = False
   resumable = frozenset({'learning_rate', 'lr_decay_every', 'lr_decay_factor', 'map_topk',
-                         'eval_batch_size', 'pretrained', 'save_fisher'})
+                         'eval_batch_size', 'pretrained', 'save_fisher', 'eval_extra'})
   # Settings added after older runs were made (the update issue's, loss.similarity): a run
   # from before them had these values.
   added_settings = {
@@ -314,7 +323,7 @@ class HashJob(loop.Job):
       'split.validation': False, 'updating.from_workdir': None, 'updating.prior': 'laplace',
       'updating.prior_weight': 1.0, 'updating.database_codes': 'reencode',
       'updating.code_anchor_weight': 0.0, 'updating.replay_per_class': 0, 'save_fisher': False,
-      'loss.similarity': 'hard',
+      'loss.similarity': 'hard', 'eval_extra': '',
       **{f'augment.{k}': v for k, v in dataclasses.asdict(augment.Strengths()).items()}}
 
   def __init__(self, config: ml_collections.ConfigDict | HashConfig, workdir: str):

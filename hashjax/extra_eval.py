@@ -1,8 +1,8 @@
 """Evaluations beyond class labels, for eval.json (`eval_extra`, comma-separated):
 
-* `ndcg`: graded relevance (`hashjax.graded`; multi-hot labels): NDCG and ACG at `map_topk`
-  (None: the whole database), with index ties, the [worst, best] interval and the expected
-  value over random tie orders;
+* `ndcg`: graded relevance (`hashjax.graded`; multi-hot labels): NDCG, ACG and weighted mAP at
+  `map_topk` (None: the whole database), with index ties, NDCG's [worst, best] interval and
+  the expected values over random tie orders;
 * `neighbours`: the unsupervised protocol: each query's relevant items are its 1 % nearest
   database items in pixel space (`hashjax.neighbours`); mAP at `map_topk` by index and
   expected ties;
@@ -58,7 +58,8 @@ def evaluate_extra(names: tuple[str, ...], encode: Callable, source: data_lib.So
                                  source.labels[split.database], topk=topk, ties=metrics.TIES)
     mean = lambda key: float(both[key].mean())
     out.update(ndcg=mean('ndcg:index'), ndcg_interval=[mean('ndcg:worst'), mean('ndcg:best')],
-               ndcg_expected=mean('ndcg:expected'), acg=mean('acg:index'))
+               ndcg_expected=mean('ndcg:expected'), acg=mean('acg:index'),
+               wap=mean('wap:index'), wap_expected=mean('wap:expected'))
   if 'neighbours' in names:
     k = max(1, round(NEIGHBOUR_FRACTION * len(split.database)))
     sets = neighbours.neighbour_sets(_pixels(source, split.query),

@@ -1,4 +1,5 @@
-"""Graded relevance over Hamming ranking: NDCG@k and ACG@k, with the tie orders of AP.
+"""Graded relevance over Hamming ranking: NDCG@k, ACG@k and weighted mAP (WAP@k, see
+`hashjax.weighted_ap`), with the tie orders of AP.
 
 Conventions (fixed, as in `hashjax.metrics`):
 
@@ -31,6 +32,7 @@ from hashjax import metrics
 from hashjax import parallel
 from hashjax import ranking
 from hashjax import selection
+from hashjax import weighted_ap
 
 
 def _grades(query_labels, db_labels) -> jax.Array:
@@ -94,8 +96,9 @@ def _group_sums(count_QxGxR, value_G, prefix, topk: int, mode: str) -> np.ndarra
   return np.sum(sums, axis=(1, 2))
 
 
-def _chunk_metrics(out: dict, topk: int, num_db: int, bits: int, modes, discount_prefix):
-  """{f'ndcg:{mode}', f'acg:{mode}'} float64 [q] of one chunk's device outputs."""
+def _chunk_metrics(out: dict, topk: int, num_db: int, bits: int, modes, discount_prefix,
+                   harmonic):
+  """{f'ndcg:{mode}', f'acg:{mode}', f'wap:{mode}'} float64 [q] of one chunk's outputs."""
   bins = bits + 2
   grades = out['key'].max(initial=0) // bins + 1
   hist = np.stack([np.bincount(row, minlength=bins * grades) for row in out['key']])
@@ -113,9 +116,15 @@ def _chunk_metrics(out: dict, topk: int, num_db: int, bits: int, modes, discount
       grade = np.take_along_axis(grade, ranking.order_by_distance(dist), axis=1)[:, :topk]
       dcg = _ranked(2.0 ** grade - 1, np.diff(discount_prefix[:topk + 1]))
       acg = grade.sum(axis=1) / topk
+      positive = grade > 0
+      num_positive = positive.sum(axis=1)
+      wap_sum = _ranked(positive * np.cumsum(grade, axis=1), 1.0 / np.arange(1, topk + 1))
+      wap = np.where(num_positive > 0, wap_sum / np.maximum(num_positive, 1), 0.0)
     else:
       dcg = _group_sums(count_QxGxR, gain_G, discount_prefix, topk, mode)
       acg = _group_sums(count_QxGxR, rel_G, np.arange(num_db + 1.0), topk, mode) / topk
+      wap = weighted_ap.weighted_ap(count_QxGxR, topk, harmonic, mode)
+    results[f'wap:{mode}'] = wap
     results[f'ndcg:{mode}'] = np.where(ideal > 0, dcg / np.maximum(ideal, 1e-300), 0.0)
     results[f'acg:{mode}'] = acg
   return results
@@ -134,8 +143,8 @@ def graded_metrics(query_codes, db_codes, query_labels, db_labels, *, topk=None,
     chunk_size: queries evaluated at once (default: ~2**24 query·item pairs per device).
 
   Returns:
-    {f'ndcg:{mode}', f'acg:{mode}'}: float64 numpy arrays [Q]; NDCG in [0, 1], ACG in
-    [0, L].
+    {f'ndcg:{mode}', f'acg:{mode}', f'wap:{mode}'}: float64 numpy arrays [Q]; NDCG in
+    [0, 1], ACG and WAP (weighted mAP, `hashjax.weighted_ap`) in [0, L].
   """
   modes = metrics.check_modes(ties)
   metrics.check_cutoff(topk, 'topk')
@@ -150,13 +159,15 @@ def graded_metrics(query_codes, db_codes, query_labels, db_labels, *, topk=None,
   db_dev = (jax.device_put(codes_lib.pad_rows(db_NxU)),
             jax.device_put(codes_lib.pad_rows(db_labels, value=pad_label)))
   discount_prefix = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(2, num_db + 2)))])
+  harmonic = ranking.harmonic(num_db)
   chunk = codes_lib.query_chunk_size(num_db, chunk_size)
   run = lambda start, stop: step(codes_lib.pad_chunk(query_QxU[start:stop], chunk),
                                  codes_lib.pad_chunk(query_labels[start:stop], chunk), *db_dev)
   parts: dict[str, list] = {}
   for start, stop, out in codes_lib.dispatch_ahead(run, len(query_QxU), chunk):
     out = {key: np.asarray(value)[:stop - start] for key, value in out.items()}
-    for key, value in _chunk_metrics(out, cut, num_db, bits, modes, discount_prefix).items():
+    for key, value in _chunk_metrics(out, cut, num_db, bits, modes, discount_prefix,
+                                     harmonic).items():
       parts.setdefault(key, []).append(value)
   return {key: np.concatenate(value) for key, value in parts.items()}
 

@@ -27,25 +27,36 @@ def _dcg(gains, k):
   return float(np.sum(gains / np.log2(np.arange(2, len(gains) + 2))))
 
 
+def _wap(rel, k):
+  rel = np.asarray(rel[:k], float)
+  positive = rel > 0
+  terms = positive * np.cumsum(rel) / np.arange(1, len(rel) + 1)
+  return float(terms.sum() / positive.sum()) if positive.any() else 0.0
+
+
 def _brute(qc, dc, ql, dl, k):
-  """{mode: (ndcg [Q], acg [Q])} over every tie order: index, best, worst, expected (mean)."""
-  out = {mode: ([], []) for mode in ('index', 'best', 'worst', 'expected')}
+  """{mode: (ndcg [Q], acg [Q], wap [Q])} over every tie order: index, best, worst, expected
+  (the mean)."""
+  out = {mode: ([], [], []) for mode in ('index', 'best', 'worst', 'expected')}
   for code, label in zip(qc, ql):
     dist = (code[None, :] != dc).sum(1)
     rel = (dl @ label) if dl.ndim == 2 else (dl == label).astype(int)
     ideal = _dcg(2.0 ** np.sort(rel)[::-1] - 1, k)
     norm = lambda dcg: dcg / ideal if ideal > 0 else 0.0
-    ndcgs, acgs = [], []
+    ndcgs, acgs, waps = [], [], []
     for order in _orders(dist):
       ndcgs.append(norm(_dcg(2.0 ** rel[order] - 1, k)))
       acgs.append(float(np.sum(rel[order][:k])) / k)
+      waps.append(_wap(rel[order], k))
     index = np.argsort(dist, kind='stable')
-    values = {'index': (norm(_dcg(2.0 ** rel[index] - 1, k)), float(np.sum(rel[index][:k])) / k),
-              'best': (max(ndcgs), max(acgs)), 'worst': (min(ndcgs), min(acgs)),
-              'expected': (np.mean(ndcgs), np.mean(acgs))}
-    for mode, (ndcg, acg) in values.items():
-      out[mode][0].append(ndcg)
-      out[mode][1].append(acg)
+    values = {'index': (norm(_dcg(2.0 ** rel[index] - 1, k)), float(np.sum(rel[index][:k])) / k,
+                        _wap(rel[index], k)),
+              'best': (max(ndcgs), max(acgs), max(waps)),
+              'worst': (min(ndcgs), min(acgs), min(waps)),
+              'expected': (np.mean(ndcgs), np.mean(acgs), np.mean(waps))}
+    for mode, triple in values.items():
+      for values_list, value in zip(out[mode], triple):
+        values_list.append(value)
   return out
 
 
@@ -56,9 +67,10 @@ def test_every_tie_order_matches_brute_force(seed, topk):
   got = graded.graded_metrics(qc, dc, ql, dl, topk=topk,
                               ties=('index', 'best', 'worst', 'expected'))
   want = _brute(qc, dc, ql, dl, topk or len(dc))
-  for mode, (ndcg, acg) in want.items():
+  for mode, (ndcg, acg, wap) in want.items():
     np.testing.assert_allclose(got[f'ndcg:{mode}'], ndcg, atol=1e-12, err_msg=mode)
     np.testing.assert_allclose(got[f'acg:{mode}'], acg, atol=1e-12, err_msg=mode)
+    np.testing.assert_allclose(got[f'wap:{mode}'], wap, atol=1e-12, err_msg=mode)
 
 
 def test_class_ids_give_binary_relevance():

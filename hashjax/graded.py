@@ -29,7 +29,6 @@ import numpy as np
 
 from hashjax import codes as codes_lib
 from hashjax import metrics
-from hashjax import parallel
 from hashjax import ranking
 from hashjax import selection
 from hashjax import weighted_ap
@@ -64,12 +63,7 @@ def _graded_step(topk: int, num_valid: int, bits: int, max_grade: int):
       out['dist'], out['grade'] = clipped_QxN, grade_QxN
     return out
 
-  distances = parallel.local_query_jit(
-      lambda query_QxU, db_NxU: selection.distances_and_sample(query_QxU, db_NxU, num_valid,
-                                                               bits), 1, 1)
-  stats = parallel.local_query_jit(stats, 3, 1)
-  return lambda query_QxU, query_labels, db_NxU, db_labels: stats(
-      *distances(query_QxU, db_NxU), query_labels, db_labels)
+  return selection.distance_program(stats, num_valid, bits)
 
 
 def _ranked(gain_QxT: np.ndarray, discount_T: np.ndarray) -> np.ndarray:

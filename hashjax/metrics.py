@@ -28,7 +28,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from hashjax import codes as codes_lib
-from hashjax import parallel
 from hashjax import ranking
 from hashjax import selection
 
@@ -103,14 +102,7 @@ def _stats_step(max_topk: int, histogram: bool, full_index: bool, num_valid: int
       out['dist'], out['rel'] = clipped_QxN, rel_QxN
     return out
 
-  # Two programs: the distances are read from memory by every later pass (in one program
-  # XLA would fuse their computation into each pass and compute them again there).
-  distances = parallel.local_query_jit(
-      lambda query_QxU, db_NxU: selection.distances_and_sample(query_QxU, db_NxU, num_valid,
-                                                               bits), 1, 1)
-  stats = parallel.local_query_jit(stats, 3, 1)
-  return lambda query_QxU, query_labels, db_NxU, db_labels: stats(
-      *distances(query_QxU, db_NxU), query_labels, db_labels)
+  return selection.distance_program(stats, num_valid, bits)
 
 
 def ranked_average_precision(rel_QxT: np.ndarray, topk: int) -> np.ndarray:

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hashjax import codes
+from hashjax import parallel
 
 BLOCK = 128  # flags per block of the ranked selection; rows of N must be a multiple of it
 _SAMPLE_STRIDE = 16  # the guess of t counts every 16th block
@@ -120,6 +121,19 @@ def distances_and_sample(query_QxU: jax.Array, db_NxU: jax.Array, num_valid,
   rows = np.arange(n).reshape(-1, BLOCK)[::_SAMPLE_STRIDE].reshape(-1)
   sample_valid = jnp.sum(jnp.asarray(rows) < num_valid)  # the valid rows stay a prefix
   return dist_QxN, codes.word_distances(query_QxU, db_NxU[rows], sample_valid, bits)
+
+
+def distance_program(stats_fn, num_valid: int, bits: int):
+  """A chunk function (query words, query labels, db words, db labels) → stats_fn(dist,
+  sample, query labels, db labels), as two jitted programs (query arguments split over the
+  local devices, database ones replicated): the first writes the distances and their sample
+  (`distances_and_sample`), the second reads them in every pass (in one program XLA fuses
+  their computation into each pass and computes them again there)."""
+  distances = parallel.local_query_jit(
+      lambda query_QxU, db_NxU: distances_and_sample(query_QxU, db_NxU, num_valid, bits), 1, 1)
+  stats = parallel.local_query_jit(stats_fn, 3, 1)
+  return lambda query_QxU, query_labels, db_NxU, db_labels: stats(
+      *distances(query_QxU, db_NxU), query_labels, db_labels)
 
 
 def _kth(dist_QxN: jax.Array, topk: int, bits: int, sample_QxS: jax.Array | None = None):

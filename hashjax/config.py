@@ -189,6 +189,9 @@ def hash_config(config) -> HashConfig:
     extra_eval.parse(cfg.eval_extra)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  _require(not cfg.eval_extra or cfg.updating.from_workdir is None,
+           f'eval_extra={cfg.eval_extra!r} is for train.py runs; the update job '
+           '(updating.from_workdir) evaluates old and new classes instead')
   _one_of('beta.schedule', cfg.beta.schedule, SCHEDULES)
   _one_of('compute_dtype', cfg.compute_dtype, ('float32', 'bfloat16'))
   _require(isinstance(cfg.bits, int) and 8 <= cfg.bits <= 1024,

@@ -45,13 +45,15 @@ def _pixels(source: data_lib.Source, indices: np.ndarray) -> np.ndarray:
 
 
 def evaluate_extra(names: tuple[str, ...], encode: Callable, source: data_lib.Source,
-                   split: data_lib.Split, query_codes, db_codes, *, topk, seed: int
-                   ) -> dict[str, Any]:
+                   split: data_lib.Split, query_codes, db_codes, *, topk, seed: int,
+                   cache: dict | None = None) -> dict[str, Any]:
   """The eval.json entries of each metric in `names` (see the module docstring).
 
   encode(source, indices) → hash-layer outputs z [len(indices), K]; query_codes and db_codes
-  are the evaluation's ±1 codes [Q, K] and [N, K].
+  are the evaluation's ±1 codes [Q, K] and [N, K]. `cache`: a dict kept across the
+  evaluations of one run, which then compute the neighbour sets and the copies once.
   """
+  cache = {} if cache is None else cache
   out: dict[str, Any] = {}
   if 'ndcg' in names:
     both = graded.graded_metrics(query_codes, db_codes, source.labels[split.query],
@@ -62,17 +64,21 @@ def evaluate_extra(names: tuple[str, ...], encode: Callable, source: data_lib.So
                wap=mean('wap:index'), wap_expected=mean('wap:expected'))
   if 'neighbours' in names:
     k = max(1, round(NEIGHBOUR_FRACTION * len(split.database)))
-    sets = neighbours.neighbour_sets(_pixels(source, split.query),
-                                     _pixels(source, split.database), k)
+    if 'neighbour_sets' not in cache:
+      cache['neighbour_sets'] = neighbours.neighbour_sets(_pixels(source, split.query),
+                                                          _pixels(source, split.database), k)
+    sets = cache['neighbour_sets']
     ap = lambda ties: float(metrics.average_precision_of_sets(
         query_codes, db_codes, sets, topk=topk, ties=ties).mean())
     out.update(neighbour_map=ap('index'), neighbour_map_expected=ap('expected'),
                neighbour_k=k)
   if 'copies' in names:
-    copies = augment.copies(jax.random.PRNGKey(seed),
-                            data_lib.to_float(source.images(split.query)))
-    pixels = np.clip(np.round((np.asarray(copies) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    copy_source = data_lib.ArraySource(pixels, source.labels[split.query])
+    if 'copies' not in cache:
+      copies = augment.copies(jax.random.PRNGKey(seed),
+                              data_lib.to_float(source.images(split.query)))
+      pixels = np.clip(np.round((np.asarray(copies) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+      cache['copies'] = data_lib.ArraySource(pixels, source.labels[split.query])
+    copy_source = cache['copies']
     copy_codes = np.asarray(codes_lib.sign_codes(encode(copy_source,
                                                         np.arange(len(split.query)))))
     database = np.concatenate([db_codes, query_codes])  # the originals follow the database

@@ -93,10 +93,8 @@ def _group_sums(count_QxGxR, value_G, prefix, topk: int, mode: str) -> np.ndarra
 def _chunk_metrics(out: dict, topk: int, num_db: int, bits: int, modes, discount_prefix,
                    harmonic):
   """{f'ndcg:{mode}', f'acg:{mode}', f'wap:{mode}'} float64 [q] of one chunk's outputs."""
-  bins = bits + 2
-  grades = out['key'].max(initial=0) // bins + 1
-  hist = np.stack([np.bincount(row, minlength=bins * grades) for row in out['key']])
-  count_QxGxR = hist.reshape(len(hist), grades, bins)[:, :, :bits + 1]
+  grades = out['key'].max(initial=0) // (bits + 2) + 1
+  count_QxGxR = ranking.level_counts(out['key'], bits, grades)
   gain_G = 2.0 ** np.arange(grades) - 1
   rel_G = np.arange(grades, dtype=np.float64)
   # The ideal ranking: every item in one group, best order.

@@ -214,9 +214,10 @@ def encode(state: TrainState, source: data_lib.Source, indices: np.ndarray, batc
 
 
 def evaluate(state: TrainState, cfg: HashConfig, source: data_lib.Source,
-             split: data_lib.Split, mesh: Mesh | None = None
+             split: data_lib.Split, mesh: Mesh | None = None, extra_cache: dict | None = None
              ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-  """Encodes queries and database, binarises with sign, and scores Hamming retrieval.
+  """Encodes queries and database, binarises with sign, and scores Hamming retrieval
+  (and `cfg.eval_extra`'s metrics; `extra_cache`: see `extra_eval.evaluate_extra`).
 
   Returns:
     (results, codes): results has map (at cfg.map_topk, ties by index), map_interval
@@ -251,7 +252,8 @@ def evaluate(state: TrainState, cfg: HashConfig, source: data_lib.Source,
   if extra:
     encode_fn = lambda src, indices: encode(state, src, indices, cfg.eval_batch_size, mesh)
     results.update(extra_eval.evaluate_extra(extra, encode_fn, source, split, query_codes,
-                                             db_codes, topk=cfg.map_topk, seed=cfg.seed))
+                                             db_codes, topk=cfg.map_topk, seed=cfg.seed,
+                                             cache=extra_cache))
   return results, {'query': query_codes, 'database': db_codes}
 
 
@@ -330,6 +332,7 @@ class HashJob(loop.Job):
     self.cfg = config if isinstance(config, HashConfig) else hash_config(config)
     self.config, self.workdir = config, workdir
     self.source, self.split = load_data(self.cfg)
+    self.extra_cache: dict = {}  # eval_extra's fixed ground truth, kept across evaluations
     self.num_examples = len(self.split.train)
     image_shape = self.source.images(self.split.train[:1]).shape[1:]
     self.init_state = functools.partial(init_state, self.cfg, image_shape)
@@ -352,7 +355,8 @@ class HashJob(loop.Job):
 
   def evaluate(self, state: TrainState, step: int) -> dict[str, Any]:
     del step  # the state knows it
-    results, self.codes = evaluate(state, self.cfg, self.source, self.split)
+    results, self.codes = evaluate(state, self.cfg, self.source, self.split,
+                                   extra_cache=self.extra_cache)
     return results
 
   def finish(self, state, eval_row, last_log_row) -> dict[str, Any]:

@@ -16,16 +16,23 @@ import numpy as np
 from scipy.special import gammaln
 
 
-def histograms(key_QxN: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-  """(count, relcount) int64 [Q, R], R = bits + 1: items and relevant items at each distance.
+def level_counts(key_QxN: np.ndarray, bits: int, levels: int) -> np.ndarray:
+  """Items per (level, distance) of each query, int64 [Q, levels, bits + 1].
 
-  key = min(distance, bits + 1) + (bits + 2)·relevant (uint16 or int32 [Q, N]); bin bits + 1
-  holds the padding rows and is dropped.
+  key = min(distance, bits + 1) + (bits + 2)·level (uint16 or int32 [Q, N], level <
+  `levels`: relevant or not, or a grade); distance bits + 1 holds the padding rows and is
+  dropped.
   """
   bins = bits + 2
-  hist_Qx2B = np.stack([np.bincount(row, minlength=2 * bins) for row in key_QxN])
-  relcount_QxR = hist_Qx2B[:, bins:bins + bits + 1]
-  return hist_Qx2B[:, :bits + 1] + relcount_QxR, relcount_QxR
+  hist = np.stack([np.bincount(row, minlength=levels * bins) for row in key_QxN])
+  return hist.reshape(len(hist), levels, bins)[:, :, :bits + 1]
+
+
+def histograms(key_QxN: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+  """(count, relcount) int64 [Q, R], R = bits + 1: items and relevant items at each distance,
+  from keys with level = relevant (see `level_counts`)."""
+  counts = level_counts(key_QxN, bits, 2)
+  return counts.sum(axis=1), counts[:, 1]
 
 
 def order_by_distance(dist_QxT: np.ndarray) -> np.ndarray:

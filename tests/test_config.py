@@ -16,6 +16,8 @@ from test_hash_trainer import _get_test_config
     ({'loss.weighting': 'fixed'}, 'needs loss.class_num'),
     ({'loss.similarity': 'graded'}, "loss.similarity='graded' is not accepted"),
     ({'loss.similarity': 'soft', 'loss.name': 'dhn'}, "loss.similarity='soft' is HashNet's"),
+    ({'eval_extra': 'copies', 'updating.from_workdir': '/tmp/x'}, 'is for train.py runs'),
+    ({'eval_extra': 'ndcg,bleu'}, "unknown eval_extra metric 'bleu'"),
     ({'optimizer': 'lamb'}, "optimizer='lamb'"),
     ({'batch_size': 1}, 'batch_size=1'),
 ])

@@ -31,7 +31,8 @@ def test_sets_of_same_class_items_give_the_class_label_ap(ties, topk):
   # The relevant set of a query = the database items of its class: AP must equal the AP from
   # the labels themselves, under every tie order.
   rng = np.random.default_rng(1)
-  db, queries = np.where(rng.random((120, 6)) > 0.5, 1, -1), np.where(rng.random((9, 6)) > 0.5, 1, -1)
+  db = np.where(rng.random((120, 6)) > 0.5, 1, -1)
+  queries = np.where(rng.random((9, 6)) > 0.5, 1, -1)
   db_labels, query_labels = rng.integers(0, 4, 120), rng.integers(0, 4, 9)
   width = max(int(np.sum(db_labels == c)) for c in range(4))
   sets = np.full((9, width), -1)

@@ -117,6 +117,7 @@ def quantise(image_HxWxC, levels: int):
   return jnp.round((jnp.clip(image_HxWxC, -1.0, 1.0) + 1.0) / step) * step - 1.0
 
 
+@jax.jit
 def copies(key, images_BxHxWxC):
   """The transformed copies of copy detection (float32 [B, H, W, C]): a crop keeping 30–100 %
   of the area, a rotation up to ±20°, quantisation to `COPY_LEVELS` values and an occluding

@@ -73,5 +73,6 @@ def test_nearest_never_takes_padding_rows():
   rng = np.random.default_rng(5)
   dist = rng.integers(0, 9, (3, 512)).astype(np.uint8)
   dist[:, 500:] = 255  # the sentinel of padding rows
-  idx = selection.nearest_in_index_order(jnp.asarray(dist), 500, 8)
+  idx = jax.jit(selection.nearest_in_index_order, static_argnums=(1, 2))(
+      jnp.asarray(dist), 500, 8)
   np.testing.assert_array_equal(np.asarray(idx), np.broadcast_to(np.arange(500), (3, 500)))

@@ -427,3 +427,9 @@ def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> n
 def to_float(images_uint8) -> np.ndarray:
   """uint8 images → float32 in [−1, 1] (the network's input scale)."""
   return np.asarray(images_uint8, np.float32) * (2.0 / 255.0) - 1.0
+
+
+def flat_pixels(source: Source, indices: np.ndarray) -> np.ndarray:
+  """Items of `source` as float32 pixel vectors [len(indices), H·W·C] in [−1, 1] (the raw
+  space of LSH / ITQ and of nearest-neighbour ground truth)."""
+  return to_float(source.images(indices)).reshape(len(indices), -1)

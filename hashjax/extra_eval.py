@@ -40,10 +40,6 @@ def parse(names: str) -> tuple[str, ...]:
   return chosen
 
 
-def _pixels(source: data_lib.Source, indices: np.ndarray) -> np.ndarray:
-  return data_lib.to_float(source.images(indices)).reshape(len(indices), -1)
-
-
 def evaluate_extra(names: tuple[str, ...], encode: Callable, source: data_lib.Source,
                    split: data_lib.Split, query_codes, db_codes, *, topk, seed: int,
                    cache: dict | None = None) -> dict[str, Any]:
@@ -65,8 +61,9 @@ def evaluate_extra(names: tuple[str, ...], encode: Callable, source: data_lib.So
   if 'neighbours' in names:
     k = max(1, round(NEIGHBOUR_FRACTION * len(split.database)))
     if 'neighbour_sets' not in cache:
-      cache['neighbour_sets'] = neighbours.neighbour_sets(_pixels(source, split.query),
-                                                          _pixels(source, split.database), k)
+      cache['neighbour_sets'] = neighbours.neighbour_sets(
+          data_lib.flat_pixels(source, split.query),
+          data_lib.flat_pixels(source, split.database), k)
     sets = cache['neighbour_sets']
     ap = lambda ties: float(metrics.average_precision_of_sets(
         query_codes, db_codes, sets, topk=topk, ties=ties).mean())

@@ -114,7 +114,7 @@ def shallow(method: str, source: data_lib.Source, split: data_lib.Split, bits: i
   like the deep codes (`score_codes`)."""
   if method not in SHALLOW:
     raise ValueError(f'shallow method {method!r}; accepted: {", ".join(SHALLOW)}')
-  flat = lambda idx: data_lib.to_float(source.images(idx)).reshape(len(idx), -1)
+  flat = lambda idx: data_lib.flat_pixels(source, idx)
   x_train, x_q, x_db = flat(split.train), flat(split.query), flat(split.database)
   if method == 'lsh':
     model = baselines.lsh_fit(x_train.shape[1], bits, seed=seed, mean_D=x_train.mean(0))

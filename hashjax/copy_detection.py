@@ -74,9 +74,7 @@ def copy_detection(query_codes, db_codes, targets, *, ties: str = 'index',
     if k is None:
       raise ValueError('recall_at needs integer cutoffs, got None')
     metrics.check_cutoff(k, 'recall_at')
-  query_codes, db_codes = np.asarray(query_codes), np.asarray(db_codes)
-  metrics.check_inputs(query_codes, db_codes, np.zeros(len(query_codes)),
-                       np.zeros(len(db_codes)))
+  query_codes, db_codes = metrics.check_codes(query_codes, db_codes)
   targets = _check_targets(targets, len(query_codes), len(db_codes))
   query_QxU, db_NxU = codes_lib.code_words(query_codes), codes_lib.code_words(db_codes)
   num_db, bits = len(db_NxU), 32 * db_NxU.shape[1]

@@ -34,14 +34,20 @@ from hashjax import selection
 TIES = ('index', 'best', 'worst', 'expected')
 
 
-def check_inputs(query_codes, db_codes, query_labels, db_labels):
-  """The four arrays as numpy, or a one-line ValueError: codes [Q, K] and [N, K], labels [Q]
-  and [N] (class ids) or [Q, L] and [N, L] (multi-hot)."""
+def check_codes(query_codes, db_codes):
+  """The two code arrays as numpy, or a one-line ValueError: [Q, K] and [N, K]."""
   query_codes, db_codes = np.asarray(query_codes), np.asarray(db_codes)
-  query_labels, db_labels = np.asarray(query_labels), np.asarray(db_labels)
   if query_codes.ndim != 2 or db_codes.ndim != 2 or query_codes.shape[1] != db_codes.shape[1]:
     raise ValueError('codes must be [Q, K] and [N, K] with the same K; got shapes '
                      f'{query_codes.shape} and {db_codes.shape}')
+  return query_codes, db_codes
+
+
+def check_inputs(query_codes, db_codes, query_labels, db_labels):
+  """The four arrays as numpy, or a one-line ValueError: codes [Q, K] and [N, K], labels [Q]
+  and [N] (class ids) or [Q, L] and [N, L] (multi-hot)."""
+  query_codes, db_codes = check_codes(query_codes, db_codes)
+  query_labels, db_labels = np.asarray(query_labels), np.asarray(db_labels)
   if len(query_labels) != len(query_codes) or len(db_labels) != len(db_codes):
     raise ValueError(f'{len(query_codes)} query codes but {len(query_labels)} query labels, '
                      f'{len(db_codes)} database codes but {len(db_labels)} database labels')

@@ -67,3 +67,5 @@ def test_bad_targets_and_arguments_are_one_line_errors():
     copy_detection(queries, db, targets, recall_at=(0,))
   with pytest.raises(ValueError, match="unknown ties mode 'random'"):
     copy_detection(queries, db, targets, ties='random')
+  with pytest.raises(ValueError, match='codes must be'):
+    copy_detection(queries[:, :2], db, targets)

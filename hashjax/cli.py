@@ -10,6 +10,7 @@ process imports both. `run_job` parses them afresh on every call, so `train.main
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import dataclasses
 import logging
 import os
@@ -105,6 +106,34 @@ def _one_line(error: BaseException) -> str:
   return ' '.join(text.split())
 
 
+def _accepted_keys(error: BaseException, argv: list[str], config_path: str) -> str:
+  """For an unknown nested key (--config.augment.sharpen=1): '; accepted under augment: crop,
+  flip, ...' from the config file's defaults; '' otherwise (top-level keys get config_dict's
+  'Did you mean')."""
+  while error.args and isinstance(error.args[0], BaseException):
+    error = error.args[0]
+  if not (isinstance(error, KeyError) and error.args):
+    return ''
+  paths = [m[1] for arg in argv if (m := _OVERRIDE.match(arg))]
+  key = str(error.args[0]).strip('\'"')
+  parents = [p.rpartition('.')[0] for p in paths if '.' in p and p.rpartition('.')[2] == key]
+  if not parents:
+    return ''
+  try:
+    spec = importlib.util.spec_from_file_location('_hashjax_config', config_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    node = module.get_config()
+    for part in parents[0].split('.'):
+      node = node[part]
+  except (OSError, ImportError, SyntaxError, AttributeError, KeyError, TypeError, ValueError):
+    # the hint is optional: the error stands without it
+    return ''
+  if not isinstance(node, config_dict.ConfigDict):
+    return ''
+  return f'; accepted under {parents[0]}: {", ".join(node.keys())}'
+
+
 def default_workdir(config_path: str) -> str:
   """runs/<config file name without .py>."""
   name = os.path.splitext(os.path.basename(config_path.split(':')[0]))[0]
@@ -183,7 +212,7 @@ def load_config(job_flags: JobFlags, argv: list[str]) -> tuple[Any, str]:
     config = job_flags.config.value
     config.to_dict()  # a config file that failed to load raises on first use
   except (flags.Error, KeyError, AttributeError, ValueError, TypeError, OSError) as e:
-    raise UsageError(_one_line(e)) from e
+    raise UsageError(_one_line(e) + _accepted_keys(e, argv, config_path)) from e
   if len(rest) > 1:
     raise UsageError(f'unexpected argument {rest[1]!r}; flags are written --name=value')
   for key in none_keys:

@@ -162,6 +162,9 @@ def bad_npz(tmp_path_factory):
 
 @pytest.mark.parametrize('args,message', [
     (['--config.bitz=48'], "unknown config key 'bitz'"),
+    (['--config.augment.sharpen=1'], "unknown config key 'sharpen'; accepted under augment: "
+                                     'brightness, contrast, crop, cutout, flip, noise, rotate'),
+    (['--config.dataset=mosaic:npz:/no/such.npz'], "npz file '/no/such.npz' does not exist"),
     (['--config.bits=4'], 'bits=4 is out of range; accepted: integers 8..1024'),
     (['--config.bits=abc'], "--config.bits=abc"),
     (['--config=no/such/config.py'], "config file 'no/such/config.py' does not exist"),

@@ -108,19 +108,26 @@ def evaluate(state, cfg: HashConfig, source: data_lib.Source, split: data_lib.Sp
   return out
 
 
-def shallow(method: str, source: data_lib.Source, split: data_lib.Split, bits: int, seed: int,
-            topk: int | None) -> dict[str, Any]:
-  """LSH or ITQ fitted on the training images' raw pixels (in [−1, 1], flattened), scored
-  like the deep codes (`score_codes`)."""
+def shallow_encoder(method: str, source: data_lib.Source, split: data_lib.Split, bits: int,
+                    seed: int):
+  """LSH or ITQ fitted on the training images' raw pixels (in [−1, 1], flattened).
+
+  Returns:
+    encode(source, indices) → ±1 int8 codes [len(indices), bits] of those images' pixels.
+  """
   if method not in SHALLOW:
     raise ValueError(f'shallow method {method!r}; accepted: {", ".join(SHALLOW)}')
-  flat = lambda idx: data_lib.flat_pixels(source, idx)
-  x_train, x_q, x_db = flat(split.train), flat(split.query), flat(split.database)
+  x_train = data_lib.flat_pixels(source, split.train)
   if method == 'lsh':
     model = baselines.lsh_fit(x_train.shape[1], bits, seed=seed, mean_D=x_train.mean(0))
-    encode = lambda x: baselines.lsh_encode(model, x)
-  else:
-    model = baselines.itq_fit(x_train, bits, seed=seed)
-    encode = lambda x: baselines.itq_encode(model, x)
-  return score_codes(encode(x_q), encode(x_db), source.labels[split.query],
-                     source.labels[split.database], topk, bits)
+    return lambda src, idx: baselines.lsh_encode(model, data_lib.flat_pixels(src, idx))
+  model = baselines.itq_fit(x_train, bits, seed=seed)
+  return lambda src, idx: baselines.itq_encode(model, data_lib.flat_pixels(src, idx))
+
+
+def shallow(method: str, source: data_lib.Source, split: data_lib.Split, bits: int, seed: int,
+            topk: int | None) -> dict[str, Any]:
+  """LSH or ITQ (`shallow_encoder`) scored like the deep codes (`score_codes`)."""
+  encode = shallow_encoder(method, source, split, bits, seed)
+  return score_codes(encode(source, split.query), encode(source, split.database),
+                     source.labels[split.query], source.labels[split.database], topk, bits)

@@ -1,0 +1,314 @@
+"""Retrieval by content: what label-free, supervised and graded hashing capture.
+
+  python -m hashjax.experiments.semantics --mnist=PATH/mnist_t10k.npz --workers=2 \
+      [--quick] [--resume] [--out docs/semantics] [--report docs/SEMANTICS.md]
+
+Run from the repository root (the cells start from configs/hashnet_mnist.py). Two data sets,
+32 and 64 bits, seeds {0, 1, 2}:
+  * `mnist` — the MNIST test set (1,000 queries, 9,000 database, 5,000 training images from
+    it, 300 steps): label-free HashNet (`loss.similarity='views'`, balanced weighting), the
+    same without weighting, LSH and ITQ on raw pixels (the label-free baselines) and
+    supervised HashNet. Each is scored on copy detection (held-out transformations of the
+    queries, searched among the database plus the originals), on 1 %-nearest-neighbour
+    ground truth in pixel space (mAP@1000) and on class mAP@1000;
+  * `mosaics` — 2×2 mosaics of MNIST digits (`mosaic:npz:PATH`, 56×56 px, multi-hot over the
+    ten digits; 1,000 queries, 9,000 database, 5,000 training, 200 steps): HashNet with hard
+    similarity (share a digit) against soft similarity (the Jaccard index of the digit sets),
+    scored by NDCG@100 (relevance = digits shared) and class mAP@1000 (relevant = shares a
+    digit).
+
+Each (data, method, bits, seed) is a unit of `grid.run`, saved in --workdir as it finishes;
+`--resume` keeps the saved units. The seed-0, 64-bit unit of every method draws its picture
+of queries and their top-10 (`<out>/<data>_<method>.png`). Writes `<out>/results.json` and the
+page (`semantics_report`); `--render_only` rewrites the page from results.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from configs import hashnet_mnist
+from hashjax import codes as codes_lib
+from hashjax import data as data_lib
+from hashjax import extra_eval, hash_trainer, parallel, search
+from hashjax.config import HashConfig, hash_config, override
+from hashjax.experiments import grid, hashing_cell, semantics_report
+from hashjax.experiments.hashnet_ablation import COMMON, schedule_overrides, write_json
+
+PROG = 'semantics'
+BITS = (32, 64)
+SEEDS = (0, 1, 2)
+SHALLOW = hashing_cell.SHALLOW
+PICTURE_BITS, PICTURE_ROWS, PICTURE_TOPK = 64, 6, 10
+# name → overrides of the data set's config; shallow methods are fitted on its split.
+DEEP: dict[str, dict[str, Any]] = {
+    'views': {'loss.similarity': 'views'},
+    'views_no_weighting': {'loss.similarity': 'views', 'loss.weighting': 'none'},
+    'supervised': {},
+    'hard': {},
+    'soft': {'loss.similarity': 'soft'},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+  """One data set: its overrides of configs/hashnet_mnist.py (with num_steps), its methods,
+  the eval_extra metrics it is scored on and their cutoff (None: the config's map_topk)."""
+  name: str
+  overrides: dict[str, Any]
+  methods: tuple[str, ...]
+  metrics: tuple[str, ...]
+  extra_topk: int | None = None
+  bits: tuple[int, ...] = BITS
+  seeds: tuple[int, ...] = SEEDS
+
+
+PLANS = ('full', 'quick')
+
+
+def grid_settings(plan: str, mnist: str | None) -> list[DataSettings]:
+  """The two data sets ('quick': 64 bits, seed 0, a tenth of the steps; a smoke test)."""
+  if plan not in PLANS:
+    raise ValueError(f'unknown plan {plan!r}; accepted: {", ".join(PLANS)}')
+  path = mnist or ''
+  full = [
+      DataSettings('mnist', {'dataset': f'npz:{path}', 'num_steps': 300},
+                   methods=SHALLOW + ('views', 'views_no_weighting', 'supervised'),
+                   metrics=('copies', 'neighbours')),
+      DataSettings('mosaics', {'dataset': f'mosaic:npz:{path}', 'num_steps': 200,
+                               'split.query_per_class': None, 'split.num_query': 1000,
+                               'split.train_per_class': None, 'split.num_train': 5000},
+                   methods=('hard', 'soft'), metrics=('ndcg',), extra_topk=100),
+  ]
+  if plan == 'full':
+    return full
+  tenth = lambda s: {**s.overrides, 'num_steps': max(20, s.overrides['num_steps'] // 10)}
+  return [dataclasses.replace(s, overrides=tenth(s), bits=(PICTURE_BITS,), seeds=(0,))
+          for s in full]
+
+
+def cell_config(settings: DataSettings, method: str, bits: int, seed: int) -> HashConfig:
+  """configs/hashnet_mnist.py with the ablation grid's COMMON settings and schedules, the data
+  set's overrides, the method's (a shallow method takes the data set's first deep method's
+  config, for its split), bits and seed."""
+  if method in SHALLOW:
+    method = next(m for m in settings.methods if m not in SHALLOW)
+  config = hashnet_mnist.get_config()
+  config.lock()
+  steps = settings.overrides['num_steps']
+  return hash_config(override(config, {**COMMON, **settings.overrides,
+                                        **schedule_overrides(steps), **DEEP[method],
+                                        'bits': bits, 'seed': seed}))
+
+
+def units(settings_list: list[DataSettings]) -> list[tuple[str, str, int, int]]:
+  """(data, method, bits, seed) in a fixed order: data set, seed, bits, method."""
+  return [(s.name, m, b, seed) for s in settings_list for seed in s.seeds for b in s.bits
+          for m in s.methods]
+
+
+def _encoder(cfg: HashConfig, method: str, source, split):
+  """encode(source, indices) → outputs whose signs are the codes [len(indices), K]."""
+  if method in SHALLOW:
+    return hashing_cell.shallow_encoder(method, source, split, cfg.bits, cfg.seed)
+  state, _ = hashing_cell.train(cfg, source, split)
+  mesh = parallel.make_mesh()
+  return lambda src, idx: hash_trainer.encode(state, src, idx, cfg.eval_batch_size, mesh)
+
+
+def _picture(path: str, data: str, encode, source, split, query_codes, db_codes,
+             cache: dict) -> dict[str, Any]:
+  """Draws PICTURE_ROWS queries and their top-10 (mnist: copies of the queries searched among
+  the database plus the originals, as copy detection does; mosaics: the queries themselves
+  in the database); returns the item ids and distances it showed."""
+  picks = np.linspace(0, len(split.query) - 1, PICTURE_ROWS).round().astype(np.int64)
+  if data == 'mnist':
+    copies = cache['copies']
+    images, shown_codes = copies.images(picks), encode(copies, picks)
+    db_codes = np.concatenate([db_codes, query_codes])
+    items = np.concatenate([split.database, split.query])
+  else:
+    images, shown_codes = source.images(split.query[picks]), query_codes[picks]
+    items = split.database
+  dist, idx = search.hamming_topk(np.asarray(codes_lib.sign_codes(shown_codes)), db_codes,
+                                  PICTURE_TOPK)
+  semantics_report.draw_examples(path, data, images, source, split.query[picks], items[idx],
+                                 dist)
+  return {'queries': split.query[picks].tolist(), 'items': items[idx].tolist(),
+          'distances': dist.tolist()}
+
+
+def run_unit(settings_by_name: dict[str, DataSettings], picture_dir: str,
+             key: tuple[str, str, int, int]) -> dict[str, Any]:
+  """Trains (or fits) and scores one unit: class mAP at the config's map_topk (index ties and
+  the [worst, best] interval) and the data set's eval_extra metrics.
+
+  Returns:
+    {'cell': {'data', 'method', 'bits', 'seed', 'seconds', 'map', 'map_interval', and the
+    eval_extra entries}, 'picture': what the picture showed, or None}.
+  """
+  data, method, bits, seed = key
+  settings = settings_by_name[data]
+  t0 = time.perf_counter()
+  cfg = cell_config(settings, method, bits, seed)
+  source, split = hash_trainer.load_data(cfg)
+  encode = _encoder(cfg, method, source, split)
+  sign = lambda idx: np.asarray(codes_lib.sign_codes(encode(source, idx)))
+  query_codes, db_codes = sign(split.query), sign(split.database)
+  scores = hashing_cell.score_codes(query_codes, db_codes, source.labels[split.query],
+                                    source.labels[split.database], cfg.map_topk, bits)
+  cache: dict[str, Any] = {}
+  extra = extra_eval.evaluate_extra(
+      settings.metrics, encode, source, split, query_codes, db_codes, seed=seed, cache=cache,
+      topk=cfg.map_topk if settings.extra_topk is None else settings.extra_topk)
+  cell = {'data': data, 'method': method, 'bits': bits, 'seed': seed,
+          'seconds': time.perf_counter() - t0, 'map': scores['map'],
+          'map_interval': scores['map_interval'], **extra}
+  picture = None
+  if seed == 0 and bits == PICTURE_BITS:
+    if data == 'mnist' and 'copies' not in cache:
+      raise ValueError('the mnist picture needs the copies metric')
+    picture = _picture(os.path.join(picture_dir, f'{data}_{method}.png'), data, encode,
+                       source, split, query_codes, db_codes, cache)
+  return {'cell': cell, 'picture': picture}
+
+
+def similar_fractions(settings: DataSettings) -> dict[str, float]:
+  """Of the ordered training pairs i ≠ j: the fraction sharing a label (hard similarity) and
+  the mean Jaccard index (soft similarity's mass; equal to the first for class ids)."""
+  cfg = cell_config(settings, settings.methods[-1], BITS[0], 0)
+  source, split = hash_trainer.load_data(cfg)
+  labels = source.labels[split.train]
+  if labels.ndim == 1:
+    labels = np.eye(int(labels.max()) + 1, dtype=np.int64)[labels]
+  shared = (labels @ labels.T).astype(np.float64)
+  sizes = labels.sum(1).astype(np.float64)
+  union = sizes[:, None] + sizes[None, :] - shared
+  off = ~np.eye(len(labels), dtype=bool)
+  return {'hard': float((shared[off] > 0).mean()), 'soft': float((shared / union)[off].mean())}
+
+
+def settings_record(settings: DataSettings) -> dict[str, Any]:
+  """What results.json keeps of a data set: its settings, the HashConfig of its last deep
+  method at 64 bits, seed 0 ('cell'), and the training pairs' similar fractions."""
+  cfg = cell_config(settings, settings.methods[-1], PICTURE_BITS, 0)
+  return {**dataclasses.asdict(settings), 'cell': dataclasses.asdict(cfg),
+          'similar': similar_fractions(settings)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def _parse(argv):
+  parser = grid.argument_parser(PROG, __doc__.split('\n')[0], workdir=f'runs/{PROG}')
+  parser.add_argument('--mnist', default=None,
+                      help='npz of the MNIST test set (keys image, label); needed to run')
+  parser.add_argument('--out', default='docs/semantics',
+                      help='folder for results.json and the pictures')
+  parser.add_argument('--report', default=None,
+                      help='page path (default: SEMANTICS.md next to --out)')
+  parser.add_argument('--plan', default='full', choices=PLANS, help='see grid_settings')
+  parser.add_argument('--quick', action='store_true', help='same as --plan=quick')
+  parser.add_argument('--render_only', action='store_true',
+                      help='rewrite the page from <out>/results.json')
+  args = parser.parse_args(argv)
+  grid.check_arguments(parser, args)
+  if args.quick:
+    args.plan = 'quick'
+  if not args.render_only:
+    if args.mnist is None:
+      parser.error('--mnist=PATH (an npz of the MNIST test set) is needed; the mosaics are '
+                   'built from it')
+    try:
+      data_lib.load_source(f'npz:{args.mnist}')
+    except data_lib.DataError as e:
+      parser.error(f'--mnist={args.mnist}: {e}')
+  return args
+
+
+def collect(results: dict[tuple[str, str, int, int], dict[str, Any]]) -> dict[str, Any]:
+  """{'cells': [...] in unit order, 'pictures': {'<data>_<method>': shown}}."""
+  pictures = {f'{key[0]}_{key[1]}': r['picture'] for key, r in results.items()
+              if r['picture'] is not None}
+  return {'cells': [r['cell'] for r in results.values()], 'pictures': pictures}
+
+
+def _run(args, argv: list[str], results_path: str) -> dict[str, Any]:
+  """Runs the grid, rewriting results.json after every unit; returns the final results.
+  Raises grid.GridError."""
+  settings_list = grid_settings(args.plan, args.mnist)
+  keys = units(settings_list)
+  done = grid.saved_results(args.workdir, keys) if args.resume else {}
+  previous = {}
+  if args.resume and os.path.exists(results_path):
+    with open(results_path) as f:
+      previous = json.load(f)
+  start, date = time.time(), datetime.datetime.now().strftime('%Y-%m-%d %H:%M')
+  fixed = {'settings': [settings_record(s) for s in settings_list],
+           'command': f'python -m hashjax.experiments.{PROG} ' + ' '.join(argv),
+           'date': date, 'versions': grid.versions(), 'plan': args.plan}
+  sessions, ran = list(previous.get('sessions') or []), []
+
+  def save():
+    this = {'date': date, 'workers': args.workers, 'wall_seconds': time.time() - start,
+            'cells': len(ran)}
+    write_json(results_path, {**collect({k: done[k] for k in keys if k in done}), **fixed,
+                              'sessions': sessions + [this],
+                              'wall_seconds': sum(s['wall_seconds'] for s in sessions) +
+                                              this['wall_seconds']})
+
+  def progress(key, result):
+    done[key] = result
+    ran.append(key)
+    c = result['cell']
+    shown = ', '.join(f'{k} {c[k]:.4f}' for k in ('map', 'copy_map', 'neighbour_map', 'ndcg')
+                      if k in c)
+    print(f'[{time.time() - start:7.0f} s] {" ".join(map(str, key))}: {shown} '
+          f'({c["seconds"]:.0f} s)', flush=True)
+    save()
+
+  os.makedirs(args.out, exist_ok=True)
+  grid.run(keys, functools.partial(run_unit, {s.name: s for s in settings_list},
+                                   os.path.abspath(args.out)),
+           args.workdir, workers=args.workers, resume=args.resume, progress=progress)
+  save()
+  with open(results_path) as f:
+    return json.load(f)
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  args = _parse(argv)
+  report_path = args.report or os.path.join(os.path.dirname(os.path.abspath(args.out)),
+                                            'SEMANTICS.md')
+  results_path = os.path.join(args.out, 'results.json')
+  if args.render_only:
+    if not os.path.exists(results_path):
+      return grid.fail(PROG, f'--render_only: {results_path} does not exist')
+    with open(results_path) as f:
+      results = json.load(f)
+  else:
+    try:
+      results = _run(args, argv, results_path)
+    except data_lib.DataError as e:
+      return grid.fail(PROG, str(e))
+    except grid.GridError as e:
+      return grid.fail(PROG, str(e), code=1)
+  semantics_report.write(results, args.out, report_path)
+  print(f'wrote {report_path} and {args.out}/', flush=True)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

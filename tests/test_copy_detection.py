@@ -69,3 +69,21 @@ def test_bad_targets_and_arguments_are_one_line_errors():
     copy_detection(queries, db, targets, ties='random')
   with pytest.raises(ValueError, match='codes must be'):
     copy_detection(queries[:, :2], db, targets)
+
+
+def test_expected_matches_monte_carlo_over_random_tie_orders():
+  # 200 items on 5 bits: each original is tied with ~6 others on average, often many more.
+  queries, db, targets = _problem(5, q=30, n=200, bits=5)
+  got = copy_detection(queries, db, targets, ties='expected', recall_at=(1, 10))
+  rng = np.random.default_rng(0)
+  samples, rr, hit1, hit10 = 20_000, [], [], []
+  for code, target in zip(queries, targets):
+    dist = (code[None, :] != db).sum(1)
+    keys = dist[None, :] + rng.random((samples, len(dist)))  # uniform order inside ties
+    rank = 1 + (keys < keys[:, [target]]).sum(1)
+    rr.append(1 / rank)
+    hit1.append(rank <= 1)
+    hit10.append(rank <= 10)
+  for name, values in (('map', rr), ('recall@1', hit1), ('recall@10', hit10)):
+    values = np.mean(np.asarray(values, float), axis=0)  # the mean over queries, per sample
+    assert abs(got[name] - values.mean()) <= 4 * values.std() / np.sqrt(samples) + 1e-12, name

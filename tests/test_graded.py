@@ -107,3 +107,24 @@ def test_bad_arguments_are_one_line_errors():
     graded.mean_ndcg(qc, dc, ql, dl, topk=0)
   with pytest.raises(ValueError, match='codes must be'):
     graded.mean_ndcg(qc[:, :2], dc, ql, dl, topk=3)
+
+
+@pytest.mark.parametrize('topk', [10, 40])
+def test_expected_matches_monte_carlo_over_random_tie_orders(topk):
+  # 60 items on 4 bits: tie groups of ~4–15 items, too many orders to enumerate.
+  qc, dc, ql, dl = _problem(11, q=8, n=60, bits=4, labels=4)
+  got = graded.graded_metrics(qc, dc, ql, dl, topk=topk, ties=('expected',))
+  rng = np.random.default_rng(0)
+  samples, discount = 20_000, np.log2(np.arange(2, topk + 2))
+  for i, (code, label) in enumerate(zip(qc, ql)):
+    dist, rel = (code[None, :] != dc).sum(1), dl @ label
+    ideal = np.sum((2.0 ** np.sort(rel)[::-1][:topk] - 1) / discount)
+    order = np.argsort(dist[None, :] + rng.random((samples, len(dist))), axis=1)[:, :topk]
+    ranked = rel[order].astype(float)  # [samples, topk]
+    ndcg = np.sum((2.0 ** ranked - 1) / discount, axis=1) / ideal
+    positive = ranked > 0
+    wap = np.sum(positive * np.cumsum(ranked, axis=1) / np.arange(1, topk + 1), axis=1)
+    wap = np.where(positive.any(1), wap / np.maximum(positive.sum(1), 1), 0.0)
+    for name, values in (('ndcg', ndcg), ('acg', ranked.mean(1)), ('wap', wap)):
+      error = 4 * values.std() / np.sqrt(samples) + 1e-12  # four standard errors
+      assert abs(got[f'{name}:expected'][i] - values.mean()) <= error, (name, i)

@@ -7,6 +7,7 @@ resolution `image_size`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -55,12 +56,13 @@ def _decode_square(path: str, size: int) -> np.ndarray | None:
     return None
 
 
-def _read_cache(path: str) -> ArraySource | None:
-  """The cached images and labels; None, with one warning, when the file is damaged (cut
-  short by a copy or a full disk), so the caller decodes the images again and rewrites it."""
+def _read_cache(path: str) -> tuple[np.ndarray, np.ndarray] | None:
+  """The cached (images, positions of the decoded files); None, with one warning, when the
+  file is damaged (cut short by a copy or a full disk), so the caller decodes the images
+  again and rewrites it."""
   try:
     with np.load(path, allow_pickle=False) as f:
-      return ArraySource(f['image'], f['label'])
+      return f['image'], f['position']
   except UNREADABLE_NPZ_ERRORS + (KeyError,) as e:
     logging.getLogger(__name__).warning(
         'the image cache %s cannot be read (%s); decoding the images again and rewriting it',
@@ -68,45 +70,102 @@ def _read_cache(path: str) -> ArraySource | None:
     return None
 
 
-def load_folder(root: str, image_size: int | None, cache_dir: str | None) -> ArraySource:
+@dataclasses.dataclass
+class LabelledFolder(ArraySource):
+  """A folder's images with the attributes of a label table (`hashjax.label_table`).
+
+  labels: multi-hot int64 [N, ΣV] (each known attribute's one-hot, side by side);
+  attribute_ids: int32 [N, A] value ids, −1 where unknown; names, values: the table's."""
+  attribute_ids: np.ndarray = None
+  names: tuple[str, ...] = ()
+  values: tuple[tuple[str, ...], ...] = ()
+
+
+UNLABELLED = ('drop', 'keep')
+
+
+def _decode_all(root: str, paths: list[str], image_size: int, cache: str | None):
+  """(uint8 images [M, S, S, 3], int64 positions [M] in `paths` of the decoded files)."""
   import concurrent.futures  # pylint: disable=g-import-not-at-top
-  import hashlib  # pylint: disable=g-import-not-at-top
-  if not os.path.isdir(root):
-    raise DataError(f'image folder {root!r} does not exist')
-  if image_size is None:
-    raise DataError('a folder: source needs image_size (the model resolution)')
-  paths, labels, _ = _list_images(root)
-  if not paths:
-    raise DataError(f'image folder {root!r} holds no image file '
-                    f'({", ".join(IMAGE_EXTENSIONS)})')
-  stats = [os.stat(os.path.join(root, p)) for p in paths]
-  key = hashlib.sha1(repr((os.path.abspath(root), image_size,
-                           [(p, st.st_size, st.st_mtime_ns) for p, st in zip(paths, stats)])
-                          ).encode()).hexdigest()[:16]
-  cache = os.path.join(cache_dir, f'folder_{key}.npz') if cache_dir else None
   cached = _read_cache(cache) if cache and os.path.exists(cache) else None
   if cached is not None:
     return cached
   with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
     decoded = list(pool.map(lambda p: _decode_square(os.path.join(root, p), image_size), paths))
-  good = [i for i, im in enumerate(decoded) if im is not None]
+  good = np.array([i for i, im in enumerate(decoded) if im is not None], np.int64)
   if len(good) < len(paths):
     bad = [paths[i] for i, im in enumerate(decoded) if im is None]
     logging.getLogger(__name__).warning(
         'skipped %d of %d files in %s that could not be decoded (e.g. %s)', len(bad),
         len(paths), root, bad[0])
-  if not good:
+  if not len(good):
     raise DataError(f'no image in {root!r} could be decoded ({len(paths)} tried)')
-  images, labels = np.stack([decoded[i] for i in good]), labels[good]
+  images = np.stack([decoded[i] for i in good])
   if cache:
     from hashjax.disk import write_or_warn  # pylint: disable=g-import-not-at-top
-    os.makedirs(cache_dir, exist_ok=True)
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
 
     def write(tmp):
       with open(tmp, 'wb') as f:
-        np.savez(f, image=images, label=labels)
+        np.savez(f, image=images, position=good)
     write_or_warn(cache, write)
-  return ArraySource(images, labels)
+  return images, good
+
+
+def _apply_table(table, paths: list[str], unlabelled: str, root: str) -> list[str]:
+  """The paths to load: all, or those with a row ('drop'); warns once about the rows that
+  name no image of the folder."""
+  keys = {table.image_key(p) for p in paths}
+  unknown = [k for k in table.rows if k not in keys]
+  if unknown:
+    logging.getLogger(__name__).warning(
+        'label table %s: %d of its %d rows name no image in %s (e.g. %r); they are ignored',
+        table.path, len(unknown), len(table.rows), root, unknown[0])
+  kept = paths if unlabelled == 'keep' else [p for p in paths if table.image_key(p) in
+                                             table.rows]
+  if not kept:
+    raise DataError(f'label table {table.path} names none of the {len(paths)} images in '
+                    f'{root!r} (rows are keyed by {table.key})')
+  return kept
+
+
+def load_folder(root: str, image_size: int | None, cache_dir: str | None,
+                labels: str | None = None, unlabelled: str = 'drop') -> ArraySource:
+  """Every image under `root`, its central square resized to image_size (RGB uint8).
+
+  Without `labels`, the top-level subfolders are the classes (int64 [N]; one class if none).
+  With `labels` (a label table, `hashjax.label_table`), a `LabelledFolder`: images without a
+  row are left out (unlabelled='drop') or kept with unknown attributes ('keep').
+  Decoded images are cached in `cache_dir` (None: no cache), keyed by the files' names,
+  sizes and times.
+  """
+  import hashlib  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(root):
+    raise DataError(f'image folder {root!r} does not exist')
+  if image_size is None:
+    raise DataError('a folder: source needs image_size (the model resolution)')
+  if unlabelled not in UNLABELLED:
+    raise DataError(f'unlabelled={unlabelled!r}; accepted: {", ".join(UNLABELLED)}')
+  paths, classes, _ = _list_images(root)
+  if not paths:
+    raise DataError(f'image folder {root!r} holds no image file '
+                    f'({", ".join(IMAGE_EXTENSIONS)})')
+  table = None
+  if labels is not None:
+    from hashjax import label_table  # pylint: disable=g-import-not-at-top
+    table = label_table.read_label_table(labels)
+    paths = _apply_table(table, paths, unlabelled, root)
+  stats = [os.stat(os.path.join(root, p)) for p in paths]
+  key = hashlib.sha1(repr(('positions', os.path.abspath(root), image_size,  # the format too
+                           [(p, st.st_size, st.st_mtime_ns) for p, st in zip(paths, stats)])
+                          ).encode()).hexdigest()[:16]
+  cache = os.path.join(cache_dir, f'folder_{key}.npz') if cache_dir else None
+  images, good = _decode_all(root, paths, image_size, cache)
+  if table is None:
+    return ArraySource(images, classes[good])
+  ids = table.attribute_ids([paths[i] for i in good])
+  return LabelledFolder(images, label_table.multi_hot(ids, tuple(map(len, table.values))),
+                        ids, table.names, table.values)
 
 
 # ---------------------------------------------------------------------------------------------

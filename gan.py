@@ -18,7 +18,7 @@ if __name__ == '__main__':  # a SIGTERM/SIGINT while the modules below load (sec
 
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from hashjax import cli, gan_trainer
+from hashjax import cli, gan_sampling, gan_trainer
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs',
                               'dcgan_digits.py')
@@ -32,11 +32,16 @@ _NUM = flags.DEFINE_integer('num', 64, 'Samples in the grid (--mode=sample).',
                             flag_values=FLAGS)
 _OUT = flags.DEFINE_string('out', None, 'PNG path for --mode=sample '
                            '(default <workdir>/samples/sample_<step>.png).', flag_values=FLAGS)
+_ATTRIBUTES = flags.DEFINE_string(
+    'attributes', None, 'For --mode=sample of a run conditioned on a label table: attribute '
+    'values by name, e.g. hair=blue,eye=red (the others follow the training data).',
+    flag_values=FLAGS)
 
 
 def _run(config, workdir):
   if _MODE.value == 'sample':
-    print(f'wrote {gan_trainer.sample(config, workdir, _NUM.value, _OUT.value)}')
+    path = gan_sampling.sample(config, workdir, _NUM.value, _OUT.value, _ATTRIBUTES.value)
+    print(f'wrote {path}')
     return None
   reporter = cli.ProgressReporter(keys=('d_loss', 'g_loss', 'jsd_lower_bound'))
   return gan_trainer.train_and_evaluate(config, workdir, reporter=reporter)

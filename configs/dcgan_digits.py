@@ -38,6 +38,11 @@ def get_config() -> config_dict.ConfigDict:
   c.checkpoint_every = 500
   c.sample_every = 500
   c.num_samples = 64
+  # A label table (CSV, hashjax/label_table.py) for a folder: dataset: with conditional=True
+  # the GAN is conditioned on its attributes (e.g. hair and eye colour).
+  c.labels = config_dict.placeholder(str)
+  c.unlabelled = 'drop'  # images without a row in labels: 'drop' or 'keep' (unknown)
+  c.collapse_window = 5  # logged steps of D winning outright before a warning (0: never)
 
   c.checkpoint = config_dict.ConfigDict()
   c.checkpoint.max_to_keep = 2

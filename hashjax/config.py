@@ -293,6 +293,9 @@ class GanConfig:
   model: str = 'dcgan'  # or 'mlp' (2-D toy data; ngf / ndf are the hidden widths)
   eval_holdout: int = 0  # real examples kept out of training for the JSD estimate; 0: none
   eval_steps: int = 300  # training steps of the estimator's fresh classifier
+  labels: str | None = None  # a label table (hashjax.label_table) for a folder: dataset
+  unlabelled: str = 'drop'  # images without a row in `labels`: 'drop' or 'keep' (unknown)
+  collapse_window: int = 5  # logged steps of D winning outright before a warning; 0: never
 
 
 def gan_config(config) -> GanConfig:
@@ -322,4 +325,9 @@ def gan_config(config) -> GanConfig:
            f"model={cfg.model!r} does not fit dataset={cfg.dataset!r}: model='mlp' trains on "
            f"the 2-D datasets {', '.join(TOY_DATASETS)}, model='dcgan' on images")
   _require(not (toy and cfg.conditional), f'conditional=True needs classes; {cfg.dataset} has none')
+  _require(cfg.labels is None or cfg.dataset.startswith('folder:'),
+           f'labels={cfg.labels!r} is a label table for a folder: dataset, not '
+           f'dataset={cfg.dataset!r}')
+  _one_of('unlabelled', cfg.unlabelled, ('drop', 'keep'))
+  _positive_int('collapse_window', cfg.collapse_window, 0)
   return cfg

@@ -37,7 +37,7 @@ def fixed_noise(cfg: GanConfig, num_classes: int) -> tuple[np.ndarray, np.ndarra
   z = np.asarray(jax.random.normal(jax.random.PRNGKey(cfg.seed + 7919),
                                    (cfg.num_samples, cfg.nz)))
   labels = (np.arange(cfg.num_samples) % num_classes).astype(np.int32) \
-      if cfg.conditional else None
+      if cfg.conditional and num_classes else None
   return z, labels
 
 
@@ -61,7 +61,7 @@ def sample_grid(state, cfg: GanConfig, num_classes: int, z=None, labels=None
   if z is None:
     z, labels = fixed_noise(cfg, num_classes)
   images = images_lib.to_uint8(parallel.to_host(generate_ema(state, z, labels)))
-  ncol = num_classes if cfg.conditional else int(np.ceil(np.sqrt(len(z))))
+  ncol = num_classes if cfg.conditional and num_classes else int(np.ceil(np.sqrt(len(z))))
   return images_lib.make_grid(images, ncol=ncol, scale=max(1, 64 // cfg.image_size))
 
 
@@ -118,7 +118,7 @@ def evaluate_jsd(state, cfg: GanConfig, holdout: np.ndarray,
   return row
 
 
-def _pyplot_figure(path: str, **kwargs):
+def pyplot_figure(path: str, **kwargs):
   """A matplotlib Figure (Agg, no pyplot state), or None with a warning when matplotlib is
   not installed (it is optional: `pip install matplotlib`)."""
   try:
@@ -130,12 +130,12 @@ def _pyplot_figure(path: str, **kwargs):
   return Figure(**kwargs)
 
 
-def _save_figure(fig, path: str) -> bool:
+def save_figure(fig, path: str) -> bool:
   return write_or_warn(path, lambda tmp: fig.savefig(tmp, format='png', dpi=100))
 
 
 def _save_scatter(path: str, points_Nx2: np.ndarray, mixture: toy2d.Mixture, title: str) -> bool:
-  fig = _pyplot_figure(path, figsize=(5, 5))
+  fig = pyplot_figure(path, figsize=(5, 5))
   if fig is None:
     return False
   ax = fig.subplots()
@@ -145,12 +145,12 @@ def _save_scatter(path: str, points_Nx2: np.ndarray, mixture: toy2d.Mixture, tit
   lim = np.abs(mixture.means_Gx2).max() + 1.5
   ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect='equal', title=title)
   ax.legend(loc='upper right', fontsize=8)
-  return _save_figure(fig, path)
+  return save_figure(fig, path)
 
 
 def save_jsd_curve(path: str, rows: list[dict[str, Any]], title: str) -> bool:
   """PNG of the estimated JSD (nats) with its confidence band over training steps."""
-  fig = _pyplot_figure(path, figsize=(6, 4))
+  fig = pyplot_figure(path, figsize=(6, 4))
   if fig is None or not rows:
     return False
   ax = fig.subplots()
@@ -164,4 +164,4 @@ def save_jsd_curve(path: str, rows: list[dict[str, Any]], title: str) -> bool:
   ax.set(xlabel='training step', ylabel='JSD (nats)', ylim=(-0.02, 0.72))
   ax.set_title(title, fontsize=10)
   ax.legend(fontsize=8)
-  return _save_figure(fig, path)
+  return save_figure(fig, path)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import os
 from typing import Any, Callable
@@ -28,7 +27,9 @@ from flax import struct
 from jax.sharding import Mesh
 
 from hashjax import data as data_lib
-from hashjax import disk, gan_eval, loop, losses, parallel, toy2d, training
+from hashjax import (disk, gan_eval, gan_pictures, image_files, loop, losses, parallel, toy2d,
+                     training)
+from hashjax.gan_collapse import CollapseWatch
 from hashjax.config import TOY_DATASETS, ConfigError, GanConfig, gan_config
 from hashjax.divergence import jsd_lower_bound
 from hashjax.models.dcgan import Discriminator, Generator
@@ -55,9 +56,16 @@ class GANState(struct.PyTreeNode):
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
-  """What the models need to know about the data."""
+  """What the models need to know about the data: classes (sub-folders, digits) or the
+  categorical attributes of a label table (names, and each one's value names)."""
   channels: int
-  num_classes: int  # 0: unconditional
+  num_classes: int  # 0: no class labels
+  attribute_names: tuple[str, ...] = ()
+  attribute_values: tuple[tuple[str, ...], ...] = ()
+
+  @property
+  def attribute_sizes(self) -> tuple[int, ...]:
+    return tuple(len(v) for v in self.attribute_values)
 
 
 TOY_TRAIN_SIZE = 100_000  # training points drawn once from the 2-D mixture (as PacGAN)
@@ -68,15 +76,18 @@ def make_models(cfg: GanConfig, spec: DataSpec):
   if cfg.model == 'mlp':
     return MLPGenerator(hidden=cfg.ngf), MLPDiscriminator(hidden=cfg.ndf)
   classes = spec.num_classes if cfg.conditional else 0
+  sizes = spec.attribute_sizes if cfg.conditional else ()
   return (Generator(image_size=cfg.image_size, nz=cfg.nz, ngf=cfg.ngf, channels=spec.channels,
-                    num_classes=classes),
-          Discriminator(image_size=cfg.image_size, ndf=cfg.ndf, num_classes=classes))
+                    num_classes=classes, attribute_sizes=sizes),
+          Discriminator(image_size=cfg.image_size, ndf=cfg.ndf, num_classes=classes,
+                        attribute_sizes=sizes))
 
 
 def _init_state(cfg: GanConfig, spec: DataSpec, rng: jax.Array) -> GANState:
   generator, discriminator = make_models(cfg, spec)
   g_rng, d_rng = jax.random.split(rng)
-  labels = jnp.zeros((1,), jnp.int32) if cfg.conditional else None
+  labels = (jnp.zeros((1, len(spec.attribute_sizes)) if spec.attribute_sizes else (1,),
+                      jnp.int32) if cfg.conditional else None)
   g_vars = generator.init(g_rng, jnp.zeros((1, cfg.nz)), labels)
   example = (2,) if cfg.model == 'mlp' else (cfg.image_size, cfg.image_size, spec.channels)
   d_vars = discriminator.init(d_rng, jnp.zeros((1, *example)), labels)
@@ -119,7 +130,8 @@ def discriminator_update(state: GANState, d_params, d_stats, d_opt, real, real_l
 
 
 def train_step(state: GANState, batch: dict[str, jax.Array], rng: jax.Array, *,
-               cfg: GanConfig, num_classes: int) -> tuple[GANState, dict[str, jax.Array]]:
+               cfg: GanConfig, num_classes: int, attributes: bool = False
+               ) -> tuple[GANState, dict[str, jax.Array]]:
   """`n_critic` discriminator updates, then one generator update, then the EMA of G.
 
   As in the reference PyTorch DCGAN loop, the generator update reuses the last D step's fake
@@ -127,8 +139,12 @@ def train_step(state: GANState, batch: dict[str, jax.Array], rng: jax.Array, *,
   batch) and scores it with the just-updated D.
 
   Args:
-    batch: {'image': float32 [B, S, S, C] in [−1, 1], 'label': int [B]}.
+    batch: {'image': float32 [B, S, S, C] in [−1, 1], 'label': int [B] classes, or int
+      [B, A] attribute ids (−1: unknown) with `attributes`}.
     rng: the run's base key; this step uses fold_in(rng, state.step).
+    num_classes: the class-conditional GAN draws fake classes uniformly from these.
+    attributes: the attribute-conditional GAN generates for the batch's own attribute rows
+      (so the fakes follow the data's joint distribution of attributes).
 
   Returns:
     (state, metrics): d_loss, g_loss (nats), d_real / d_fake = mean D(x) / D(G(z)), and
@@ -137,12 +153,13 @@ def train_step(state: GANState, batch: dict[str, jax.Array], rng: jax.Array, *,
   key = jax.random.fold_in(rng, state.step)
   real = batch['image']
   b = real.shape[0]
-  conditional = cfg.conditional and num_classes > 0
+  conditional = cfg.conditional and (num_classes > 0 or attributes)
   real_labels = batch['label'] if conditional else None
 
   def noise(k):
     z_key, label_key = jax.random.split(k)
-    labels = jax.random.randint(label_key, (b,), 0, num_classes) if conditional else None
+    labels = (real_labels if attributes else
+              jax.random.randint(label_key, (b,), 0, num_classes) if conditional else None)
     return jax.random.normal(z_key, (b, cfg.nz)), labels
 
   def generate(g_params, g_stats, z, labels):
@@ -186,25 +203,35 @@ def train_step(state: GANState, batch: dict[str, jax.Array], rng: jax.Array, *,
   return new_state, metrics
 
 
-def bound_train_step(cfg: GanConfig, num_classes: int):
+def bound_train_step(cfg: GanConfig, num_classes: int, attributes: bool = False):
   """`train_step` with the settings bound (unjitted; the loop jits it)."""
-  return functools.partial(train_step, cfg=cfg, num_classes=num_classes)
+  return functools.partial(train_step, cfg=cfg, num_classes=num_classes, attributes=attributes)
 
 
-def make_train_step(cfg: GanConfig, num_classes: int, mesh: Mesh | None = None):
+def make_train_step(cfg: GanConfig, num_classes: int, mesh: Mesh | None = None,
+                    attributes: bool = False):
   """The jitted step (`loop.jit_train_step`): batch sharded on 'data', state replicated and
   donated."""
-  return loop.jit_train_step(bound_train_step(cfg, num_classes), mesh or parallel.make_mesh())
+  return loop.jit_train_step(bound_train_step(cfg, num_classes, attributes),
+                             mesh or parallel.make_mesh())
 
 
 def load_images(cfg: GanConfig, cache_dir: str | None) -> tuple[np.ndarray, np.ndarray, DataSpec]:
-  """All training images as uint8 [N, S, S, C] at the model resolution, labels [N]."""
+  """All training images as uint8 [N, S, S, C] at the model resolution, and their labels:
+  class ids int32 [N], or with a label table (`cfg.labels`) attribute ids int32 [N, A]."""
+  if cfg.labels is not None:
+    source = image_files.load_folder(cfg.dataset.partition(':')[2], cfg.image_size, cache_dir,
+                                     labels=cfg.labels, unlabelled=cfg.unlabelled)
+    spec = DataSpec(channels=3, num_classes=0, attribute_names=source.names,
+                    attribute_values=source.values)
+    return source.images_NxHxWxC, source.attribute_ids.astype(np.int32), spec
   source = data_lib.load_source(
       cfg.dataset, image_size=cfg.image_size if cfg.dataset.startswith('folder:') else None,
       cache_dir=cache_dir)
   labels = np.asarray(source.labels)
   if cfg.conditional and labels.ndim != 1:
-    raise ConfigError('conditional=True needs single-label data (class ids)')
+    raise ConfigError('conditional=True needs class ids or a label table (labels=FILE.csv), '
+                      f'not the multi-hot labels of {cfg.dataset}')
   images = data_lib.fit_to_size(np.asarray(source.images(np.arange(len(source)))),
                                 cfg.image_size)
   classes = int(labels.max()) + 1 if labels.ndim == 1 else 0
@@ -247,7 +274,9 @@ class GanJob(loop.Job):
   with `eval_holdout` > 0); the outputs are eval.json and jsd_curve.png."""
   loss_keys = ('d_loss', 'g_loss')
   eval_at_start = True  # the untrained generator: the JSD curve starts near log 2
-  resumable = frozenset({'learning_rate', 'sample_every', 'num_samples', 'eval_steps'})
+  resumable = frozenset({'learning_rate', 'sample_every', 'num_samples', 'eval_steps',
+                         'collapse_window'})
+  added_settings = {'labels': None, 'unlabelled': 'drop', 'collapse_window': 0}
 
   def __init__(self, config: ml_collections.ConfigDict | GanConfig, workdir: str):
     self.cfg = config if isinstance(config, GanConfig) else gan_config(config)
@@ -260,7 +289,14 @@ class GanJob(loop.Job):
     self.metric_modes = ({'jsd': 'min', **_toy_metric_modes(self.cfg)}
                          if self.cfg.eval_holdout else {})
     self.init_state = functools.partial(_init_state, self.cfg, self.spec)
-    self.train_step = bound_train_step(self.cfg, self.spec.num_classes)
+    self.train_step = bound_train_step(self.cfg, self.spec.num_classes,
+                                       attributes=bool(self.spec.attribute_sizes))
+    self.collapse = CollapseWatch(self.cfg.collapse_window)
+    self.grid_noise = gan_eval.fixed_noise(self.cfg, self.spec.num_classes)
+    if self.cfg.conditional and self.spec.attribute_sizes:  # rows of the data's attributes
+      rows = np.random.default_rng(self.cfg.seed + 7919).integers(0, len(self.labels),
+                                                                   self.cfg.num_samples)
+      self.grid_noise = (self.grid_noise[0], self.labels[rows])
 
   def examples(self, positions: np.ndarray) -> dict[str, np.ndarray]:
     return {'image': gan_eval.as_float(self.images[positions]), 'label': self.labels[positions]}
@@ -269,10 +305,32 @@ class GanJob(loop.Job):
     return os.path.join(self.samples_dir, f'step_{step:06d}.png')
 
   def after_step(self, state: GANState, step: int) -> None:
-    if parallel.is_main_process() and (step % self.cfg.sample_every == 0 or
-                                       step == self.cfg.num_steps):
+    """Every sample_every steps (and at the end): the sample grid, the attribute grid and
+    losses.png; every checkpoint_every steps the interpolation strip."""
+    if not parallel.is_main_process():
+      return
+    last, images = step == self.cfg.num_steps, self.cfg.model != 'mlp'
+    if step % self.cfg.sample_every == 0 or last:
       gan_eval.write_sample_image(self.sample_path(step), state, self.cfg,
-                                  self.spec.num_classes)
+                                  self.spec.num_classes, *(self.grid_noise if images else ()))
+      if self.cfg.conditional and self.spec.attribute_sizes:
+        gan_pictures.write_attribute_grid(
+            os.path.join(self.samples_dir, f'attributes_{step:06d}.png'), state, self.cfg,
+            self.spec.attribute_names, self.spec.attribute_values)
+      read = lambda name: training.read_rows(os.path.join(self.workdir, name))
+      gan_pictures.save_loss_plot(os.path.join(self.workdir, 'losses.png'),
+                                  read('metrics.jsonl'), read('eval.jsonl'),
+                                  os.path.basename(self.cfg.dataset))
+    if images and (step % self.cfg.checkpoint_every == 0 or last):
+      condition = None if self.grid_noise[1] is None else self.grid_noise[1][0]
+      gan_pictures.write_interpolation(
+          os.path.join(self.samples_dir, f'interpolation_{step:06d}.png'), state, self.cfg,
+          condition)
+
+  def logged(self, row: dict[str, Any], last_good) -> None:
+    warning = self.collapse.update(row, last_good)
+    if warning:
+      log.warning(warning)
 
   def evaluate(self, state: GANState, step: int) -> dict[str, Any] | None:
     del step  # the state knows it
@@ -291,7 +349,8 @@ class GanJob(loop.Job):
                'samples': self.sample_path(step)}
     if (parallel.is_main_process() and not os.path.exists(results['samples']) and
         not gan_eval.write_sample_image(results['samples'], state, self.cfg,
-                                        self.spec.num_classes)):
+                                        self.spec.num_classes,
+                                        *(self.grid_noise if self.cfg.model != 'mlp' else ()))):
       raise disk.OutputNotWritten(results['samples'], results)  # a full disk kept it out
     if eval_row is None:
       return results
@@ -318,59 +377,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict | GanConfig, workdir: s
     training.DivergedError when a loss turns NaN/inf (naming the last good checkpoint).
   """
   return loop.run(GanJob, config, workdir, reporter=reporter)
-
-
-def run_config(config: ml_collections.ConfigDict | GanConfig, workdir: str
-               ) -> tuple[GanConfig, str | None]:
-  """(settings, their config.json) of the run in `workdir`: its config.json (what its
-  checkpoints were trained with) when it exists, else (`config`, None). A config.json that
-  cannot be read is a ConfigError."""
-  path = os.path.join(workdir, 'config.json')
-  try:
-    with open(path) as f:
-      recorded = json.load(f)
-  except FileNotFoundError:
-    return (config if isinstance(config, GanConfig) else gan_config(config)), None
-  except (OSError, ValueError) as e:
-    raise ConfigError(f'{path} cannot be read ({e}); restore it, or remove it to sample with '
-                      'the config given') from None
-  try:
-    return gan_config(recorded), path
-  except (ConfigError, TypeError) as e:  # TypeError: a key of GanConfig is missing
-    raise ConfigError(f'{path} is no GAN run\'s config: {e}') from None
-
-
-def sample(config: ml_collections.ConfigDict | GanConfig, workdir: str, num: int,
-           out: str | None = None) -> str:
-  """Writes a grid of `num` EMA-generator samples from the newest checkpoint; returns its path.
-
-  The settings (model, data, seed of the noise) are the run's, from `<workdir>/config.json`
-  when it exists; `config` is used only for a run without one (then its model settings must
-  be those the run was trained with: a ConfigError says so otherwise).
-  """
-  if num < 1:
-    raise ConfigError(f'num={num} must be ≥ 1')
-  cfg, recorded = run_config(config, workdir)
-  if recorded:
-    log.info('sampling with the settings of %s', recorded)
-  job = GanJob(cfg, workdir)
-  try:
-    state, _ = loop.load_checkpoint(job, workdir)
-  except ConfigError:
-    raise
-  except loop.DAMAGED_CHECKPOINT_ERRORS as e:  # orbax: e.g. a stored shape unlike the model's
-    settings = ', '.join(f'{k}={getattr(cfg, k)!r}' for k in (
-        'nz', 'ngf', 'ndf', 'image_size', 'conditional', 'model'))
-    hint = ('it may be damaged (training again in this workdir sets a damaged checkpoint aside)'
-            if recorded else 'sample with the config the run was trained with')
-    raise ConfigError(f'the newest checkpoint in {workdir} does not fit the model settings of '
-                      f'{recorded or "the config given"} ({settings}): '
-                      f'{str(e).split(". ")[0][:200]}; {hint}') from None
-  z = np.asarray(jax.random.normal(jax.random.PRNGKey(cfg.seed + 104729), (num, cfg.nz)))
-  labels = (np.arange(num) % job.spec.num_classes).astype(np.int32) if cfg.conditional else None
-  path = out or os.path.join(workdir, 'samples', f'sample_{int(state.step):06d}.png')
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  if not gan_eval.write_sample_image(path, state, cfg, job.spec.num_classes, z, labels):
-    raise ConfigError(f'could not write {path}: the disk is full (or, for a 2-D scatter '
-                      'plot, matplotlib is missing)')
-  return path

@@ -26,6 +26,8 @@ The contract (`Job`, a base class with defaults): what a job provides.
   train_step(state, batch, rng) → (state, metrics): pure; the loop jits it with the batch
                   sharded over devices and the state donated.
   after_step(state, step): host work after each step (e.g. sample grids).
+  logged(row, last_good): each metrics.jsonl row once written (e.g. to warn about a run going
+                  wrong); last_good() → the newest complete checkpoint's path or None.
   evaluate(state, step) → a JSON row or None; collective across processes.
   finish(state, eval_row, last_log_row) → eval.json's content; writes the job's outputs
                   (an output a full disk kept out raises `disk.OutputNotWritten`).
@@ -86,6 +88,9 @@ class Job:
 
   def after_step(self, state: Any, step: int) -> None:
     del state, step
+
+  def logged(self, row: dict[str, Any], last_good: Callable[[], str | None]) -> None:
+    del row, last_good
 
   def evaluate(self, state: Any, step: int) -> dict[str, Any] | None:
     del state, step
@@ -338,6 +343,7 @@ class _Session:
     if row is not None:
       self.last_row = row
       training.check_finite(row, self.job.loss_keys, self.last_good)
+      self.job.logged(row, self.last_good)
 
   def last_good(self) -> str | None:
     """The newest complete checkpoint (after the save in flight, if any, has finished)."""

@@ -45,8 +45,8 @@ def jobs(monkeypatch):
   monkeypatch.setattr(train, '_train', lambda config, workdir: calls.append((config, workdir)))
   monkeypatch.setattr(gan.gan_trainer, 'train_and_evaluate',
                       lambda config, workdir, reporter: calls.append((config, workdir)))
-  monkeypatch.setattr(gan.gan_trainer, 'sample', lambda config, workdir, num, out: (
-      calls.append((config, workdir, num, out)) or 'grid.png'))
+  monkeypatch.setattr(gan.gan_sampling, 'sample', lambda config, workdir, num, out, attributes: (
+      calls.append((config, workdir, num, out, attributes)) or 'grid.png'))
   return calls
 
 
@@ -144,13 +144,13 @@ def test_an_error_leaves_nothing_for_the_next_call(capsys):
 
 def test_gan_sample_flags_reach_the_job_and_reset(jobs, capsys, tmp_path):
   code, out, _ = _call(gan.main, capsys, '--mode=sample', '--num=9', f'--out={tmp_path}/g.png',
-                       '--config.nz=16')
+                       '--config.nz=16', '--attributes=hair=blue')
   assert code == 0 and out.strip() == 'wrote grid.png'
   assert _call(gan.main, capsys, '--mode=sample')[0] == 0
   assert _call(gan.main, capsys)[0] == 0  # --mode is train again
-  (c1, _, num1, out1), (c2, _, num2, out2), (c3, _) = jobs
-  assert (c1.nz, num1, out1) == (16, 9, f'{tmp_path}/g.png')
-  assert (c2.nz, num2, out2) == (100, 64, None) and c3.nz == 100
+  (c1, _, num1, out1, at1), (c2, _, num2, out2, at2), (c3, _) = jobs
+  assert (c1.nz, num1, out1, at1) == (16, 9, f'{tmp_path}/g.png', 'hair=blue')
+  assert (c2.nz, num2, out2, at2) == (100, 64, None, None) and c3.nz == 100
 
 
 @pytest.fixture(scope='module')

@@ -69,6 +69,22 @@ class StridedConvTranspose(nn.Module):
     return y
 
 
+ATTRIBUTE_EMBED = 16  # width of each attribute's embedding
+
+
+class AttributeEmbedding(nn.Module):
+  """int ids [B, A] (−1: unknown) → [B, A·ATTRIBUTE_EMBED], one table per attribute."""
+  attribute_sizes: tuple[int, ...]
+
+  @nn.compact
+  def __call__(self, ids_BxA):
+    parts = []
+    for a, size in enumerate(self.attribute_sizes):
+      ids = jnp.where(ids_BxA[:, a] < 0, size, ids_BxA[:, a])  # row `size`: unknown
+      parts.append(nn.Embed(size + 1, ATTRIBUTE_EMBED, name=f'attribute_{a}')(ids))
+    return jnp.concatenate(parts, axis=-1)
+
+
 def _num_stages(image_size: int) -> int:
   if image_size not in (32, 64):
     raise ValueError(f'image_size={image_size} is not supported; accepted: 32, 64')
@@ -76,18 +92,22 @@ def _num_stages(image_size: int) -> int:
 
 
 class Generator(nn.Module):
-  """z [B, nz] (and class ids [B] when num_classes > 0) → images [B, S, S, channels] in [−1, 1]."""
+  """z [B, nz] (and class ids [B] when num_classes > 0, or attribute ids [B, A] when
+  attribute_sizes is set) → images [B, S, S, channels] in [−1, 1]."""
   image_size: int = 64
   nz: int = 100
   ngf: int = 64
   channels: int = 3
   num_classes: int = 0
+  attribute_sizes: tuple[int, ...] = ()
 
   @nn.compact
   def __call__(self, z_BxZ, labels_B=None, *, train: bool = False):
     norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9,
                                 scale_init=bn_scale_init)
-    if self.num_classes:
+    if self.attribute_sizes:
+      z_BxZ = jnp.concatenate([z_BxZ, AttributeEmbedding(self.attribute_sizes)(labels_B)], -1)
+    elif self.num_classes:
       z_BxZ = jnp.concatenate([z_BxZ, jax.nn.one_hot(labels_B, self.num_classes)], axis=-1)
     stages = _num_stages(self.image_size)
     width = self.ngf * 2 ** (stages - 1)
@@ -102,18 +122,23 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-  """images [B, S, S, C] (and class ids [B] when num_classes > 0) → logits [B]."""
+  """images [B, S, S, C] (and class ids [B] when num_classes > 0, or attribute ids [B, A]
+  when attribute_sizes is set) → logits [B]."""
   image_size: int = 64
   ndf: int = 64
   num_classes: int = 0
+  attribute_sizes: tuple[int, ...] = ()
 
   @nn.compact
   def __call__(self, images_BxSxSxC, labels_B=None, *, train: bool = False):
     x = images_BxSxSxC
-    if self.num_classes:
-      onehot = jax.nn.one_hot(labels_B, self.num_classes, dtype=x.dtype)
-      x = jnp.concatenate([x, jnp.broadcast_to(onehot[:, None, None, :],
-                                               (*x.shape[:3], self.num_classes))], axis=-1)
+    if self.attribute_sizes:
+      condition = AttributeEmbedding(self.attribute_sizes)(labels_B).astype(x.dtype)
+    elif self.num_classes:
+      condition = jax.nn.one_hot(labels_B, self.num_classes, dtype=x.dtype)
+    if self.attribute_sizes or self.num_classes:
+      x = jnp.concatenate([x, jnp.broadcast_to(condition[:, None, None, :],
+                                               (*x.shape[:3], condition.shape[-1]))], axis=-1)
     stages = _num_stages(self.image_size)
     conv = lambda f: StridedConv(f, use_bias=False)
     x = nn.leaky_relu(conv(self.ndf)(x), 0.2)

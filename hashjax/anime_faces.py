@@ -1,0 +1,91 @@
+"""The public anime-face set as a labelled image folder for `gan.py`.
+
+The repository antoncoding/Deep_Learning_GAN holds 33,431 face crops (`faces/N.jpg`, 96×96
+RGB) and `preprocessed/label.csv`, which tags 11,418 of them with one hair and one eye colour:
+each line is an image id N and 23 one-hot columns, 12 hair colours then 11 eye colours, in the
+order of the dictionaries pickled next to it (hair.pkl, eye.pkl; listed below, so no pickle
+is read). This writes that table as a label table (`hashjax.label_table`) that the
+`folder:` source reads:
+
+  git clone --depth 1 https://github.com/antoncoding/Deep_Learning_GAN data/Deep_Learning_GAN
+  python -m hashjax.anime_faces data/Deep_Learning_GAN    # writes .../hair_eye.csv
+
+Then `configs/dcgan_anime.py` (unconditional) and `configs/dcgan_anime_tags.py` (conditioned
+on hair and eye colour) train on `folder:data/Deep_Learning_GAN/faces`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+HAIR = ('orange', 'white', 'aqua', 'gray', 'green', 'red', 'purple', 'pink', 'blue', 'black',
+        'brown', 'blonde')
+EYE = ('gray', 'black', 'orange', 'pink', 'yellow', 'aqua', 'purple', 'green', 'brown', 'red',
+       'blue')
+
+
+class AnimeFacesError(ValueError):
+  """The repository's files are missing or not in the expected format (one line)."""
+
+
+def convert(label_csv: str, out: str) -> tuple[int, list[str]]:
+  """Writes `out` (header `id,hair,eye`, one row per tagged face) from the repository's
+  label.csv.
+
+  Returns:
+    (rows written, the lines skipped: not an id with one hair and one eye colour; the
+    repository's file has 223 such lines, with two hair colours and no eye colour).
+  Raises:
+    AnimeFacesError: no file, or no line in the expected format.
+  """
+  if not os.path.isfile(label_csv):
+    raise AnimeFacesError(f'{label_csv} does not exist; clone the repository first (see '
+                          'python -m hashjax.anime_faces --help)')
+  rows, skipped = [], []
+  with open(label_csv) as f:
+    for n, line in enumerate(f, 1):
+      fields = [x.strip() for x in line.split(',')]
+      if fields == ['']:
+        continue
+      hot = fields[1:]
+      if (len(fields) != 1 + len(HAIR) + len(EYE) or not fields[0].isdigit() or
+          any(x not in ('0', '1') for x in hot) or hot[:len(HAIR)].count('1') != 1 or
+          hot[len(HAIR):].count('1') != 1):
+        skipped.append(f'{label_csv}:{n}: {line.strip()[:80]!r}')
+        continue
+      rows.append(f'{fields[0]},{HAIR[hot.index("1")]},{EYE[hot[len(HAIR):].index("1")]}')
+  if not rows:
+    raise AnimeFacesError(f'{label_csv} holds no line of an image id and {len(HAIR)} + '
+                          f'{len(EYE)} one-hot columns with one 1 each')
+  tmp = out + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write('id,hair,eye\n' + '\n'.join(rows) + '\n')
+  os.replace(tmp, out)
+  return len(rows), skipped
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m hashjax.anime_faces',
+                                   description=__doc__.split('\n\n')[0])
+  parser.add_argument('repo', help='a clone of github.com/antoncoding/Deep_Learning_GAN')
+  parser.add_argument('--out', default=None, help='label table path (default REPO/hair_eye.csv)')
+  args = parser.parse_args(argv)
+  out = args.out or os.path.join(args.repo, 'hair_eye.csv')
+  try:
+    count, skipped = convert(os.path.join(args.repo, 'preprocessed', 'label.csv'), out)
+  except (AnimeFacesError, OSError) as e:
+    print(f'anime_faces: error: {" ".join(str(e).split())}', file=sys.stderr)
+    return 2
+  if skipped:
+    print(f'anime_faces: warning: skipped {len(skipped)} lines without exactly one hair and '
+          f'one eye colour (e.g. {skipped[0]})', file=sys.stderr)
+  faces = os.path.join(args.repo, 'faces')
+  print(f'wrote {out}: {count} faces tagged with hair and eye colour; train with '
+        f'--config.dataset=folder:{faces} --config.labels={out}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -37,8 +37,8 @@ def test_cells_are_the_config_file_with_overrides():
 def test_units_and_plans():
   full = sem.grid_settings('full', 'x.npz')
   keys = sem.units(full)
-  assert len(keys) == 5 * 2 * 3 + 2 * 2 * 3
-  assert keys[:5] == [('mnist', m, 32, 0) for m in ('lsh', 'itq', 'views',
+  assert len(keys) == 6 * 2 * 3 + 3 * 2 * 3
+  assert keys[:6] == [('mnist', m, 32, 0) for m in ('chance', 'lsh', 'itq', 'views',
                                                     'views_no_weighting', 'supervised')]
   assert keys[-1] == ('mosaics', 'soft', 64, 2)
   quick = sem.grid_settings('quick', 'x.npz')
@@ -67,7 +67,7 @@ def tiny_settings(path):
   return [
       sem.DataSettings('mnist', {**small, 'dataset': f'npz:{path}', 'split.query_per_class': 2,
                                  'split.train_per_class': 7},
-                       methods=('itq', 'views'), metrics=('copies', 'neighbours'),
+                       methods=('chance', 'itq', 'views'), metrics=('copies', 'neighbours'),
                        bits=(sem.PICTURE_BITS,), seeds=(0,)),
       sem.DataSettings('mosaics', {**small, 'dataset': f'mosaic:npz:{path}',
                                    'split.query_per_class': None, 'split.num_query': 20,
@@ -84,16 +84,21 @@ def test_tiny_grid_through_main_writes_results_pictures_and_page(tmp_path, monke
   flags = [f'--mnist={tiny_npz}', f'--workdir={tmp_path}/units', f'--out={tmp_path}/out']
   assert sem.main(flags) == 0
   results = json.loads((tmp_path / 'out' / 'results.json').read_text())
-  itq, views, soft = results['cells']
+  chance, itq, views, soft = results['cells']
   assert [(c['data'], c['method']) for c in results['cells']] == [
-      ('mnist', 'itq'), ('mnist', 'views'), ('mosaics', 'soft')]
+      ('mnist', 'chance'), ('mnist', 'itq'), ('mnist', 'views'), ('mosaics', 'soft')]
+  # Chance ties every item: the expected reciprocal rank of one item among M is H_M / M.
+  cfg = sem.cell_config(settings[0], 'chance', sem.PICTURE_BITS, 0)
+  source, split = hash_trainer.load_data(cfg)
+  m = len(split.database) + len(split.query)
+  assert chance['copy_map_expected'] == pytest.approx(np.sum(1 / np.arange(1, m + 1)) / m)
+  assert chance['copy_recall_at_10_expected'] == pytest.approx(10 / m)
+  assert 'mnist_chance' not in results['pictures']
   for cell in (itq, views):
     assert 0 < cell['copy_map'] <= 1 and 0 <= cell['neighbour_map'] <= 1
     assert cell['neighbour_k'] == 3 and 0 <= cell['copy_recall_at_1'] <= 1
   assert 0 < soft['ndcg'] <= 1 and soft['ndcg_interval'][0] <= soft['ndcg_interval'][1]
   # The class mAP is the shallow grid's own score of the same codes.
-  cfg = sem.cell_config(settings[0], 'itq', sem.PICTURE_BITS, 0)
-  source, split = hash_trainer.load_data(cfg)
   assert itq['map'] == hashing_cell.shallow('itq', source, split, cfg.bits, 0,
                                             cfg.map_topk)['map']
   for name, shown in results['pictures'].items():

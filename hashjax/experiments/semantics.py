@@ -48,6 +48,9 @@ PROG = 'semantics'
 BITS = (32, 64)
 SEEDS = (0, 1, 2)
 SHALLOW = hashing_cell.SHALLOW
+# Every item gets the same code, so every item is tied: the expected-ties scores are those of
+# a random ranking (chance); the index-ties scores rank by database index.
+CHANCE = 'chance'
 PICTURE_BITS, PICTURE_ROWS, PICTURE_TOPK = 64, 6, 10
 # name → overrides of the data set's config; shallow methods are fitted on its split.
 DEEP: dict[str, dict[str, Any]] = {
@@ -82,12 +85,13 @@ def grid_settings(plan: str, mnist: str | None) -> list[DataSettings]:
   path = mnist or ''
   full = [
       DataSettings('mnist', {'dataset': f'npz:{path}', 'num_steps': 300},
-                   methods=SHALLOW + ('views', 'views_no_weighting', 'supervised'),
+                   methods=(CHANCE,) + SHALLOW + ('views', 'views_no_weighting',
+                                                  'supervised'),
                    metrics=('copies', 'neighbours')),
       DataSettings('mosaics', {'dataset': f'mosaic:npz:{path}', 'num_steps': 200,
                                'split.query_per_class': None, 'split.num_query': 1000,
                                'split.train_per_class': None, 'split.num_train': 5000},
-                   methods=('hard', 'soft'), metrics=('ndcg',), extra_topk=100),
+                   methods=(CHANCE, 'hard', 'soft'), metrics=('ndcg',), extra_topk=100),
   ]
   if plan == 'full':
     return full
@@ -100,8 +104,8 @@ def cell_config(settings: DataSettings, method: str, bits: int, seed: int) -> Ha
   """configs/hashnet_mnist.py with the ablation grid's COMMON settings and schedules, the data
   set's overrides, the method's (a shallow method takes the data set's first deep method's
   config, for its split), bits and seed."""
-  if method in SHALLOW:
-    method = next(m for m in settings.methods if m not in SHALLOW)
+  if method in SHALLOW + (CHANCE,):
+    method = next(m for m in settings.methods if m not in SHALLOW + (CHANCE,))
   config = hashnet_mnist.get_config()
   config.lock()
   steps = settings.overrides['num_steps']
@@ -118,6 +122,8 @@ def units(settings_list: list[DataSettings]) -> list[tuple[str, str, int, int]]:
 
 def _encoder(cfg: HashConfig, method: str, source, split):
   """encode(source, indices) → outputs whose signs are the codes [len(indices), K]."""
+  if method == CHANCE:
+    return lambda src, idx: np.ones((len(idx), cfg.bits), np.float32)
   if method in SHALLOW:
     return hashing_cell.shallow_encoder(method, source, split, cfg.bits, cfg.seed)
   state, _ = hashing_cell.train(cfg, source, split)
@@ -174,7 +180,7 @@ def run_unit(settings_by_name: dict[str, DataSettings], picture_dir: str,
           'seconds': time.perf_counter() - t0, 'map': scores['map'],
           'map_interval': scores['map_interval'], **extra}
   picture = None
-  if seed == 0 and bits == PICTURE_BITS:
+  if seed == 0 and bits == PICTURE_BITS and method != CHANCE:
     if data == 'mnist' and 'copies' not in cache:
       raise ValueError('the mnist picture needs the copies metric')
     picture = _picture(os.path.join(picture_dir, f'{data}_{method}.png'), data, encode,

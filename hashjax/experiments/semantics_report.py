@@ -17,6 +17,7 @@ import numpy as np
 from hashjax.experiments import report
 
 LABELS = {  # the order of the tables and pictures
+    'chance': 'chance (all codes equal: read the expected-ties columns)',
     'views': 'HashNet, label-free (views)', 'views_no_weighting': 'views w/o weighting',
     'lsh': 'LSH', 'itq': 'ITQ', 'supervised': 'HashNet, supervised (classes)',
     'hard': 'HashNet, hard similarity', 'soft': 'HashNet, soft similarity (Jaccard)',
@@ -174,7 +175,9 @@ NOTES = [
     'HashNet it is its training objective. *Mosaics*: NDCG@100 with gain 2^s − 1, s = the '
     'number of digits a database mosaic shares with the query (0–4), normalised by the ideal '
     'ranking of the whole database; ACG@100 is the mean s of the first 100; WAP@100 the '
-    'weighted AP; class mAP@1000 counts a mosaic relevant when it shares any digit.',
+    'weighted AP; class mAP@1000 counts a mosaic relevant when it shares any digit. '
+    '*Chance* gives every item the same code, so all are tied: its expected-ties figures are '
+    'those of a random ranking, the floor every method is read against.',
     '**Ties.** Every figure without a qualifier ranks tied Hamming distances by database '
     'index, as the mAP of every other page here does; "expected ties" is the exact '
     'expectation over the orders of tied items (closed form per distance bucket, '

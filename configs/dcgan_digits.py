@@ -43,6 +43,7 @@ def get_config() -> config_dict.ConfigDict:
   c.labels = config_dict.placeholder(str)
   c.unlabelled = 'drop'  # images without a row in labels: 'drop' or 'keep' (unknown)
   c.collapse_window = 5  # logged steps of D winning outright before a warning (0: never)
+  c.classifier_steps = 0  # > 0 (with labels): an attribute classifier scores the samples
 
   c.checkpoint = config_dict.ConfigDict()
   c.checkpoint.max_to_keep = 2

@@ -296,6 +296,7 @@ class GanConfig:
   labels: str | None = None  # a label table (hashjax.label_table) for a folder: dataset
   unlabelled: str = 'drop'  # images without a row in `labels`: 'drop' or 'keep' (unknown)
   collapse_window: int = 5  # logged steps of D winning outright before a warning; 0: never
+  classifier_steps: int = 0  # > 0: train an attribute classifier, score samples at each eval
 
 
 def gan_config(config) -> GanConfig:
@@ -330,4 +331,8 @@ def gan_config(config) -> GanConfig:
            f'dataset={cfg.dataset!r}')
   _one_of('unlabelled', cfg.unlabelled, ('drop', 'keep'))
   _positive_int('collapse_window', cfg.collapse_window, 0)
+  _positive_int('classifier_steps', cfg.classifier_steps, 0)
+  _require(not cfg.classifier_steps or (cfg.labels is not None and cfg.conditional),
+           f'classifier_steps={cfg.classifier_steps} scores an attribute-conditioned GAN: it '
+           'needs labels=FILE.csv and conditional=True')
   return cfg

@@ -95,6 +95,7 @@ def save_loss_plot(path: str, rows: list[dict[str, Any]], eval_rows: list[dict[s
   (nats, with its CI) when `eval_rows` has any, against the training step. False when there
   is nothing to plot, matplotlib is missing or the disk is full."""
   rows = [r for r in rows if 'd_loss' in r]
+  eval_rows = [r for r in eval_rows if 'jsd' in r]
   panels = 3 if eval_rows else 2
   fig = pyplot_figure(path, figsize=(6, 2.4 * panels))
   if fig is None or not rows:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 from typing import Any, Callable
@@ -275,8 +276,9 @@ class GanJob(loop.Job):
   loss_keys = ('d_loss', 'g_loss')
   eval_at_start = True  # the untrained generator: the JSD curve starts near log 2
   resumable = frozenset({'learning_rate', 'sample_every', 'num_samples', 'eval_steps',
-                         'collapse_window'})
-  added_settings = {'labels': None, 'unlabelled': 'drop', 'collapse_window': 0}
+                         'collapse_window', 'classifier_steps'})
+  added_settings = {'labels': None, 'unlabelled': 'drop', 'collapse_window': 0,
+                    'classifier_steps': 0}
 
   def __init__(self, config: ml_collections.ConfigDict | GanConfig, workdir: str):
     self.cfg = config if isinstance(config, GanConfig) else gan_config(config)
@@ -333,16 +335,37 @@ class GanJob(loop.Job):
       log.warning(warning)
 
   def evaluate(self, state: GANState, step: int) -> dict[str, Any] | None:
-    del step  # the state knows it
-    if not (parallel.is_main_process() and self.cfg.eval_holdout):
+    if not parallel.is_main_process():
       return None
-    return gan_eval.evaluate_jsd(state, self.cfg, self.holdout, self.holdout_labels)
+    row = (gan_eval.evaluate_jsd(state, self.cfg, self.holdout, self.holdout_labels)
+           if self.cfg.eval_holdout else None)
+    if self.cfg.classifier_steps:
+      row = {**(row or {'step': step}), **self.attribute_scores(state)}
+    return row
+
+  def attribute_scores(self, state: GANState) -> dict[str, Any]:
+    """The attribute classifier's balanced accuracy on held-out real images and on samples
+    (`attribute_classifier`); it is trained by `train_and_evaluate` before the GAN."""
+    from hashjax import attribute_classifier as ac  # pylint: disable=g-import-not-at-top
+    if not hasattr(self, '_classifier'):
+      where = os.path.join(self.workdir, ac.SUBDIR)
+      job = ac.ClassifierJob(ac.ClassifierConfig(self.spec.attribute_sizes,
+                                                 self.cfg.classifier_steps, self.cfg.seed),
+                             where, images=self.images, labels=self.labels,
+                             names=self.spec.attribute_names)
+      with open(os.path.join(where, 'eval.json')) as f:
+        self._classifier = loop.load_checkpoint(job, where)[0], json.load(f)
+    classifier, real = self._classifier
+    return {**{k: v for k, v in real.items() if k.endswith('_accuracy_real')},
+            **ac.score_samples(state, self.cfg, classifier, self.labels,
+                               self.spec.attribute_names, self.spec.attribute_values)}
 
   def finish(self, state: GANState, eval_row, last_log_row) -> dict[str, Any]:
     """step, jsd_lower_bound of the last logged step (the training D's bound on training
     batches), the final sample image's path, and with eval_holdout > 0 the held-out
     estimate `jsd` (nats), `jsd_ci` [low, high], `jsd_accuracy`, `jsd_curve` (PNG path)
-    and, for 2-D data, modes / high_quality / kde_jsd."""
+    and, for 2-D data, modes / high_quality / kde_jsd; with classifier_steps > 0 the
+    attribute accuracies (`attribute_scores`)."""
     step = int(state.step)
     results = {'step': step,
                'jsd_lower_bound': None if last_log_row is None else last_log_row['jsd_lower_bound'],
@@ -353,6 +376,9 @@ class GanJob(loop.Job):
                                         *(self.grid_noise if self.cfg.model != 'mlp' else ()))):
       raise disk.OutputNotWritten(results['samples'], results)  # a full disk kept it out
     if eval_row is None:
+      return results
+    results.update({k: v for k, v in eval_row.items() if '_accuracy_' in k})
+    if 'jsd' not in eval_row:
       return results
     curve = os.path.join(self.workdir, 'jsd_curve.png')
     title = f'JSD(data ‖ EMA generator), held-out\n{os.path.basename(self.cfg.dataset)}'
@@ -368,7 +394,9 @@ class GanJob(loop.Job):
 def train_and_evaluate(config: ml_collections.ConfigDict | GanConfig, workdir: str, *,
                        reporter: training.Reporter | None = None) -> dict[str, Any]:
   """Trains the (conditional) DCGAN, or the MLP GAN on 2-D data, as configured
-  (`hashjax.loop.run` over a `GanJob`).
+  (`hashjax.loop.run` over a `GanJob`); with classifier_steps > 0 first the attribute
+  classifier (`attribute_classifier.train`, in <workdir>/attribute_classifier), whose scores
+  every evaluation then reports.
 
   Returns:
     Final results (also `<workdir>/eval.json`, see `GanJob.finish`), or
@@ -376,4 +404,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict | GanConfig, workdir: s
   Raises:
     training.DivergedError when a loss turns NaN/inf (naming the last good checkpoint).
   """
+  cfg = config if isinstance(config, GanConfig) else gan_config(config)
+  if cfg.classifier_steps:
+    from hashjax import attribute_classifier  # pylint: disable=g-import-not-at-top
+    images, labels, spec = load_images(cfg, os.path.join(workdir, 'data_cache'))
+    attribute_classifier.train(images, labels, spec.attribute_names, spec.attribute_sizes,
+                               workdir, cfg.classifier_steps, cfg.seed)
   return loop.run(GanJob, config, workdir, reporter=reporter)

@@ -11,7 +11,8 @@ from PIL import Image
 
 import gan
 from configs import dcgan_digits
-from hashjax import gan_collapse, gan_pictures, gan_sampling, gan_trainer
+from hashjax import (attribute_classifier, gan_collapse, gan_pictures, gan_sampling, gan_trainer,
+                     training)
 from hashjax.config import ConfigError, gan_config
 
 HAIR = {'blue': (0, 0, 255), 'red': (255, 0, 0)}
@@ -158,3 +159,66 @@ def test_the_loop_passes_every_logged_row_to_the_watch(faces, tmp_path, monkeypa
   assert [r.getMessage() for r in caplog.records if r.name == 'hashjax.gan_trainer'] == [
       'collapsed at 2']
   assert os.path.exists(tmp_path / 'metrics.jsonl')
+
+
+def _colour_faces(rows, hair_values, eye_values, size=32):
+  """Synthetic faces [N, S, S, 3] in [−1, 1] of the given attribute rows (as `faces`)."""
+  out = np.zeros((len(rows), size, size, 3), np.float32)
+  for i, (h, e) in enumerate(rows):
+    out[i, :size // 2] = HAIR[hair_values[h]]
+    out[i, size // 2:] = EYE[eye_values[e]]
+  return out / 127.5 - 1.0
+
+
+def test_classifier_scores_a_faithful_generator_high_and_one_that_ignores_its_input_low(
+    faces, tmp_path, monkeypatch):
+  cfg = gan_config(_config(faces))
+  images, labels, spec = gan_trainer.load_images(cfg, None)
+  classifier, real = attribute_classifier.train(images, labels, spec.attribute_names,
+                                                spec.attribute_sizes, str(tmp_path), 150, 0)
+  assert real['held_out'] == 3 and real['hair_accuracy_real'] == 1.0
+  assert (tmp_path / 'attribute_classifier' / 'eval.json').exists()
+  hair, eye = spec.attribute_values
+  # On every colour pair the classifier is right (the colours are the attributes).
+  every = [(h, e) for h in range(len(hair)) for e in range(len(eye))]
+  np.testing.assert_array_equal(
+      attribute_classifier.predict_all(classifier, _colour_faces(every, hair, eye)), every)
+  faithful = lambda state, z, rows: _colour_faces(np.asarray(rows), hair, eye)
+  monkeypatch.setattr(attribute_classifier.gan_eval, 'generate_ema', faithful)
+  scores = attribute_classifier.score_samples(None, cfg, classifier, labels, spec.attribute_names,
+                                              spec.attribute_values)
+  assert scores['hair_accuracy_generated'] == scores['eye_accuracy_generated'] == 1.0
+  ignoring = lambda state, z, rows: _colour_faces([(0, 0)] * len(rows), hair, eye)
+  monkeypatch.setattr(attribute_classifier.gan_eval, 'generate_ema', ignoring)
+  scores = attribute_classifier.score_samples(None, cfg, classifier, labels, spec.attribute_names,
+                                              spec.attribute_values)
+  assert scores['hair_accuracy_by_value'] == {'blue': 1.0, 'red': 0.0}
+  assert scores['hair_accuracy_generated'] == 0.5
+  assert scores['eye_accuracy_generated'] == pytest.approx(1 / 3)
+
+
+def test_a_run_with_the_classifier_reports_accuracies_at_every_evaluation(faces, tmp_path):
+  config = _config(faces, classifier_steps=20, eval_every=1)
+  results = gan_trainer.train_and_evaluate(config, str(tmp_path))
+  rows = training.read_rows(str(tmp_path / 'eval.jsonl'))
+  assert [r['step'] for r in rows] == [0, 1, 2]
+  for key in ('hair_accuracy_real', 'eye_accuracy_real', 'hair_accuracy_generated',
+              'eye_accuracy_generated'):
+    assert all(0.0 <= r[key] <= 1.0 for r in rows) and results[key] == rows[-1][key]
+  assert set(results['eye_accuracy_by_value']) == {'green', 'red', 'white'}
+  # Scoring a run afterwards: the same classifier (reloaded), the newest checkpoint.
+  scored = attribute_classifier.score_run(str(tmp_path), 20)
+  assert scored['step'] == 2 and scored['hair_accuracy_generated'] == pytest.approx(
+      results['hair_accuracy_generated'])
+  assert (tmp_path / 'attributes.json').exists()
+
+
+def test_classifier_settings_and_command_errors(faces, tmp_path, capsys):
+  with pytest.raises(ConfigError, match='classifier_steps=5 scores an attribute-conditioned '
+                                        'GAN: it needs labels=FILE.csv and conditional=True'):
+    gan_config(_config(faces, classifier_steps=5, conditional=False))
+  assert attribute_classifier.main([f'--workdir={tmp_path}', '--steps=0']) == 2
+  assert capsys.readouterr().err == 'attribute_classifier: error: --steps=0 must be ≥ 1\n'
+  assert attribute_classifier.main([f'--workdir={tmp_path}']) == 2
+  assert capsys.readouterr().err.startswith(
+      f'attribute_classifier: error: no config.json in {tmp_path}')

@@ -10,8 +10,9 @@ dropped: --config.unlabelled=keep trains on all 33,431, the untagged with unknow
 samples/attributes_<step>.png is the grid of hair colours (rows) × eye colours (columns) from
 one fixed noise vector. Before training, an attribute classifier is trained on the tagged faces
 (<workdir>/attribute_classifier/); every evaluation then reports its balanced accuracy on
-held-out real faces and on samples generated for each hair and eye colour. Half the reference DCGAN's width (ngf = ndf = 32) so that 5,000 steps
-of batch 64 fit in about an hour on 2 CPU cores; on one GPU they take minutes.
+held-out real faces and on samples generated for each hair and eye colour.
+Half the reference DCGAN's width (ngf = ndf = 32), so that 5,000 steps of batch 64 fit in
+about an hour on 2 CPU cores (~0.5 s per step); one GPU: not measured (none was at hand).
 """
 
 from configs import dcgan_anime

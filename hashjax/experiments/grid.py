@@ -203,6 +203,25 @@ def _run_in_workers(todo, run_unit, workers: int, directory: str, finish) -> Non
       p.join()
 
 
+def results_or_run(prog: str, render_only: bool, results_path: str,
+                   run_grid: Callable[[], dict[str, Any]]) -> dict[str, Any] | int:
+  """An experiment's results: results.json as it is (render_only), else `run_grid()`'s.
+  Returns the exit code instead after a one-line error: 2 for no results.json or data that
+  cannot be opened (a DataError before any unit), 1 for a failed unit (GridError)."""
+  from hashjax.data import DataError  # pylint: disable=g-import-not-at-top
+  if render_only:
+    if not os.path.exists(results_path):
+      return fail(prog, f'--render_only: {results_path} does not exist')
+    with open(results_path) as f:
+      return json.load(f)
+  try:
+    return run_grid()
+  except DataError as e:
+    return fail(prog, str(e))
+  except GridError as e:
+    return fail(prog, str(e), code=1)
+
+
 def fail(prog: str, message: str, code: int = 2) -> int:
   """Prints one line `PROG: error: MESSAGE` on stderr; returns the exit code."""
   print(f'{prog}: error: {" ".join(message.split())}', file=sys.stderr)

@@ -299,18 +299,10 @@ def main(argv: list[str] | None = None) -> int:
   report_path = args.report or os.path.join(os.path.dirname(os.path.abspath(args.out)),
                                             'SEMANTICS.md')
   results_path = os.path.join(args.out, 'results.json')
-  if args.render_only:
-    if not os.path.exists(results_path):
-      return grid.fail(PROG, f'--render_only: {results_path} does not exist')
-    with open(results_path) as f:
-      results = json.load(f)
-  else:
-    try:
-      results = _run(args, argv, results_path)
-    except data_lib.DataError as e:
-      return grid.fail(PROG, str(e))
-    except grid.GridError as e:
-      return grid.fail(PROG, str(e), code=1)
+  results = grid.results_or_run(PROG, args.render_only, results_path,
+                                lambda: _run(args, argv, results_path))
+  if isinstance(results, int):
+    return results
   semantics_report.write(results, args.out, report_path)
   print(f'wrote {report_path} and {args.out}/', flush=True)
   return 0

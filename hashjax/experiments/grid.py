@@ -203,6 +203,61 @@ def _run_in_workers(todo, run_unit, workers: int, directory: str, finish) -> Non
       p.join()
 
 
+def write_json(path: str, value: dict[str, Any]) -> None:
+  """Writes `value` to `path` atomically (a temporary file, then a rename)."""
+  with open(path + '.tmp', 'w') as f:
+    json.dump(value, f)
+  os.replace(path + '.tmp', path)
+
+
+def run_recorded(prog: str, args, argv: list[str], results_path: str, units: Sequence[Key],
+                 run_unit: Callable[[Key], dict[str, Any]], fixed: dict[str, Any],
+                 collect: Callable[[dict], dict[str, Any]],
+                 describe: Callable[[Key, dict[str, Any]], list[str]]) -> dict[str, Any]:
+  """Runs an experiment's units (`run`) and rewrites results.json after each one.
+
+  results.json = collect({key: result} of the units done, in unit order) + `fixed` + the
+  command, date, versions and plan + 'sessions' (one per invocation: date, workers,
+  wall_seconds, cells = lines `describe` gave) and their total 'wall_seconds'. With
+  args.resume the units saved in args.workdir count as done and the earlier sessions are
+  kept. `describe(key, result)` → the lines printed as a unit finishes.
+
+  Returns:
+    The final results. Raises GridError.
+  """
+  import datetime  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  done = saved_results(args.workdir, units) if args.resume else {}
+  previous = {}
+  if args.resume and os.path.exists(results_path):
+    with open(results_path) as f:
+      previous = json.load(f)
+  start, date = time.time(), datetime.datetime.now().strftime('%Y-%m-%d %H:%M')
+  fixed = {**fixed, 'command': f'python -m hashjax.experiments.{prog} ' + ' '.join(argv),
+           'date': date, 'versions': versions(), 'plan': args.plan}
+  sessions, lines = list(previous.get('sessions') or []), []
+
+  def save():
+    this = {'date': date, 'workers': args.workers, 'wall_seconds': time.time() - start,
+            'cells': len(lines)}
+    write_json(results_path, {**collect({k: done[k] for k in units if k in done}), **fixed,
+                              'sessions': sessions + [this], 'wall_seconds': sum(
+                                  s['wall_seconds'] for s in sessions + [this])})
+
+  def progress(key, result):
+    done[key] = result
+    for line in describe(key, result):
+      lines.append(line)
+      print(f'[{time.time() - start:7.0f} s] {line}', flush=True)
+    save()
+
+  run(units, run_unit, args.workdir, workers=args.workers, resume=args.resume,
+      progress=progress)
+  save()
+  with open(results_path) as f:
+    return json.load(f)
+
+
 def results_or_run(prog: str, render_only: bool, results_path: str,
                    run_grid: Callable[[], dict[str, Any]]) -> dict[str, Any] | int:
   """An experiment's results: results.json as it is (render_only), else `run_grid()`'s.

@@ -27,9 +27,7 @@ results.json.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import functools
-import json
 import os
 import sys
 import time
@@ -243,50 +241,17 @@ def _parse(argv):
   return args
 
 
-def write_json(path: str, value: dict[str, Any]) -> None:
-  with open(path + '.tmp', 'w') as f:
-    json.dump(value, f)
-  os.replace(path + '.tmp', path)
-
-
 def _run(args, argv: list[str], results_path: str) -> dict[str, Any]:
-  """Runs the grid, rewriting results.json after every unit (with the units saved in
-  --workdir when resuming); returns the final results. Raises grid.GridError."""
+  """Runs the grid (`grid.run_recorded`); returns the final results. Raises grid.GridError."""
   settings_list = [s for s in grid_settings(args.plan, args.mnist) if s.name in args.data]
-  keys = units(settings_list)
-  done = grid.saved_results(args.workdir, keys) if args.resume else {}
-  previous = {}
-  if args.resume and os.path.exists(results_path):
-    with open(results_path) as f:
-      previous = json.load(f)
-  start, date = time.time(), datetime.datetime.now().strftime('%Y-%m-%d %H:%M')
-  fixed = {'settings': [settings_record(s) for s in settings_list],
-           'command': f'python -m hashjax.experiments.{PROG} ' + ' '.join(argv),
-           'date': date, 'versions': grid.versions(), 'plan': args.plan}
-  ran = []
-
-  def save():
-    this = {'date': date, 'workers': args.workers, 'wall_seconds': time.time() - start,
-            'cells': sum(len(done[k]['cells']) for k in ran)}
-    sessions = list(previous.get('sessions') or []) + [this]
-    write_json(results_path, {
-        **collect({k: done[k] for k in keys if k in done}), **fixed,
-        'wall_seconds': sum(s['wall_seconds'] for s in sessions), 'sessions': sessions})
-
-  def progress(key, result):
-    done[key] = result
-    ran.append(key)
-    for c in result['cells']:
-      print(f'[{time.time() - start:7.0f} s] {c["data"]} {c["method"]} {c["bits"]} bits '
-            f'seed {c["seed"]}: mAP {c["map"]:.4f} ({c["seconds"]:.0f} s)', flush=True)
-    save()
-
+  describe = lambda key, result: [
+      f'{c["data"]} {c["method"]} {c["bits"]} bits seed {c["seed"]}: mAP {c["map"]:.4f} '
+      f'({c["seconds"]:.0f} s)' for c in result['cells']]
   os.makedirs(args.out, exist_ok=True)
-  grid.run(keys, functools.partial(run_unit, {s.name: s for s in settings_list}),
-           args.workdir, workers=args.workers, resume=args.resume, progress=progress)
-  save()
-  with open(results_path) as f:
-    return json.load(f)
+  return grid.run_recorded(
+      PROG, args, argv, results_path, units(settings_list),
+      functools.partial(run_unit, {s.name: s for s in settings_list}),
+      {'settings': [settings_record(s) for s in settings_list]}, collect, describe)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,9 +26,7 @@ page (`semantics_report`); `--render_only` rewrites the page from results.json.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import functools
-import json
 import os
 import sys
 import time
@@ -42,7 +40,7 @@ from hashjax import data as data_lib
 from hashjax import extra_eval, hash_trainer, parallel, search
 from hashjax.config import HashConfig, hash_config, override
 from hashjax.experiments import grid, hashing_cell, semantics_report
-from hashjax.experiments.hashnet_ablation import COMMON, schedule_overrides, write_json
+from hashjax.experiments.hashnet_ablation import COMMON, schedule_overrides
 
 PROG = 'semantics'
 BITS = (32, 64)
@@ -250,47 +248,21 @@ def collect(results: dict[tuple[str, str, int, int], dict[str, Any]]) -> dict[st
   return {'cells': [r['cell'] for r in results.values()], 'pictures': pictures}
 
 
+def _describe(key, result) -> list[str]:
+  c = result['cell']
+  shown = ', '.join(f'{k} {c[k]:.4f}' for k in ('map', 'copy_map', 'neighbour_map', 'ndcg')
+                    if k in c)
+  return [f'{" ".join(map(str, key))}: {shown} ({c["seconds"]:.0f} s)']
+
+
 def _run(args, argv: list[str], results_path: str) -> dict[str, Any]:
-  """Runs the grid, rewriting results.json after every unit; returns the final results.
-  Raises grid.GridError."""
+  """Runs the grid (`grid.run_recorded`); returns the final results. Raises grid.GridError."""
   settings_list = grid_settings(args.plan, args.mnist)
-  keys = units(settings_list)
-  done = grid.saved_results(args.workdir, keys) if args.resume else {}
-  previous = {}
-  if args.resume and os.path.exists(results_path):
-    with open(results_path) as f:
-      previous = json.load(f)
-  start, date = time.time(), datetime.datetime.now().strftime('%Y-%m-%d %H:%M')
-  fixed = {'settings': [settings_record(s) for s in settings_list],
-           'command': f'python -m hashjax.experiments.{PROG} ' + ' '.join(argv),
-           'date': date, 'versions': grid.versions(), 'plan': args.plan}
-  sessions, ran = list(previous.get('sessions') or []), []
-
-  def save():
-    this = {'date': date, 'workers': args.workers, 'wall_seconds': time.time() - start,
-            'cells': len(ran)}
-    write_json(results_path, {**collect({k: done[k] for k in keys if k in done}), **fixed,
-                              'sessions': sessions + [this],
-                              'wall_seconds': sum(s['wall_seconds'] for s in sessions) +
-                                              this['wall_seconds']})
-
-  def progress(key, result):
-    done[key] = result
-    ran.append(key)
-    c = result['cell']
-    shown = ', '.join(f'{k} {c[k]:.4f}' for k in ('map', 'copy_map', 'neighbour_map', 'ndcg')
-                      if k in c)
-    print(f'[{time.time() - start:7.0f} s] {" ".join(map(str, key))}: {shown} '
-          f'({c["seconds"]:.0f} s)', flush=True)
-    save()
-
   os.makedirs(args.out, exist_ok=True)
-  grid.run(keys, functools.partial(run_unit, {s.name: s for s in settings_list},
-                                   os.path.abspath(args.out)),
-           args.workdir, workers=args.workers, resume=args.resume, progress=progress)
-  save()
-  with open(results_path) as f:
-    return json.load(f)
+  return grid.run_recorded(
+      PROG, args, argv, results_path, units(settings_list),
+      functools.partial(run_unit, {s.name: s for s in settings_list}, os.path.abspath(args.out)),
+      {'settings': [settings_record(s) for s in settings_list]}, collect, _describe)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@
   python gan.py --config=configs/dcgan_anime_tags.py --workdir=runs/dcgan_anime_tags
   python gan.py --mode=sample --workdir=runs/dcgan_anime_tags --attributes=hair=blue,eye=red
 
-Trains on the 11,195 faces tagged with one hair and one eye colour (the untagged ones are
+Trains on the 11,418 faces tagged with one hair and one eye colour (the untagged ones are
 dropped: --config.unlabelled=keep trains on all 33,431, the untagged with unknown attributes).
 samples/attributes_<step>.png is the grid of hair colours (rows) × eye colours (columns) from
 one fixed noise vector. Before training, an attribute classifier is trained on the tagged faces

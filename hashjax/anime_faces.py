@@ -2,9 +2,12 @@
 
 The repository antoncoding/Deep_Learning_GAN holds 33,431 face crops (`faces/N.jpg`, 96×96
 RGB) and `preprocessed/label.csv`, which tags 11,418 of them with one hair and one eye colour:
-each line is an image id N and 23 one-hot columns, 12 hair colours then 11 eye colours, in the
-order of the dictionaries pickled next to it (hair.pkl, eye.pkl; listed below, so no pickle
-is read). This writes that table as a label table (`hashjax.label_table`) that the
+each line is an image id N and 23 one-hot columns, in the order of the dictionaries pickled
+next to it (hair.pkl: 12 hair colours, eye.pkl: 11 eye colours; listed below, so no pickle
+is read). The 11 eye colours come first, then the 12 hair colours: with that split every line
+has exactly one 1 in each group (with 12 then 11, 223 lines would have two hair colours and
+no eye colour), and the faces of each column show its colour (e.g. column 19, the 8th hair
+colour, pink hair). This writes that table as a label table (`hashjax.label_table`) that the
 `folder:` source reads:
 
   git clone --depth 1 https://github.com/antoncoding/Deep_Learning_GAN data/Deep_Learning_GAN
@@ -35,8 +38,8 @@ def convert(label_csv: str, out: str) -> tuple[int, list[str]]:
   label.csv.
 
   Returns:
-    (rows written, the lines skipped: not an id with one hair and one eye colour; the
-    repository's file has 223 such lines, with two hair colours and no eye colour).
+    (rows written, the lines skipped: not an id with one eye and one hair colour; the
+    repository's file has none).
   Raises:
     AnimeFacesError: no file, or no line in the expected format.
   """
@@ -49,16 +52,16 @@ def convert(label_csv: str, out: str) -> tuple[int, list[str]]:
       fields = [x.strip() for x in line.split(',')]
       if fields == ['']:
         continue
-      hot = fields[1:]
-      if (len(fields) != 1 + len(HAIR) + len(EYE) or not fields[0].isdigit() or
-          any(x not in ('0', '1') for x in hot) or hot[:len(HAIR)].count('1') != 1 or
-          hot[len(HAIR):].count('1') != 1):
+      hot = fields[1:]  # the eye colours, then the hair colours
+      if (len(fields) != 1 + len(EYE) + len(HAIR) or not fields[0].isdigit() or
+          any(x not in ('0', '1') for x in hot) or hot[:len(EYE)].count('1') != 1 or
+          hot[len(EYE):].count('1') != 1):
         skipped.append(f'{label_csv}:{n}: {line.strip()[:80]!r}')
         continue
-      rows.append(f'{fields[0]},{HAIR[hot.index("1")]},{EYE[hot[len(HAIR):].index("1")]}')
+      rows.append(f'{fields[0]},{HAIR[hot[len(EYE):].index("1")]},{EYE[hot.index("1")]}')
   if not rows:
-    raise AnimeFacesError(f'{label_csv} holds no line of an image id and {len(HAIR)} + '
-                          f'{len(EYE)} one-hot columns with one 1 each')
+    raise AnimeFacesError(f'{label_csv} holds no line of an image id and {len(EYE)} + '
+                          f'{len(HAIR)} one-hot columns (eye, then hair) with one 1 each')
   tmp = out + '.tmp'
   with open(tmp, 'w') as f:
     f.write('id,hair,eye\n' + '\n'.join(rows) + '\n')
@@ -79,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f'anime_faces: error: {" ".join(str(e).split())}', file=sys.stderr)
     return 2
   if skipped:
-    print(f'anime_faces: warning: skipped {len(skipped)} lines without exactly one hair and '
-          f'one eye colour (e.g. {skipped[0]})', file=sys.stderr)
+    print(f'anime_faces: warning: skipped {len(skipped)} lines without exactly one eye and '
+          f'one hair colour (e.g. {skipped[0]})', file=sys.stderr)
   faces = os.path.join(args.repo, 'faces')
   print(f'wrote {out}: {count} faces tagged with hair and eye colour; train with '
         f'--config.dataset=folder:{faces} --config.labels={out}')

@@ -6,7 +6,7 @@ A small CNN with one softmax head per attribute (hair and eye colour) is trained
 (`<name>_accuracy_real`, the mean over values of the per-value accuracy) is the reference for
 its balanced accuracy on samples generated for each value (`<name>_accuracy_generated`):
 `score_samples` asks the EMA generator for SAMPLES_PER_VALUE images per value of each
-attribute, the other attributes following the training data (`gan_sampling.attribute_rows`).
+attribute, the other attributes following the training data (`gan_eval.attribute_rows`).
 
   python -m hashjax.attribute_classifier --workdir=RUN   # scores RUN's newest checkpoint
 
@@ -173,14 +173,13 @@ def score_samples(gan_state, gan_cfg, classifier: ClassifierState, labels_NxA: n
   """`<name>_accuracy_generated` (balanced over values) and `<name>_accuracy_by_value`
   ({value name: accuracy}) of EMA samples generated for each value of each attribute
   (names [A], values: each attribute's value names)."""
-  from hashjax import gan_sampling  # pylint: disable=g-import-not-at-top  # imports gan_trainer
   out: dict[str, Any] = {}
   z = np.asarray(jax.random.normal(jax.random.PRNGKey(gan_cfg.seed + 6151),
                                    (SAMPLES_PER_VALUE, gan_cfg.nz)))
   for a, (name, value_names) in enumerate(zip(names, values)):
     by_value = {}
     for v, value_name in enumerate(value_names):
-      rows = gan_sampling.attribute_rows(labels_NxA, {a: v}, SAMPLES_PER_VALUE, gan_cfg.seed)
+      rows = gan_eval.attribute_rows(labels_NxA, {a: v}, SAMPLES_PER_VALUE, gan_cfg.seed)
       fake = np.asarray(gan_eval.generate_ema(gan_state, z, rows))
       by_value[value_name] = float(np.mean(predict_all(classifier, fake)[:, a] == v))
     out[f'{name}_accuracy_generated'] = float(np.mean(list(by_value.values())))

@@ -41,6 +41,20 @@ def fixed_noise(cfg: GanConfig, num_classes: int) -> tuple[np.ndarray, np.ndarra
   return z, labels
 
 
+def attribute_rows(labels_NxA: np.ndarray, chosen: dict[int, int], num: int,
+                   seed: int) -> np.ndarray:
+  """int32 [num, A]: the chosen values, the other attributes taken from training rows that
+  have the chosen ones (any rows when none has), drawn with `seed`."""
+  match = np.ones(len(labels_NxA), bool)
+  for a, v in chosen.items():
+    match &= labels_NxA[:, a] == v
+  pool = labels_NxA[match] if match.any() else labels_NxA
+  rows = pool[np.random.default_rng(seed).integers(0, len(pool), num)].astype(np.int32)
+  for a, v in chosen.items():
+    rows[:, a] = v
+  return rows
+
+
 def write_sample_image(path: str, state, cfg: GanConfig, num_classes: int, z=None,
                        labels=None) -> bool:
   """A grid PNG of EMA samples, or for 2-D data a scatter plot over the data's modes (2,500

@@ -37,20 +37,6 @@ def parse_attributes(text: str, spec: DataSpec) -> dict[int, int]:
   return chosen
 
 
-def attribute_rows(labels_NxA: np.ndarray, chosen: dict[int, int], num: int,
-                   seed: int) -> np.ndarray:
-  """int32 [num, A]: the chosen values, the other attributes taken from training rows that
-  have the chosen ones (any rows when none has), drawn with `seed`."""
-  match = np.ones(len(labels_NxA), bool)
-  for a, v in chosen.items():
-    match &= labels_NxA[:, a] == v
-  pool = labels_NxA[match] if match.any() else labels_NxA
-  rows = pool[np.random.default_rng(seed).integers(0, len(pool), num)].astype(np.int32)
-  for a, v in chosen.items():
-    rows[:, a] = v
-  return rows
-
-
 def run_config(config: ml_collections.ConfigDict | GanConfig, workdir: str
                ) -> tuple[GanConfig, str | None]:
   """(settings, their config.json) of the run in `workdir`: its config.json (what its
@@ -76,7 +62,7 @@ def sample(config: ml_collections.ConfigDict | GanConfig, workdir: str, num: int
   """Writes a grid of `num` EMA-generator samples from the newest checkpoint; returns its path.
 
   attributes: 'NAME=VALUE,...' for a run conditioned on a label table's attributes; the
-  attributes not named follow the training data (`attribute_rows`).
+  attributes not named follow the training data (`gan_eval.attribute_rows`).
 
   The settings (model, data, seed of the noise) are the run's, from `<workdir>/config.json`
   when it exists; `config` is used only for a run without one (then its model settings must
@@ -105,9 +91,9 @@ def sample(config: ml_collections.ConfigDict | GanConfig, workdir: str, num: int
     if not (cfg.conditional and job.spec.attribute_sizes):
       raise ConfigError(f'attributes={attributes!r}: the run in {workdir} is not conditioned '
                         'on attributes (it needs a label table and conditional=True)')
-    labels = attribute_rows(job.labels, parse_attributes(attributes, job.spec), num, cfg.seed)
+    labels = gan_eval.attribute_rows(job.labels, parse_attributes(attributes, job.spec), num, cfg.seed)
   elif cfg.conditional and job.spec.attribute_sizes:
-    labels = attribute_rows(job.labels, {}, num, cfg.seed)
+    labels = gan_eval.attribute_rows(job.labels, {}, num, cfg.seed)
   elif cfg.conditional:
     labels = (np.arange(num) % job.spec.num_classes).astype(np.int32)
   else:

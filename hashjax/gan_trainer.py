@@ -296,9 +296,8 @@ class GanJob(loop.Job):
     self.collapse = CollapseWatch(self.cfg.collapse_window)
     self.grid_noise = gan_eval.fixed_noise(self.cfg, self.spec.num_classes)
     if self.cfg.conditional and self.spec.attribute_sizes:  # rows of the data's attributes
-      rows = np.random.default_rng(self.cfg.seed + 7919).integers(0, len(self.labels),
-                                                                   self.cfg.num_samples)
-      self.grid_noise = (self.grid_noise[0], self.labels[rows])
+      self.grid_noise = (self.grid_noise[0], gan_eval.attribute_rows(
+          self.labels, {}, self.cfg.num_samples, self.cfg.seed + 7919))
 
   def examples(self, positions: np.ndarray) -> dict[str, np.ndarray]:
     return {'image': gan_eval.as_float(self.images[positions]), 'label': self.labels[positions]}

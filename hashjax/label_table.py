@@ -57,9 +57,6 @@ class LabelTable:
     return np.stack([self.rows.get(self.image_key(p), unknown) for p in relative_paths]
                     ) if relative_paths else np.zeros((0, len(self.names)), np.int32)
 
-  def offsets(self) -> np.ndarray:
-    """int64 [A]: where each attribute's values start among the ΣV multi-hot columns."""
-    return np.concatenate([[0], np.cumsum([len(v) for v in self.values])[:-1]]).astype(np.int64)
 
 
 def multi_hot(ids_NxA: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:

@@ -11,8 +11,8 @@ from PIL import Image
 
 import gan
 from configs import dcgan_digits
-from hashjax import (attribute_classifier, gan_collapse, gan_pictures, gan_sampling, gan_trainer,
-                     training)
+from hashjax import (attribute_classifier, gan_collapse, gan_eval, gan_pictures, gan_sampling,
+                     gan_trainer, training)
 from hashjax.config import ConfigError, gan_config
 
 HAIR = {'blue': (0, 0, 255), 'red': (255, 0, 0)}
@@ -78,11 +78,11 @@ def test_attribute_conditioned_run_writes_its_grid_and_samples_by_name(faces, tm
 
 def test_attribute_rows_keep_the_chosen_values_and_follow_the_data():
   labels = np.array([[0, 2], [0, 2], [1, 0], [1, 1]])
-  rows = gan_sampling.attribute_rows(labels, {0: 0}, 5, seed=0)
+  rows = gan_eval.attribute_rows(labels, {0: 0}, 5, seed=0)
   np.testing.assert_array_equal(rows, [[0, 2]] * 5)  # the only eye value hair 0 has
-  rows = gan_sampling.attribute_rows(labels, {1: 1}, 4, seed=0)
+  rows = gan_eval.attribute_rows(labels, {1: 1}, 4, seed=0)
   np.testing.assert_array_equal(rows, [[1, 1]] * 4)
-  rows = gan_sampling.attribute_rows(labels, {0: 0, 1: 0}, 2, seed=0)  # unseen: as asked
+  rows = gan_eval.attribute_rows(labels, {0: 0, 1: 0}, 2, seed=0)  # unseen: as asked
   np.testing.assert_array_equal(rows, [[0, 0]] * 2)
 
 

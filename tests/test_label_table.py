@@ -27,7 +27,6 @@ def test_values_by_name_are_sorted_and_empty_means_unknown(tmp_path):
   np.testing.assert_array_equal(ids, [[1, 1], [0, -1], [1, 0], [-1, -1]])
   np.testing.assert_array_equal(label_table.multi_hot(ids, (2, 2)),
                                 [[0, 1, 0, 1], [1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]])
-  np.testing.assert_array_equal(table.offsets(), [0, 2])
 
 
 def test_one_hot_columns_keep_their_order_and_ids_match_any_extension(tmp_path):

@@ -5,6 +5,7 @@ its pictures (attribute grid, interpolation strip, losses.png), `gan.py --mode=s
 import logging
 import os
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -195,6 +196,17 @@ def test_classifier_scores_a_faithful_generator_high_and_one_that_ignores_its_in
   assert scores['hair_accuracy_by_value'] == {'blue': 1.0, 'red': 0.0}
   assert scores['hair_accuracy_generated'] == 0.5
   assert scores['eye_accuracy_generated'] == pytest.approx(1 / 3)
+
+
+def test_the_classifier_sees_each_image_or_its_mirror_image():
+  images = np.arange(6 * 2 * 3 * 1, dtype=np.float32).reshape(6, 2, 3, 1)
+  key = jax.random.PRNGKey(3)
+  out = np.asarray(attribute_classifier.mirror(key, images))
+  flipped = [bool(np.array_equal(o, x[:, ::-1])) for o, x in zip(out, images)]
+  kept = [bool(np.array_equal(o, x)) for o, x in zip(out, images)]
+  assert all(f != k for f, k in zip(flipped, kept))  # each one or the other, never mixed
+  assert 0 < sum(flipped) < len(images)
+  np.testing.assert_array_equal(out, attribute_classifier.mirror(key, images))
 
 
 def test_a_run_with_the_classifier_reports_accuracies_at_every_evaluation(faces, tmp_path):

@@ -318,15 +318,18 @@ class GanJob(loop.Job):
         gan_pictures.write_attribute_grid(
             os.path.join(self.samples_dir, f'attributes_{step:06d}.png'), state, self.cfg,
             self.spec.attribute_names, self.spec.attribute_values)
-      read = lambda name: training.read_rows(os.path.join(self.workdir, name))
-      gan_pictures.save_loss_plot(os.path.join(self.workdir, 'losses.png'),
-                                  read('metrics.jsonl'), read('eval.jsonl'),
-                                  os.path.basename(self.cfg.dataset))
+      self.write_loss_plot()
     if images and (step % self.cfg.checkpoint_every == 0 or last):
       condition = None if self.grid_noise[1] is None else self.grid_noise[1][0]
       gan_pictures.write_interpolation(
           os.path.join(self.samples_dir, f'interpolation_{step:06d}.png'), state, self.cfg,
           condition)
+
+  def write_loss_plot(self) -> None:
+    """losses.png from metrics.jsonl and eval.jsonl as they stand."""
+    read = lambda name: training.read_rows(os.path.join(self.workdir, name))
+    gan_pictures.save_loss_plot(os.path.join(self.workdir, 'losses.png'), read('metrics.jsonl'),
+                                read('eval.jsonl'), os.path.basename(self.cfg.dataset))
 
   def logged(self, row: dict[str, Any], last_good) -> None:
     warning = self.collapse.update(row, last_good)
@@ -374,6 +377,8 @@ class GanJob(loop.Job):
                                         self.spec.num_classes,
                                         *(self.grid_noise if self.cfg.model != 'mlp' else ()))):
       raise disk.OutputNotWritten(results['samples'], results)  # a full disk kept it out
+    if parallel.is_main_process():
+      self.write_loss_plot()  # again: with the final evaluation, which came after the step
     if eval_row is None:
       return results
     results.update({k: v for k, v in eval_row.items() if '_accuracy_' in k})

@@ -126,9 +126,14 @@ def test_sample_takes_the_model_settings_from_the_runs_config_json(tmp_path):
     gan_sampling.sample(_get_test_config(nz=100), str(tmp_path), num=4)
 
 
-def test_jsd_eval_is_logged_and_written(tmp_path):
+def test_jsd_eval_is_logged_and_written(tmp_path, monkeypatch):
+  plotted = []  # the evaluated steps each losses.png shows
+  plot = gan_trainer.gan_pictures.save_loss_plot
+  monkeypatch.setattr(gan_trainer.gan_pictures, 'save_loss_plot', lambda path, rows, evals, t: (
+      plotted.append([r['step'] for r in evals]), plot(path, rows, evals, t))[1])
   cfg = _get_test_config(num_steps=4, eval_every=2, eval_holdout=64, eval_steps=10)
   results = gan_trainer.train_and_evaluate(cfg, str(tmp_path))
+  assert plotted[-1] == [0, 2, 4]  # the last losses.png has the final evaluation too
   rows = [json.loads(l) for l in open(tmp_path / 'eval.jsonl')]
   assert [r['step'] for r in rows] == [0, 2, 4]
   assert all(-0.1 < r['jsd'] <= np.log(2) + 1e-9 for r in rows)  # too few steps to mean more

@@ -223,7 +223,7 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog='python -m hashjax.attribute_classifier',
                                    description=__doc__.split('\n\n')[0])
   parser.add_argument('--workdir', required=True, help='an attribute-conditioned GAN run')
-  parser.add_argument('--steps', type=int, default=1500, help='classifier training steps')
+  parser.add_argument('--steps', type=int, default=4000, help='classifier training steps')
   args = parser.parse_args(argv)
   if args.steps < 1:
     return cli.fail('attribute_classifier', f'--steps={args.steps} must be ≥ 1')

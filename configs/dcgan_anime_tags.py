@@ -12,7 +12,9 @@ one fixed noise vector. Before training, an attribute classifier is trained on t
 (<workdir>/attribute_classifier/); every evaluation then reports its balanced accuracy on
 held-out real faces and on samples generated for each hair and eye colour.
 Half the reference DCGAN's width (ngf = ndf = 32), so that 5,000 steps of batch 64 fit in
-about an hour on 2 CPU cores (~0.5 s per step); one GPU: not measured (none was at hand).
+under an hour on 2 CPU cores: ~6 min for the classifier, then ~48 min for the GAN (1.72 steps/s
+with its evaluations, measured on an idle machine; docs/ANIME.md); one GPU: not measured (none
+was at hand).
 """
 
 from configs import dcgan_anime

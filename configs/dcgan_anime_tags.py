@@ -32,5 +32,5 @@ def get_config():
   c.eval_every = 1000
   c.checkpoint_every = 1000
   c.sample_every = 500
-  c.classifier_steps = 4000  # the attribute classifier (~4 min): hair/eye accuracy of samples
+  c.classifier_steps = 4000  # the attribute classifier (~6 min): hair/eye accuracy of samples
   return c

@@ -307,7 +307,8 @@ class GanJob(loop.Job):
 
   def after_step(self, state: GANState, step: int) -> None:
     """Every sample_every steps (and at the end): the sample grid, the attribute grid and
-    losses.png; every checkpoint_every steps the interpolation strip."""
+    losses.png (the final one in `finish`); every checkpoint_every steps the interpolation
+    strip."""
     if not parallel.is_main_process():
       return
     last, images = step == self.cfg.num_steps, self.cfg.model != 'mlp'
@@ -318,7 +319,8 @@ class GanJob(loop.Job):
         gan_pictures.write_attribute_grid(
             os.path.join(self.samples_dir, f'attributes_{step:06d}.png'), state, self.cfg,
             self.spec.attribute_names, self.spec.attribute_values)
-      self.write_loss_plot()
+      if not last:  # the last one comes with the final evaluation, in `finish`
+        self.write_loss_plot()
     if images and (step % self.cfg.checkpoint_every == 0 or last):
       condition = None if self.grid_noise[1] is None else self.grid_noise[1][0]
       gan_pictures.write_interpolation(
@@ -378,7 +380,7 @@ class GanJob(loop.Job):
                                         *(self.grid_noise if self.cfg.model != 'mlp' else ()))):
       raise disk.OutputNotWritten(results['samples'], results)  # a full disk kept it out
     if parallel.is_main_process():
-      self.write_loss_plot()  # again: with the final evaluation, which came after the step
+      self.write_loss_plot()  # after the final evaluation, which comes after the last step
     if eval_row is None:
       return results
     results.update({k: v for k, v in eval_row.items() if '_accuracy_' in k})

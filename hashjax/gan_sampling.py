@@ -91,7 +91,8 @@ def sample(config: ml_collections.ConfigDict | GanConfig, workdir: str, num: int
     if not (cfg.conditional and job.spec.attribute_sizes):
       raise ConfigError(f'attributes={attributes!r}: the run in {workdir} is not conditioned '
                         'on attributes (it needs a label table and conditional=True)')
-    labels = gan_eval.attribute_rows(job.labels, parse_attributes(attributes, job.spec), num, cfg.seed)
+    chosen = parse_attributes(attributes, job.spec)
+    labels = gan_eval.attribute_rows(job.labels, chosen, num, cfg.seed)
   elif cfg.conditional and job.spec.attribute_sizes:
     labels = gan_eval.attribute_rows(job.labels, {}, num, cfg.seed)
   elif cfg.conditional:

@@ -58,7 +58,6 @@ class LabelTable:
                     ) if relative_paths else np.zeros((0, len(self.names)), np.int32)
 
 
-
 def multi_hot(ids_NxA: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:
   """int64 [N, ΣV] 0/1: the one-hot of each known attribute value, side by side."""
   ids = np.asarray(ids_NxA)

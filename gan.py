@@ -18,7 +18,8 @@ if __name__ == '__main__':  # a SIGTERM/SIGINT while the modules below load (sec
 
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from hashjax import cli, gan_sampling, gan_trainer
+from hashjax.gan import job, sampling
+from hashjax.runtime import cli
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs',
                               'dcgan_digits.py')
@@ -40,11 +41,11 @@ _ATTRIBUTES = flags.DEFINE_string(
 
 def _run(config, workdir):
   if _MODE.value == 'sample':
-    path = gan_sampling.sample(config, workdir, _NUM.value, _OUT.value, _ATTRIBUTES.value)
+    path = sampling.sample(config, workdir, _NUM.value, _OUT.value, _ATTRIBUTES.value)
     print(f'wrote {path}')
     return None
   reporter = cli.ProgressReporter(keys=('d_loss', 'g_loss', 'jsd_lower_bound'))
-  return gan_trainer.train_and_evaluate(config, workdir, reporter=reporter)
+  return job.train_and_evaluate(config, workdir, reporter=reporter)
 
 
 def main(argv):

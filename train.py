@@ -18,7 +18,8 @@ if __name__ == '__main__':  # a SIGTERM/SIGINT while the modules below load (sec
 
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from hashjax import cli, hash_trainer
+from hashjax.hashing import run
+from hashjax.runtime import cli
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs',
                               'hashnet_digits.py')
@@ -28,7 +29,7 @@ JOB_FLAGS = cli.define_job_flags(FLAGS, DEFAULT_CONFIG)
 
 def _train(config, workdir):
   reporter = cli.ProgressReporter(keys=('loss', 'beta'))
-  return hash_trainer.train_and_evaluate(config, workdir, reporter=reporter)
+  return run.train_and_evaluate(config, workdir, reporter=reporter)
 
 
 def main(argv):

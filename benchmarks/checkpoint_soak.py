@@ -14,10 +14,10 @@ async checkpointing (median time inside `save()`, as a fraction of the median st
 
 import argparse
 import os
+import random
 import statistics
 import subprocess
 import sys
-import random
 import tempfile
 import threading
 import time
@@ -25,7 +25,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import hashnet_digits  # pylint: disable=g-import-not-at-top
-from hashjax import checkpoint as ckpt_lib, hash_trainer, loop
+from hashjax.hashing import job
+from hashjax.hashing import run as hash_trainer
+from hashjax.runtime import checkpoint as ckpt_lib
+from hashjax.runtime import loop
 
 _durations = []
 _real_save = ckpt_lib.Checkpointer.save
@@ -101,7 +104,7 @@ def main():
       latest = ck.latest_step()
       ck.close()
       try:
-        state = loop.load_checkpoint(hash_trainer.HashJob(c, workdir), workdir)[0]
+        state = loop.load_checkpoint(job.HashJob(c, workdir), workdir)[0]
         ok = latest is not None and int(state.step) == latest
       except Exception:  # pylint: disable=broad-except
         ok = False

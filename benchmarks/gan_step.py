@@ -23,11 +23,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
-
 import rounds  # benchmarks/rounds.py
+
 from configs import dcgan_digits
-from hashjax import gan_trainer
-from hashjax.config import gan_config
+from hashjax.gan import job as gan_trainer
+from hashjax.gan.config import gan_config
 from hashjax.models import dcgan
 
 

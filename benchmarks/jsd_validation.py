@@ -20,7 +20,7 @@ from jax.scipy.stats import norm
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from hashjax.divergence import estimate_jsd, exact_jsd  # pylint: disable=g-import-not-at-top
+from hashjax.gan.divergence import estimate_jsd, exact_jsd  # pylint: disable=g-import-not-at-top
 
 DOC = os.path.join(ROOT, 'docs', 'JSD.md')
 START, END = '<!-- validation:start -->', '<!-- validation:end -->'

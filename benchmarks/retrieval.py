@@ -66,7 +66,7 @@ def timed(fn, *args, **kwargs):
 
 
 def run_map(args, num_query, num_db, baseline=True):
-  from hashjax import metrics  # pylint: disable=g-import-not-at-top
+  from hashjax.retrieval import metrics  # pylint: disable=g-import-not-at-top
   qc, ql = clustered_codes(num_query, args.bits, 10, args.flip, 1)
   dc, dl = clustered_codes(num_db, args.bits, 10, args.flip, 2)
   qp, dp = np.packbits(qc > 0, 1), np.packbits(dc > 0, 1)
@@ -90,7 +90,7 @@ def run_paths(args, num_query, num_db, only_map=False):
   """ns per query-item pair of every metric path (only mAP@k with `only_map`), and the argsort
   baselines of the two index-tie ones (timed on --baseline-queries queries and scaled, when
   set). Each path is timed twice after compiling; the ratio uses the second call."""
-  from hashjax import metrics  # pylint: disable=g-import-not-at-top
+  from hashjax.retrieval import metrics  # pylint: disable=g-import-not-at-top
   qc, ql = clustered_codes(num_query, args.bits, 10, args.flip, 1)
   dc, dl = clustered_codes(num_db, args.bits, 10, args.flip, 2)
   qp, dp = np.packbits(qc > 0, 1), np.packbits(dc > 0, 1)
@@ -129,7 +129,7 @@ def run_paths(args, num_query, num_db, only_map=False):
 
 def _hashjax_topk(args, qp, dp):
   """(distances, indices, seconds) of hamming_topk, warmed up at the timed chunk size."""
-  from hashjax.search import hamming_topk  # pylint: disable=g-import-not-at-top
+  from hashjax.retrieval.search import hamming_topk  # pylint: disable=g-import-not-at-top
   hamming_topk(qp, dp, args.topk)
   (dist, idx), seconds = timed(hamming_topk, qp, dp, args.topk)
   return dist, idx, seconds
@@ -198,8 +198,9 @@ def learned_like(codes_path: str, num: int, flips: int, seed: int):
 
 def run_mih(args):
   """MIH against faiss IndexBinaryFlat (1 and 2 threads) and the jax scan, same results."""
-  from hashjax.search import HammingIndex  # pylint: disable=g-import-not-at-top
   import faiss  # pylint: disable=g-import-not-at-top
+
+  from hashjax.retrieval.search import HammingIndex  # pylint: disable=g-import-not-at-top
   for kind in ('learned-like', 'uniform'):
     if kind == 'learned-like':
       db, queries, bits = learned_like(args.codes, args.database, args.flips, 0)

@@ -45,8 +45,8 @@ TOKEN = 'load-test'
 def train_run(workdir: str) -> None:
   """A small finished HashNet run (48 bits) to serve."""
   from configs import hashnet_digits  # pylint: disable=g-import-not-at-top
-  from hashjax import hash_trainer  # pylint: disable=g-import-not-at-top
-  from hashjax.config import override  # pylint: disable=g-import-not-at-top
+  from hashjax.hashing import run as hash_trainer  # pylint: disable=g-import-not-at-top
+  from hashjax.runtime.settings import override  # pylint: disable=g-import-not-at-top
   settings = {'bits': 48, 'num_steps': 300, 'eval_every': 10**6, 'checkpoint_every': 300,
               'split.query_per_class': 100, 'split.train_per_class': 500}
   if os.path.exists(MNIST):

@@ -25,12 +25,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
-
 import rounds  # benchmarks/rounds.py
+
 from configs import hashnet_digits
-from hashjax import data as data_lib
-from hashjax import hash_trainer, parallel
-from hashjax.config import hash_config
+from hashjax.data import base as data_lib
+from hashjax.hashing import step as hash_trainer
+from hashjax.hashing.config import hash_config
+from hashjax.runtime import parallel, plumbing
 
 SETTINGS = {  # model: (image size, channels, batch)
     'small_cnn': (32, 3, 256),
@@ -86,7 +87,7 @@ def pipeline_rate(model, steps):
   counter = {'step': 0}
 
   def run():
-    idx = data_lib.batch_indices(n, batch, counter['step'], 0)
+    idx = plumbing.batch_indices(n, batch, counter['step'], 0)
     counter['step'] += 1
     local = {'image': data_lib.to_float(source.images(idx)), 'label': source.labels[idx]}
     jax.block_until_ready(parallel.global_batch(local, mesh))

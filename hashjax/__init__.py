@@ -6,30 +6,29 @@ each letter means, and the one name each concept has (the cutoff of a ranking is
 the table in README.md, section "Names".
 """
 
-from hashjax.codes import hamming_distance, pack_codes, sign_codes, unpack_codes
-from hashjax.copy_detection import copy_detection
-from hashjax.divergence import JSDEstimate, estimate_jsd, exact_jsd, jsd_lower_bound
-from hashjax.graded import graded_metrics, mean_acg, mean_ndcg
-from hashjax.losses import dhn_loss, hashnet_loss
-from hashjax.metrics import (average_precision, average_precision_of_sets, map_tie_summary,
-                             mean_average_precision, precision_at_radius, precision_at_topk,
-                             precision_recall_curve, recall_at_radius, retrieval_report)
+from hashjax.gan.divergence import JSDEstimate, estimate_jsd, exact_jsd, jsd_lower_bound
+from hashjax.hashing.losses import dhn_loss, hashnet_loss
+from hashjax.hashing.priors import code_flip_rate, fisher_diagonal, laplace_penalty
+from hashjax.hashing.schedules import beta_schedule, constant_beta
 from hashjax.models import HashNet, hash_activation
-from hashjax.neighbours import neighbour_sets
-from hashjax.priors import code_flip_rate, fisher_diagonal, laplace_penalty
-from hashjax.schedules import beta_schedule, constant_beta
+from hashjax.retrieval.codes import hamming_distance, pack_codes, sign_codes, unpack_codes
+from hashjax.retrieval.copy_detection import copy_detection
+from hashjax.retrieval.graded import graded_metrics, mean_acg, mean_ndcg
+from hashjax.retrieval.metrics import (
+                                       average_precision,
+                                       average_precision_of_sets,
+                                       map_tie_summary,
+                                       mean_average_precision,
+                                       precision_at_radius,
+                                       precision_at_topk,
+                                       precision_recall_curve,
+                                       recall_at_radius,
+                                       retrieval_report,
+)
+from hashjax.retrieval.neighbours import neighbour_sets
+from hashjax.retrieval.search import HammingIndex, hamming_topk
 
 __version__ = '0.1.0'
-
-# Loaded on first use, so `python -m hashjax.search` does not import its own module twice.
-_SEARCH_NAMES = ('HammingIndex', 'hamming_topk')
-
-
-def __getattr__(name):
-  if name in _SEARCH_NAMES:
-    from hashjax import search  # pylint: disable=g-import-not-at-top
-    return getattr(search, name)
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 __all__ = [
     'HammingIndex', 'HashNet', 'JSDEstimate', 'average_precision',

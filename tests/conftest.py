@@ -39,8 +39,8 @@ def served_run(tmp_path_factory):
   with filelock.FileLock(str(root / 'served_run.lock')):
     if not (path / 'codes.npz').exists():
       from configs import hashnet_digits  # pylint: disable=g-import-not-at-top
-      from hashjax import hash_trainer  # pylint: disable=g-import-not-at-top
-      from hashjax.config import override  # pylint: disable=g-import-not-at-top
+      from hashjax.hashing import run as hash_trainer  # pylint: disable=g-import-not-at-top
+      from hashjax.runtime.settings import override  # pylint: disable=g-import-not-at-top
       cfg = override(hashnet_digits.get_config(), {
           'bits': 16, 'num_steps': 150, 'split.query_per_class': 5, 'eval_every': 100000,
           'log_every': 50, 'checkpoint_every': 150})

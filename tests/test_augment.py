@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from configs import hashnet_digits
-from hashjax import augment
-from hashjax.config import ConfigError, hash_config, override
+from hashjax.hashing import augment
+from hashjax.hashing.config import hash_config
+from hashjax.runtime.errors import ConfigError
+from hashjax.runtime.settings import override
 
 OFF = augment.Strengths(crop=0.0, flip=False, rotate=0.0, brightness=0.0, contrast=0.0,
                         noise=0.0, cutout=0.0)

@@ -3,14 +3,18 @@
 import numpy as np
 import pytest
 
-from hashjax import baselines, data, metrics
-from hashjax.baselines import BaselineError
+from hashjax.data import base as data_base
+from hashjax.data import sources as data
+from hashjax.data.split import protocol_split
+from hashjax.hashing import baselines
+from hashjax.retrieval import metrics
+from hashjax.runtime.errors import BaselineError
 
 
 def _digits_split():
   source = data.load_source('digits')
-  split = data.protocol_split(source.labels, seed=0, query_per_class=20, train_per_class=50)
-  flat = lambda idx: data.to_float(source.images(idx)).reshape(len(idx), -1)
+  split = protocol_split(source.labels, seed=0, query_per_class=20, train_per_class=50)
+  flat = lambda idx: data_base.to_float(source.images(idx)).reshape(len(idx), -1)
   return (flat(split.train), flat(split.query), flat(split.database),
           source.labels[split.query], source.labels[split.database])
 

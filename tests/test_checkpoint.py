@@ -10,11 +10,12 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from hashjax import checkpoint as ckpt_lib
-from hashjax import hash_trainer
-from hashjax.checkpoint import CheckpointError, Checkpointer
 from test_hash_trainer import _get_test_config, _params_at
+
+from hashjax.hashing import run as hash_trainer
+from hashjax.runtime import checkpoint as ckpt_lib
+from hashjax.runtime.checkpoint import Checkpointer
+from hashjax.runtime.errors import CheckpointError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ORBAX_ENOSPC = ("RESOURCE_EXHAUSTED: Error writing local file \"/x/_sharding\": Failed to write "
@@ -314,7 +315,7 @@ def test_close_after_a_failed_write_does_not_raise_it_again(tmp_path, monkeypatc
 _RESTORE_DAMAGED = '''
 import os, sys, time
 import numpy as np
-from hashjax.checkpoint import Checkpointer
+from hashjax.runtime.checkpoint import Checkpointer
 c = Checkpointer(sys.argv[1], async_save=False)
 tree = {f'a{i}': np.arange(1000.) + i for i in range(40)}  # many reads in flight
 c.save(5, tree)

@@ -14,8 +14,8 @@ import pytest
 
 import gan
 import train
-from hashjax import cli
-from hashjax.data import DataError
+from hashjax.runtime import cli
+from hashjax.runtime.errors import DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--config.num_steps=4', '--config.log_every=2', '--config.eval_every=4',
@@ -43,9 +43,9 @@ def jobs(monkeypatch):
   """Replaces both CLIs' jobs: [(config, workdir, extra)] of each call, nothing trained."""
   calls = []
   monkeypatch.setattr(train, '_train', lambda config, workdir: calls.append((config, workdir)))
-  monkeypatch.setattr(gan.gan_trainer, 'train_and_evaluate',
+  monkeypatch.setattr(gan.job, 'train_and_evaluate',
                       lambda config, workdir, reporter: calls.append((config, workdir)))
-  monkeypatch.setattr(gan.gan_sampling, 'sample', lambda config, workdir, num, out, attributes: (
+  monkeypatch.setattr(gan.sampling, 'sample', lambda config, workdir, num, out, attributes: (
       calls.append((config, workdir, num, out, attributes)) or 'grid.png'))
   return calls
 
@@ -227,7 +227,7 @@ def test_log_and_error_lines_are_not_appended_to_the_progress_bar(monkeypatch, c
     reporter = cli.ProgressReporter(keys=('loss',))
     reporter.start(total_steps=8, first_step=0)
     reporter.log({'step': 2, 'loss': 0.5})
-    logging.getLogger('hashjax.loop').warning('could not write a checkpoint')
+    logging.getLogger('hashjax.runtime.loop').warning('could not write a checkpoint')
     reporter.log({'step': 4, 'loss': 0.25})
     raise DataError('image 3 cannot be decoded')  # the bar is still open
   monkeypatch.setattr(train, '_train', job)

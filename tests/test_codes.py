@@ -44,7 +44,8 @@ def test_bad_inputs_are_clear_errors():
 
 
 def test_code_words_keep_hamming_distances():
-  from hashjax.codes import code_words, word_distances
+  from hashjax.retrieval.codes import code_words
+  from hashjax.retrieval.engine import word_distances
   rng = np.random.default_rng(1)
   q = np.where(rng.random((6, 21)) > 0.5, 1, -1)
   db = np.where(rng.random((64, 21)) > 0.5, 1, -1)

@@ -1,12 +1,15 @@
 """Tests for hashjax/config.py: every bad setting is one ConfigError naming it."""
 
 import pytest
-
-from configs import gan_ring, hashnet_digits
-from hashjax.config import ConfigError, gan_config, hash_config, override
 from test_gan_trainer import _get_test_config as _gan_test_config
 from test_gan_trainer import _toy_config
 from test_hash_trainer import _get_test_config
+
+from configs import gan_ring, hashnet_digits
+from hashjax.gan.config import gan_config
+from hashjax.hashing.config import hash_config
+from hashjax.runtime.errors import ConfigError
+from hashjax.runtime.settings import override
 
 
 @pytest.mark.parametrize('overrides,match', [

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from hashjax.copy_detection import copy_detection
+from hashjax.retrieval.copy_detection import copy_detection
 
 
 def _problem(seed, q=7, n=8, bits=3):

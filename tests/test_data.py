@@ -2,7 +2,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from hashjax import data
+from hashjax.data import arrays
+from hashjax.data import base as data_base
+from hashjax.data import sources as data
+from hashjax.data.split import protocol_split
+from hashjax.runtime import errors, plumbing
 
 
 def test_digits_source():
@@ -30,16 +34,16 @@ def test_npz_source_single_and_multi_label(tmp_path):
 def test_malformed_npz_is_a_clear_error(tmp_path, arrays, match):
   path = tmp_path / 'bad.npz'
   np.savez(path, **arrays)
-  with pytest.raises(data.DataError, match=match):
+  with pytest.raises(errors.DataError, match=match):
     data.load_source(f'npz:{path}')
 
 
 def test_not_an_npz_file(tmp_path):
   path = tmp_path / 'x.npz'
   path.write_text('hello')
-  with pytest.raises(data.DataError, match='not a readable .npz'):
+  with pytest.raises(errors.DataError, match='not a readable .npz'):
     data.load_source(f'npz:{path}')
-  with pytest.raises(data.DataError, match='unknown dataset'):
+  with pytest.raises(errors.DataError, match='unknown dataset'):
     data.load_source('imagenet')
 
 
@@ -63,16 +67,16 @@ def test_multi_hot_items_without_label_warn_once_with_their_count(tmp_path, capl
 def test_npy_file_as_npz_says_what_an_npz_holds(tmp_path):
   path = tmp_path / 'images.npy'
   np.save(path, np.zeros((3, 4, 4), np.uint8))
-  with pytest.raises(data.DataError, match=r"'.*images.npy' is a .npy array, not an .npz "
+  with pytest.raises(errors.DataError, match=r"'.*images.npy' is a .npy array, not an .npz "
                                            r'archive; an npz must hold image uint8 \[N,H,W'):
     data.load_source(f'npz:{path}')
 
 
 def test_directory_as_npz_is_named_a_directory(tmp_path):
-  with pytest.raises(data.DataError, match=r"npz file '.*' is a directory, not an .npz file; "
+  with pytest.raises(errors.DataError, match=r"npz file '.*' is a directory, not an .npz file; "
                                            'give the path of an npz holding image'):
     data.load_source(f'npz:{tmp_path}')
-  with pytest.raises(data.DataError, match=r"npz file '.*nope.npz' does not exist"):
+  with pytest.raises(errors.DataError, match=r"npz file '.*nope.npz' does not exist"):
     data.load_source(f'npz:{tmp_path / "nope.npz"}')
 
 
@@ -80,21 +84,21 @@ def test_truncated_npz_is_a_clear_error(tmp_path):
   path = tmp_path / 'cut.npz'
   np.savez(path, image=np.zeros((20, 8, 8), np.uint8), label=np.arange(20) % 4)
   path.write_bytes(path.read_bytes()[:300])
-  with pytest.raises(data.DataError, match=r"'.*cut.npz' is not a readable .npz file"):
+  with pytest.raises(errors.DataError, match=r"'.*cut.npz' is not a readable .npz file"):
     data.load_source(f'npz:{path}')
 
 
 @pytest.mark.parametrize('spec', ['npz:', 'list:', 'folder:', 'tfds:', 'pairs:', 'npz'])
 def test_a_spec_without_its_path_is_a_clear_error(spec):
   kind = spec.rstrip(':')
-  with pytest.raises(data.DataError, match=f"dataset '{spec}' names no {kind} source; accepted: "
+  with pytest.raises(errors.DataError, match=f"dataset '{spec}' names no {kind} source; accepted: "
                                            'digits, npz:PATH, .*pairs:SPEC'):
     data.load_source(spec)
 
 
 def test_pair_source_labels_and_imbalance():
   base = data.load_source('digits')
-  pairs = data.pair_source(base, num_items=3000, seed=0)
+  pairs = arrays.pair_source(base, num_items=3000, seed=0)
   assert pairs.images(np.arange(2)).shape == (2, 8, 16, 1)
   assert len(pairs) == 3000 and pairs.labels.min() >= 0 and pairs.labels.max() <= 99
   # Label 10·a + b: the left half is a base image of class a, the right one of class b.
@@ -106,8 +110,8 @@ def test_pair_source_labels_and_imbalance():
     rights = np.flatnonzero((all_images == right).all(axis=(1, 2, 3)))
     assert pairs.labels[n] // 10 in base.labels[lefts]
     assert pairs.labels[n] % 10 in base.labels[rights]
-  np.testing.assert_array_equal(pairs.labels, data.pair_source(base, 3000, 0).labels)
-  assert not np.array_equal(pairs.labels, data.pair_source(base, 3000, 1).labels)
+  np.testing.assert_array_equal(pairs.labels, arrays.pair_source(base, 3000, 0).labels)
+  assert not np.array_equal(pairs.labels, arrays.pair_source(base, 3000, 1).labels)
   counts = np.bincount(pairs.labels, minlength=100)
   similar = (counts * (counts - 1)).sum() / (3000 * 2999)
   assert 0.008 < similar < 0.013  # ~1% of pairs, vs ~10% for the digits alone
@@ -115,7 +119,7 @@ def test_pair_source_labels_and_imbalance():
 
 def test_pairs_spec_pairs_any_single_label_source(tmp_path):
   spec = data.load_source('pairs:digits')
-  np.testing.assert_array_equal(spec.labels, data.pair_source(data.load_source('digits')).labels)
+  np.testing.assert_array_equal(spec.labels, arrays.pair_source(data.load_source('digits')).labels)
   assert len(spec) == 1797 and spec.images(np.arange(1)).shape == (1, 8, 16, 1)
   assert data.load_source('pairs:digits', image_size=12).images(np.arange(1)).shape == (
       1, 12, 24, 1)  # image_size applies to each half
@@ -126,7 +130,7 @@ def test_pairs_spec_pairs_any_single_label_source(tmp_path):
   left, right = three.images(np.arange(6))[:, 0, :, 0].T
   np.testing.assert_array_equal(three.labels, 3 * (left % 3) + right % 3)
   np.savez(path, image=np.zeros((4, 2, 2), np.uint8), label=np.eye(4, 2, dtype=np.int64))
-  with pytest.raises(data.DataError, match='a pairs: source needs single-label data'):
+  with pytest.raises(errors.DataError, match='a pairs: source needs single-label data'):
     data.load_source(f'pairs:npz:{path}')
 
 
@@ -142,14 +146,14 @@ def test_mosaic_source_places_four_items_and_labels_their_classes(tmp_path):
     assert set(np.flatnonzero(label)) == classes
   # Deterministic, seeded, and every base item appears once in each quarter.
   np.testing.assert_array_equal(mosaics.labels, data.load_source(f'mosaic:npz:{path}').labels)
-  assert not np.array_equal(images, data.mosaic_source(data.load_source(f'npz:{path}'),
+  assert not np.array_equal(images, arrays.mosaic_source(data.load_source(f'npz:{path}'),
                                                        seed=1).images(np.arange(12)))
   assert sorted(images[:, 0, 0, 0]) == list(range(12))
   shared = mosaics.labels @ mosaics.labels.T
   assert shared.min() >= 0 and shared.max() <= 4  # graded relevance: 0–4 shared classes
-  with pytest.raises(data.DataError, match='a mosaic: source needs single-label data'):
-    data.mosaic_source(mosaics)
-  with pytest.raises(data.DataError, match='missing.npz'):
+  with pytest.raises(errors.DataError, match='a mosaic: source needs single-label data'):
+    arrays.mosaic_source(mosaics)
+  with pytest.raises(errors.DataError, match='missing.npz'):
     data.load_source(f'mosaic:npz:{tmp_path}/missing.npz')
 
 
@@ -162,22 +166,22 @@ def test_tfds_source_through_data_source_mock():
 
 
 def test_unprepared_tfds_dataset_says_how_to_prepare():
-  with pytest.raises(data.DataError, match='tfds build smallnorb --file_format=array_record'):
+  with pytest.raises(errors.DataError, match='tfds build smallnorb --file_format=array_record'):
     data.load_source('tfds:smallnorb')
 
 
 def test_protocol_split_counts_disjointness_and_determinism():
   labels = np.repeat(np.arange(4), 25)
-  split = data.protocol_split(labels, seed=3, query_per_class=5, train_per_class=10)
+  split = protocol_split(labels, seed=3, query_per_class=5, train_per_class=10)
   assert len(split.query) == 20 and len(split.database) == 80 and len(split.train) == 40
   assert not set(split.query) & set(split.database)
   assert set(split.train) <= set(split.database)
   assert all((labels[split.query] == c).sum() == 5 for c in range(4))
-  again = data.protocol_split(labels, seed=3, query_per_class=5, train_per_class=10)
+  again = protocol_split(labels, seed=3, query_per_class=5, train_per_class=10)
   np.testing.assert_array_equal(split.query, again.query)
-  other = data.protocol_split(labels, seed=4, query_per_class=5, train_per_class=10)
+  other = protocol_split(labels, seed=4, query_per_class=5, train_per_class=10)
   assert not np.array_equal(split.query, other.query)
-  outside = data.protocol_split(labels, seed=3, num_query=10, num_train=30, train_in_database=False)
+  outside = protocol_split(labels, seed=3, num_query=10, num_train=30, train_in_database=False)
   assert len(outside.database) == 60 and not set(outside.train) & set(outside.database)
 
 
@@ -189,37 +193,37 @@ def test_protocol_split_counts_disjointness_and_determinism():
     (dict(query_per_class=5, num_query=3, train_per_class=1), 'exactly one of'),
 ])
 def test_impossible_splits(kwargs, match):
-  with pytest.raises(data.DataError, match=match):
-    data.protocol_split(np.repeat(np.arange(4), 25), seed=0, **kwargs)
+  with pytest.raises(errors.DataError, match=match):
+    protocol_split(np.repeat(np.arange(4), 25), seed=0, **kwargs)
 
 
 def test_batches_are_a_function_of_seed_and_step():
-  first_epoch = np.concatenate([data.batch_indices(10, 5, s, seed=1) for s in (0, 1)])
+  first_epoch = np.concatenate([plumbing.batch_indices(10, 5, s, seed=1) for s in (0, 1)])
   assert sorted(first_epoch) == list(range(10))  # one epoch visits every example once
-  np.testing.assert_array_equal(data.batch_indices(10, 4, 7, seed=1),
-                                data.batch_indices(10, 4, 7, seed=1))
+  np.testing.assert_array_equal(plumbing.batch_indices(10, 4, 7, seed=1),
+                                plumbing.batch_indices(10, 4, 7, seed=1))
   # A batch straddling an epoch boundary takes the tail of one permutation, head of the next.
-  straddle = data.batch_indices(10, 4, 2, seed=1)
+  straddle = plumbing.batch_indices(10, 4, 2, seed=1)
   assert len(straddle) == 4
-  assert not np.array_equal(data.batch_indices(10, 5, 2, seed=1), data.batch_indices(10, 5, 0, seed=1))
+  assert not np.array_equal(plumbing.batch_indices(10, 5, 2, seed=1), plumbing.batch_indices(10, 5, 0, seed=1))
 
 
 def test_class_list_restricts_items(tmp_path):
   path = tmp_path / 'classes.txt'
   path.write_text('# two digits\n3\n7\n')
-  src = data.restrict_classes(data.load_source('digits'), data.read_class_list(str(path)))
+  src = data_base.restrict_classes(data.load_source('digits'), data_base.read_class_list(str(path)))
   assert set(np.unique(src.labels)) == {3, 7}
   assert src.images(np.arange(3)).shape == (3, 8, 8, 1)
   path.write_text('3\nseven\n')
-  with pytest.raises(data.DataError, match="'seven' is not an integer"):
-    data.read_class_list(str(path))
+  with pytest.raises(errors.DataError, match="'seven' is not an integer"):
+    data_base.read_class_list(str(path))
   path.write_text('3\n42\n')
-  with pytest.raises(data.DataError, match='class 42'):
-    data.restrict_classes(data.load_source('digits'), data.read_class_list(str(path)))
+  with pytest.raises(errors.DataError, match='class 42'):
+    data_base.restrict_classes(data.load_source('digits'), data_base.read_class_list(str(path)))
 
 
 def test_fit_to_size_pads_28_to_32_and_resizes_8():
   images = np.full((2, 28, 28, 1), 200, np.uint8)
-  padded = data.fit_to_size(images, 32)
+  padded = data_base.fit_to_size(images, 32)
   assert padded.shape == (2, 32, 32, 1) and padded[0, 0, 0, 0] == 0 and padded[0, 2, 2, 0] == 200
-  assert data.fit_to_size(np.zeros((1, 8, 8, 1), np.uint8), 32).shape == (1, 32, 32, 1)
+  assert data_base.fit_to_size(np.zeros((1, 8, 8, 1), np.uint8), 32).shape == (1, 32, 32, 1)

@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from hashjax import disk
-from hashjax.disk import is_disk_full_error
+from hashjax.runtime import disk
+from hashjax.runtime.disk import is_disk_full_error
 
 ORBAX_ENOSPC = ("RESOURCE_EXHAUSTED: Error writing local file \"/x/_sharding\": Failed to write "
                 "83 bytes to file 11: No space left on device [os_error_code='28']")

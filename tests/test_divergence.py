@@ -6,8 +6,9 @@ import pytest
 from jax.scipy.special import logsumexp
 from jax.scipy.stats import norm
 
-from hashjax import data as data_lib
-from hashjax.divergence import LOG2, estimate_jsd, exact_jsd, jsd_lower_bound
+from hashjax.data import base as data_lib
+from hashjax.data import sources
+from hashjax.gan.divergence import LOG2, estimate_jsd, exact_jsd, jsd_lower_bound
 
 N = 4000  # samples per distribution; one shape for all 2-D cases, so one compilation
 FAST = dict(hidden=64, steps=1000, seed=1)  # the estimator, shrunk to keep the tests quick
@@ -90,7 +91,7 @@ def test_bound_of_the_optimal_discriminator_is_the_exact_jsd(shift):
 
 
 def test_real_vs_real_digits_is_zero_and_real_vs_noise_is_log2():
-  source = data_lib.load_source('digits')
+  source = sources.load_source('digits')
   images = data_lib.to_float(data_lib.fit_to_size(
       np.asarray(source.images(np.arange(len(source)))), 32))
   perm = np.random.default_rng(0).permutation(len(images))
@@ -116,7 +117,7 @@ def test_bad_inputs_raise():
 def test_a_confidently_wrong_held_out_example_costs_little():
   # Validation separated perfectly, so the search picks a sharp classifier and the smallest
   # uniform-mixing weight; then one of 200 held-out real examples is confidently wrong.
-  from hashjax import divergence  # pylint: disable=g-import-not-at-top
+  from hashjax.gan import divergence  # pylint: disable=g-import-not-at-top
   _, (_, eps) = divergence._calibrated_bound(  # pylint: disable=protected-access
       np.full(50, 20.0), np.full(50, -20.0))
   assert eps > 0

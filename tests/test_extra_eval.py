@@ -1,24 +1,27 @@
-"""eval_extra (hashjax/extra_eval.py): the names, and each metric wired to its protocol."""
+"""eval_extra (hashjax/hashing/evaluation.py): the names, and each metric wired to its protocol."""
 
 import numpy as np
 import pytest
 
-from hashjax import data, extra_eval, graded
+from hashjax.data.base import ArraySource
+from hashjax.data.split import Split
+from hashjax.hashing import config, evaluation
+from hashjax.retrieval import graded, metrics
 
 
 def _source(n=60, multi=True, seed=0):
   rng = np.random.default_rng(seed)
   images = rng.integers(0, 256, (n, 8, 8, 1), dtype=np.uint8)
   labels = (rng.random((n, 4)) > 0.5).astype(np.int64) if multi else rng.integers(0, 4, n)
-  split = data.Split(query=np.arange(10), database=np.arange(10, n), train=np.arange(10, n))
-  return data.ArraySource(images, labels), split
+  split = Split(query=np.arange(10), database=np.arange(10, n), train=np.arange(10, n))
+  return ArraySource(images, labels), split
 
 
 def test_names_parse_and_unknown_ones_are_one_line_errors():
-  assert extra_eval.parse('') == ()
-  assert extra_eval.parse(' ndcg, copies ') == ('ndcg', 'copies')
+  assert config.parse_eval_extra('') == ()
+  assert config.parse_eval_extra(' ndcg, copies ') == ('ndcg', 'copies')
   with pytest.raises(ValueError, match="unknown eval_extra metric 'bleu'; accepted: ndcg"):
-    extra_eval.parse('ndcg,bleu')
+    config.parse_eval_extra('ndcg,bleu')
 
 
 def test_each_metric_follows_its_protocol():
@@ -27,16 +30,17 @@ def test_each_metric_follows_its_protocol():
   query_codes = np.where(rng.random((10, 16)) > 0.5, 1, -1)
   db_codes = np.where(rng.random((50, 16)) > 0.5, 1, -1)
   constant = lambda src, indices: np.ones((len(indices), 16), np.float32)  # every copy ties
-  out = extra_eval.evaluate_extra(('ndcg', 'neighbours', 'copies'), constant, source, split,
-                                  query_codes, db_codes, topk=None, seed=0)
+  out = evaluation.score(query_codes, db_codes, source, split, topk=None, bits=16,
+                         extra=('ndcg', 'neighbours', 'copies'), encode=constant, seed=0)
+  assert out['map'] == pytest.approx(metrics.mean_average_precision(
+      query_codes, db_codes, source.labels[:10], source.labels[10:]))
   assert out['ndcg'] == pytest.approx(graded.mean_ndcg(
       query_codes, db_codes, source.labels[:10], source.labels[10:]))
   assert out['ndcg_interval'][0] <= out['ndcg_expected'] <= out['ndcg_interval'][1]
   assert out['neighbour_k'] == 1 and 0 <= out['neighbour_map'] <= 1  # 1 % of 50, at least 1
   # Constant codes tie every one of the 60 items (database + originals) with each copy.
   ones = lambda m: np.ones((m, 16), np.int64)
-  out = extra_eval.evaluate_extra(('copies',), constant, source, split, ones(10), ones(50),
-                                  topk=None, seed=0)
+  out = evaluation.evaluate_copies(constant, source, split, ones(10), ones(50), seed=0)
   n = 60
   assert out['copy_map_expected'] == pytest.approx(np.sum(1 / np.arange(1, n + 1)) / n)
   assert out['copy_recall_at_10_expected'] == pytest.approx(10 / n)

@@ -12,9 +12,16 @@ from PIL import Image
 
 import gan
 from configs import dcgan_digits
-from hashjax import (attribute_classifier, gan_collapse, gan_eval, gan_pictures, gan_sampling,
-                     gan_trainer, training)
-from hashjax.config import ConfigError, gan_config
+from hashjax.commands import attributes
+from hashjax.gan import attribute_classifier
+from hashjax.gan import collapse as gan_collapse
+from hashjax.gan import evaluation as gan_eval
+from hashjax.gan import job as gan_trainer
+from hashjax.gan import pictures as gan_pictures
+from hashjax.gan import sampling as gan_sampling
+from hashjax.gan.config import gan_config
+from hashjax.runtime import plumbing as training
+from hashjax.runtime.errors import ConfigError
 
 HAIR = {'blue': (0, 0, 255), 'red': (255, 0, 0)}
 EYE = {'green': (0, 255, 0), 'red': (255, 0, 0), 'white': (255, 255, 255)}
@@ -154,10 +161,10 @@ def test_the_loop_passes_every_logged_row_to_the_watch(faces, tmp_path, monkeypa
     seen.append(row['step'])
     return f'collapsed at {row["step"]}' if row['step'] == 2 else None
   monkeypatch.setattr(gan_collapse.CollapseWatch, 'update', update)
-  with caplog.at_level(logging.WARNING, logger='hashjax.gan_trainer'):
+  with caplog.at_level(logging.WARNING, logger='hashjax.gan.job'):
     gan_trainer.train_and_evaluate(_config(faces), str(tmp_path))
   assert seen == [1, 2]
-  assert [r.getMessage() for r in caplog.records if r.name == 'hashjax.gan_trainer'] == [
+  assert [r.getMessage() for r in caplog.records if r.name == 'hashjax.gan.job'] == [
       'collapsed at 2']
   assert os.path.exists(tmp_path / 'metrics.jsonl')
 
@@ -219,7 +226,7 @@ def test_a_run_with_the_classifier_reports_accuracies_at_every_evaluation(faces,
     assert all(0.0 <= r[key] <= 1.0 for r in rows) and results[key] == rows[-1][key]
   assert set(results['eye_accuracy_by_value']) == {'green', 'red', 'white'}
   # Scoring a run afterwards: the same classifier (reloaded), the newest checkpoint.
-  scored = attribute_classifier.score_run(str(tmp_path), 20)
+  scored = attributes.score_run(str(tmp_path), 20)
   assert scored['step'] == 2 and scored['hair_accuracy_generated'] == pytest.approx(
       results['hair_accuracy_generated'])
   assert (tmp_path / 'attributes.json').exists()
@@ -229,8 +236,8 @@ def test_classifier_settings_and_command_errors(faces, tmp_path, capsys):
   with pytest.raises(ConfigError, match='classifier_steps=5 scores an attribute-conditioned '
                                         'GAN: it needs labels=FILE.csv and conditional=True'):
     gan_config(_config(faces, classifier_steps=5, conditional=False))
-  assert attribute_classifier.main([f'--workdir={tmp_path}', '--steps=0']) == 2
-  assert capsys.readouterr().err == 'attribute_classifier: error: --steps=0 must be ≥ 1\n'
-  assert attribute_classifier.main([f'--workdir={tmp_path}']) == 2
+  assert attributes.main([f'--workdir={tmp_path}', '--steps=0']) == 2
+  assert capsys.readouterr().err == 'attributes: error: --steps=0 must be ≥ 1\n'
+  assert attributes.main([f'--workdir={tmp_path}']) == 2
   assert capsys.readouterr().err.startswith(
-      f'attribute_classifier: error: no config.json in {tmp_path}')
+      f'attributes: error: no config.json in {tmp_path}')

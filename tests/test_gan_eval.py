@@ -1,7 +1,7 @@
 import numpy as np
 
-from hashjax import data as data_lib
-from hashjax.gan_eval import quantize_to_uint8_grid
+from hashjax.data import base as data_lib
+from hashjax.gan.evaluation import quantize_to_uint8_grid
 
 
 def test_quantize_to_uint8_grid():

@@ -7,8 +7,14 @@ import numpy as np
 import pytest
 
 from configs import dcgan_digits, gan_grid, gan_ring
-from hashjax import gan_sampling, gan_trainer, losses, toy2d, training
-from hashjax.config import ConfigError, gan_config
+from hashjax.gan import job as gan_trainer
+from hashjax.gan import sampling as gan_sampling
+from hashjax.gan import toy2d
+from hashjax.gan.config import gan_config
+from hashjax.gan import losses
+from hashjax.runtime import errors
+from hashjax.runtime import plumbing as training
+from hashjax.runtime.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -148,7 +154,7 @@ def test_jsd_eval_is_logged_and_written(tmp_path, monkeypatch):
 def test_nan_loss_stops_with_the_step_and_last_good_checkpoint(tmp_path, monkeypatch):
   gan_trainer.train_and_evaluate(_get_test_config(num_steps=3), str(tmp_path))
   monkeypatch.setattr(losses, 'generator_loss', lambda logits, kind: jnp.nan * jnp.sum(logits))
-  with pytest.raises(training.DivergedError, match=r'non-finite loss at step 4 \(g_loss=nan\); '
+  with pytest.raises(errors.DivergedError, match=r'non-finite loss at step 4 \(g_loss=nan\); '
                                                    r'the last good checkpoint is step 3 in '):
     gan_trainer.train_and_evaluate(_get_test_config(), str(tmp_path))
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3']  # nothing non-finite was saved
@@ -183,7 +189,7 @@ def test_mlp_gan_end_to_end_reports_modes_and_jsd(tmp_path, config):
 
 
 def test_a_final_sample_grid_kept_out_by_a_full_disk_is_written_again(tmp_path, monkeypatch):
-  from hashjax import gan_eval  # pylint: disable=g-import-not-at-top
+  from hashjax.gan import evaluation as gan_eval  # pylint: disable=g-import-not-at-top
   real = gan_eval.write_sample_image
   left = {'n': 1}
 

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from hashjax import graded
+from hashjax.retrieval import graded
 
 
 def _problem(seed, q=6, n=9, bits=3, labels=3):

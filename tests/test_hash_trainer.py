@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 
 from configs import hashnet_digits
-from hashjax import hash_trainer, loop
-from hashjax.config import hash_config, override
-from hashjax.data import DataError
+from hashjax.hashing import job, run
+from hashjax.hashing import step as hash_trainer
+from hashjax.hashing.config import hash_config
+from hashjax.runtime import loop
+from hashjax.runtime.errors import DataError
+from hashjax.runtime.settings import override
 
 
 def _get_test_config(**overrides):
@@ -66,7 +69,7 @@ def test_soft_similarity_trains_on_multi_hot_labels_and_refuses_class_ids():
   state, metrics = step(state, batch, jax.random.PRNGKey(2))
   assert np.isfinite(float(metrics['loss']))
   with pytest.raises(DataError, match="loss.similarity='soft' needs multi-hot labels; digits"):
-    hash_trainer.load_data(cfg)  # digits: class ids
+    job.load_data(cfg)  # digits: class ids
 
 
 def test_views_train_without_labels_and_repeat_exactly():
@@ -94,7 +97,7 @@ def test_hash_layer_gets_ten_times_the_learning_rate():
 
 def test_end_to_end_writes_outputs(tmp_path):
   rec = Recorder()
-  results = hash_trainer.train_and_evaluate(_get_test_config(), str(tmp_path), reporter=rec)
+  results = run.train_and_evaluate(_get_test_config(), str(tmp_path), reporter=rec)
   for name in ('config.json', 'metrics.jsonl', 'eval.json', 'codes.npz'):
     assert (tmp_path / name).exists(), name
   rows = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
@@ -113,16 +116,16 @@ def test_end_to_end_writes_outputs(tmp_path):
 
 
 def _params_at(workdir, step, template_cfg):
-  return loop.load_checkpoint(hash_trainer.HashJob(template_cfg, workdir), workdir, step)[0]
+  return loop.load_checkpoint(job.HashJob(template_cfg, workdir), workdir, step)[0]
 
 
 def test_resume_continues_exactly(tmp_path):
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
   full = _get_test_config(num_steps=20)
-  hash_trainer.train_and_evaluate(full, straight)
-  hash_trainer.train_and_evaluate(_get_test_config(num_steps=10), resumed)
+  run.train_and_evaluate(full, straight)
+  run.train_and_evaluate(_get_test_config(num_steps=10), resumed)
   rec = Recorder()
-  hash_trainer.train_and_evaluate(full, resumed, reporter=rec)
+  run.train_and_evaluate(full, resumed, reporter=rec)
   assert rec.first_step == 10
   a, b = _params_at(straight, 20, full), _params_at(resumed, 20, full)
   assert int(a.step) == int(b.step) == 20

@@ -4,8 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hashjax import data, losses
+from hashjax.data import sources as data
+from hashjax.data.split import protocol_split
 from hashjax.experiments import hashing_cell
+from hashjax.hashing import losses
 
 
 def test_heldout_losses_sign_and_large_beta():
@@ -23,7 +25,7 @@ def test_heldout_losses_sign_and_large_beta():
 
 def test_heldout_indices_are_database_items_outside_training():
   source = data.load_source('digits')
-  split = data.protocol_split(source.labels, seed=0, query_per_class=5, train_per_class=20)
+  split = protocol_split(source.labels, seed=0, query_per_class=5, train_per_class=20)
   heldout = hashing_cell.heldout_indices(split, seed=0, size=64)
   assert len(heldout) == 64 and np.all(np.diff(heldout) > 0)
   assert np.isin(heldout, split.database).all() and not np.isin(heldout, split.train).any()
@@ -33,7 +35,7 @@ def test_heldout_indices_are_database_items_outside_training():
 @pytest.mark.parametrize('method', hashing_cell.SHALLOW)
 def test_shallow_cells_score_like_deep_ones(method):
   source = data.load_source('digits')
-  split = data.protocol_split(source.labels, seed=0, query_per_class=5, train_per_class=20)
+  split = protocol_split(source.labels, seed=0, query_per_class=5, train_per_class=20)
   scores = hashing_cell.shallow(method, source, split, bits=16, seed=0, topk=100)
   assert 0.1 < scores['map'] <= 1.0  # 10 classes: a random ranking scores ~0.1
   worst, best = scores['map_interval']

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from configs import hashnet_digits, hashnet_mnist
-from hashjax.config import ConfigError
 from hashjax.experiments import grid, hashnet_claims
 from hashjax.experiments import hashnet_ablation as ha
+from hashjax.runtime.errors import ConfigError
 
 
 def test_cells_are_the_config_files_with_overrides():

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hashjax import data, losses
-
+from hashjax.data import sources as data
+from hashjax.data.split import protocol_split
+from hashjax.hashing import losses
+from hashjax.runtime import errors
 
 # --- folder:PATH (class labels from subfolders) ----------------------------------------------
 
@@ -60,11 +62,11 @@ def test_truncated_folder_cache_warns_once_and_is_rebuilt(tmp_path, caplog):
 def test_folder_source_errors(tmp_path):
   (tmp_path / 'empty').mkdir()
   (tmp_path / 'empty' / 'readme.txt').write_text('x')
-  with pytest.raises(data.DataError, match='holds no image file'):
+  with pytest.raises(errors.DataError, match='holds no image file'):
     data.load_source(f'folder:{tmp_path / "empty"}', image_size=32)
-  with pytest.raises(data.DataError, match='does not exist'):
+  with pytest.raises(errors.DataError, match='does not exist'):
     data.load_source(f'folder:{tmp_path / "nope"}', image_size=32)
-  with pytest.raises(data.DataError, match='needs image_size'):
+  with pytest.raises(errors.DataError, match='needs image_size'):
     data.load_source(f'folder:{tmp_path / "empty"}')
 
 # --- list:PATH (multi-hot image lists) -------------------------------------------------------
@@ -87,7 +89,7 @@ def test_list_source_reads_multi_hot_labels_and_resizes(tmp_path):
   images = source.images(np.array([2, 0]))
   assert images.shape == (2, 8, 8, 3) and images.dtype == np.uint8
   assert images[0].mean() == pytest.approx(80, abs=1) and images[1].max() == 0
-  split = data.protocol_split(source.labels, seed=0, num_query=1, num_train=1)
+  split = protocol_split(source.labels, seed=0, num_query=1, num_train=1)
   assert len(split.query) == 1 and len(split.database) == 2
   sim = np.asarray(losses.similarity_matrix(source.labels))
   assert sim[0, 2] == 1 and sim[0, 1] == 0  # shares label 3 / nothing
@@ -112,15 +114,15 @@ def test_list_items_without_label_warn_once_with_their_count(tmp_path, caplog):
 ])
 def test_list_source_errors(tmp_path, lines, size, message):
   path = _write_list(tmp_path, lines)
-  with pytest.raises(data.DataError, match=message):
+  with pytest.raises(errors.DataError, match=message):
     data.load_source(f'list:{path}', image_size=size)
 
 
 def test_list_source_missing_file_and_undecodable_image(tmp_path):
-  with pytest.raises(data.DataError, match='does not exist'):
+  with pytest.raises(errors.DataError, match='does not exist'):
     data.load_source(f'list:{tmp_path}/nope.txt', image_size=8)
   path = _write_list(tmp_path, ['a.png 1', 'bad.png 1'])
   (tmp_path / 'bad.png').write_bytes(b'not an image')
   source = data.load_source(f'list:{path}', image_size=8)
-  with pytest.raises(data.DataError, match="bad.png' cannot be decoded"):
+  with pytest.raises(errors.DataError, match="bad.png' cannot be decoded"):
     source.images(np.array([1]))

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from hashjax import increments
-from hashjax.config import SplitConfig
-from hashjax.data import DataError
+from hashjax.hashing import increments
+from hashjax.hashing.config import SplitConfig
+from hashjax.runtime.errors import DataError
 
 LABELS = np.repeat(np.arange(10), 60)  # 600 items, 60 per class
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hashjax import image_files, label_table
-from hashjax.data import DataError
+from hashjax.data import files as image_files
+from hashjax.data import label_table
+from hashjax.runtime.errors import DataError
 
 
 def _write(tmp_path, text, name='labels.csv'):

@@ -19,9 +19,13 @@ import numpy as np
 import pytest
 
 from configs import dcgan_digits, hashnet_digits
-from hashjax import gan_trainer, hash_trainer, loop, training, update
-from hashjax.config import ConfigError, override
-from hashjax.workdir import WorkdirError
+from hashjax.gan import job as gan_trainer
+from hashjax.hashing import job, update
+from hashjax.hashing import run as hash_trainer
+from hashjax.runtime import errors, loop
+from hashjax.runtime import plumbing as training
+from hashjax.runtime.errors import ConfigError, WorkdirError
+from hashjax.runtime.settings import override
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The finished run the 'update' job updates: made once per test process, on first use.
@@ -56,7 +60,7 @@ JOBS = {
     'hashnet': JobSpec(
         'train.py', 'configs/hashnet_digits.py', hashnet_digits.get_config, HASHNET_TINY,
         {'learning_rate': 1e6}, {'checkpoint.best_metric': 'map'},
-        hash_trainer.train_and_evaluate, hash_trainer.HashJob),
+        hash_trainer.train_and_evaluate, job.HashJob),
     'update': JobSpec(  # the Laplace prior, kept codes and the code anchor: every part
         'train.py', 'configs/hashnet_digits.py', _update_config,
         {**HASHNET_TINY, 'split.new_classes': '7,8,9', 'split.stage': 'new',
@@ -124,7 +128,7 @@ class Recorder(training.SilentReporter):
 def test_nan_stop_names_the_step_and_the_last_good_checkpoint(tmp_path, name):
   spec = JOBS[name]
   cfg = _config(spec, num_steps=40, checkpoint_every=2, log_every=1, **spec.diverge)
-  with pytest.raises(training.DivergedError) as error:
+  with pytest.raises(errors.DivergedError) as error:
     spec.train(cfg, str(tmp_path))
   message = str(error.value)
   assert re.match(r'non-finite (loss at step \d+ \(.*=(nan|inf|-inf)\)|values in the state '
@@ -219,7 +223,7 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_one_before_resumes(
   rec, seen = Recorder(), []
   handler = logging.Handler(logging.WARNING)
   handler.emit = lambda record: seen.append(record.getMessage())
-  logger = logging.getLogger('hashjax.loop')  # not via the root: the CLI may stop propagation
+  logger = logging.getLogger('hashjax.runtime.loop')  # not via the root: the CLI may stop propagation
   logger.addHandler(handler)
   try:
     spec.train(cfg, str(workdir), reporter=rec)
@@ -240,11 +244,11 @@ def test_num_steps_below_the_checkpoint_trains_nothing_and_says_so(tmp_path):
   seen = []
   handler = logging.Handler(logging.WARNING)
   handler.emit = lambda record: seen.append(record.getMessage())
-  logging.getLogger('hashjax.loop').addHandler(handler)
+  logging.getLogger('hashjax.runtime.loop').addHandler(handler)
   try:
     results = spec.train(_config(spec, num_steps=5, checkpoint_every=5), str(tmp_path))
   finally:
-    logging.getLogger('hashjax.loop').removeHandler(handler)
+    logging.getLogger('hashjax.runtime.loop').removeHandler(handler)
   assert results['step'] == 10
   assert seen == ['the checkpoint is at step 10, past num_steps=5: nothing to train; '
                   'evaluating step 10']
@@ -270,7 +274,7 @@ def test_results_a_full_disk_keeps_out_get_the_older_checkpoints_space(
     results = spec.train(cfg, str(tmp_path))
     assert json.load(open(tmp_path / 'eval.json')) == results and results['step'] == 10
   else:
-    with pytest.raises(loop.ResultsNotWritten, match=r'eval.json could not be written: the disk '
+    with pytest.raises(errors.ResultsNotWritten, match=r'eval.json could not be written: the disk '
                                                      r'of .* is full. The final checkpoint '
                                                      r'\(step 10\) is saved'):
       spec.train(cfg, str(tmp_path))
@@ -300,7 +304,7 @@ def test_a_metrics_row_a_full_disk_keeps_out_is_never_lost(tmp_path, name, monke
 
   monkeypatch.setattr(training, 'append_or_warn', append)
   workdir = tmp_path / 'full'
-  with pytest.raises(loop.ResultsNotWritten, match=r'metrics.jsonl could not be written: .*'
+  with pytest.raises(errors.ResultsNotWritten, match=r'metrics.jsonl could not be written: .*'
                      r'The final checkpoint is not saved, since the metrics rows of steps 10 '
                      r'would be lost with it; .* it resumes from step 8 in '):
     spec.train(cfg, str(workdir))

@@ -12,13 +12,11 @@ import signal
 import time
 
 import pytest
-
-from hashjax import checkpoint as ckpt_lib
-from hashjax import training
-from hashjax.checkpoint import CheckpointError
-from hashjax.workdir import WorkdirError
 from test_loop import JOBS, _assert_same_state, _cli, _config, _steps, _strict_rows
 
+from hashjax.runtime import checkpoint as ckpt_lib
+from hashjax.runtime import plumbing as training
+from hashjax.runtime.errors import CheckpointError, WorkdirError
 
 LONG = {'num_steps': 240, 'checkpoint_every': 3}
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from hashjax import dhn_loss, hashnet_loss
-from hashjax.losses import quantization_penalty, similarity_matrix, soft_similarity_matrix
+from hashjax.hashing.losses import quantization_penalty, similarity_matrix, soft_similarity_matrix
 
 
 def _pair_terms(h, s, alpha):
@@ -134,7 +134,7 @@ def test_soft_similarity_needs_multi_hot_labels():
 
 # -- GAN losses -------------------------------------------------------------------------------
 
-from hashjax.losses import discriminator_loss, generator_loss  # noqa: E402
+from hashjax.gan.losses import discriminator_loss, generator_loss  # noqa: E402
 
 
 def test_discriminator_loss_hand_values():

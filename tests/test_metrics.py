@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 
-from hashjax import (average_precision, mean_average_precision, precision_at_radius,
-                     recall_at_radius)
+from hashjax import average_precision, mean_average_precision, precision_at_radius, recall_at_radius
 
 
 def _brute_ap(q_codes, db_codes, q_labels, db_labels, topk):
@@ -117,7 +116,7 @@ import os
 import subprocess
 import sys
 
-from hashjax import metrics
+from hashjax.retrieval import metrics
 
 
 def _ap_of_order(rel_sorted, topk):
@@ -257,7 +256,7 @@ import os, sys, json
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 import numpy as np, jax
 assert len(jax.devices()) == 8
-from hashjax import metrics
+from hashjax.retrieval import metrics
 rng = np.random.default_rng(0)
 qc = np.where(rng.random((37, 16)) > 0.5, 1, -1); dc = np.where(rng.random((1000, 16)) > 0.5, 1, -1)
 ql, dl = rng.integers(0, 5, 37), rng.integers(0, 5, 1000)

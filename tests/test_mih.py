@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from hashjax import mih
-from hashjax.search import hamming_topk
+from hashjax.retrieval import mih
+from hashjax.retrieval.search import hamming_topk
 
 
 def _learned_like(num_base, copies, bits, flip, seed):

@@ -4,8 +4,8 @@
 import numpy as np
 import pytest
 
-from hashjax import metrics
-from hashjax.neighbours import neighbour_sets
+from hashjax.retrieval import metrics
+from hashjax.retrieval.neighbours import neighbour_sets
 
 
 def test_neighbour_sets_match_a_stable_sort_of_exact_distances():

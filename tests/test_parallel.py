@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from hashjax import parallel
+from hashjax.runtime import errors, parallel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EIGHT = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
@@ -32,24 +32,28 @@ def _python(code, env=EIGHT):
 def test_one_step_on_8_devices_equals_1_device():
   out = _python('''
     import json, jax, numpy as np
-    from hashjax import hash_trainer, parallel, data
-    from hashjax.config import hash_config
+    from hashjax.data import base as data_base
+    from hashjax.data import sources
+    from hashjax.hashing import encoding
+    from hashjax.hashing import step as hash_step
+    from hashjax.hashing.config import hash_config
+    from hashjax.runtime import parallel
     from configs import hashnet_digits
     assert jax.device_count() == 8
     c = hashnet_digits.get_config(); c.bits = 16; c.batch_size = 32
     cfg = hash_config(c)
-    src = data.load_source('digits')
+    src = sources.load_source('digits')
     idx = np.arange(32)
-    local = {'image': data.to_float(src.images(idx)), 'label': src.labels[idx]}
+    local = {'image': data_base.to_float(src.images(idx)), 'label': src.labels[idx]}
     results = {}
     for name, devices in (('one', jax.devices()[:1]), ('eight', jax.devices())):
       mesh = parallel.make_mesh(devices)
-      state = hash_trainer.create_train_state(cfg, (8, 8, 1), jax.random.PRNGKey(0), mesh)
-      step = hash_trainer.make_train_step(cfg, mesh)
+      state = hash_step.create_train_state(cfg, (8, 8, 1), jax.random.PRNGKey(0), mesh)
+      step = hash_step.make_train_step(cfg, mesh)
       batch = parallel.global_batch(local, mesh)
       assert len(batch['image'].sharding.device_set) == len(devices)
       state, metrics = step(state, batch, parallel.replicate(np.asarray(jax.random.PRNGKey(1)), mesh))
-      z = hash_trainer.encode(state, src, np.arange(100), 24, mesh)
+      z = encoding.encode(state, src, np.arange(100), 24, mesh)
       results[name] = {'loss': float(metrics['loss']), 'z': z.tolist(),
                        'params': [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(state.params)]}
     print(json.dumps(results))
@@ -66,7 +70,7 @@ def test_batch_not_divisible_by_devices_is_a_clear_error():
   n = mesh.shape['data']
   parallel.check_batch_size(4 * n, mesh)
   if n > 1:
-    with pytest.raises(parallel.ParallelError, match='not divisible'):
+    with pytest.raises(errors.ParallelError, match='not divisible'):
       parallel.check_batch_size(4 * n + 1, mesh)
   proc = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--workdir=/nonexistent/x',
                          '--config.batch_size=12'], env=EIGHT, cwd=ROOT, capture_output=True,

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from hashjax.preemption import PreemptionGuard
+from hashjax.runtime.preemption import PreemptionGuard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

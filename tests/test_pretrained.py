@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hashjax import pretrained
+from hashjax.commands import pretrained as pretrained_lib
+from hashjax.hashing import pretrained
 from hashjax.models import HashNet
-from hashjax.pretrained import PretrainedError
+from hashjax.runtime.errors import PretrainedError
 
 
 @functools.lru_cache(maxsize=None)
@@ -109,8 +110,9 @@ def test_convert_without_torch_is_a_clear_error(tmp_path, monkeypatch):
   monkeypatch.setattr(builtins, '__import__', no_torch)
   with pytest.raises(PretrainedError, match='pip install torch'):
     pretrained.convert_torch(str(tmp_path / 'm.pth'), str(tmp_path / 'o.npz'))
-  assert pretrained.main(['convert', 'a.pth', 'b.npz']) == 2
-  assert pretrained.main([]) == 2
+  assert pretrained_lib.main(['a.pth', 'b.npz']) == 2
+  with pytest.raises(SystemExit, match='2'):  # argparse: a missing argument
+    pretrained_lib.main([])
 
 
 def _config(tmp_path, **overrides):
@@ -122,7 +124,8 @@ def _config(tmp_path, **overrides):
 
 
 def test_a_fresh_run_starts_from_the_pretrained_backbone(tmp_path):
-  from hashjax import hash_trainer, loop, parallel  # pylint: disable=g-import-not-at-top
+  from hashjax.hashing import job as hash_trainer  # pylint: disable=g-import-not-at-top
+  from hashjax.runtime import loop, parallel
   source = _random_variables('resnet18')
   np.savez(tmp_path / 'r18.npz', **pretrained.to_torch_state_dict(source, 'resnet18'))
   rng = np.random.default_rng(0)  # RGB images for the 3-channel torchvision stem

@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hashjax import priors
-from hashjax.disk import write_or_warn
+from hashjax.hashing import priors
+from hashjax.runtime.disk import write_or_warn
 
 
 class _Tiny(nn.Module):

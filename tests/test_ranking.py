@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from hashjax import ranking
+from hashjax.retrieval import ranking
 
 
 def test_full_index_ap_ranks_ties_by_index():

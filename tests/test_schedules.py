@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from hashjax import beta_schedule, constant_beta
-from hashjax.schedules import make_beta_schedule
+from hashjax.hashing.schedules import make_beta_schedule
 
 
 @pytest.mark.parametrize('step,expected', [

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from hashjax import HammingIndex, hamming_topk, pack_codes
-from hashjax import search
+from hashjax.commands import search
+from hashjax.runtime import errors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,9 +29,9 @@ def test_hamming_topk_matches_stable_argsort(bits, n, topk):
 
 
 def test_hamming_topk_bad_topk():
-  with pytest.raises(search.SearchError, match='topk=0'):
+  with pytest.raises(errors.SearchError, match='topk=0'):
     hamming_topk(pack_codes(_codes(0, 2, 8)), pack_codes(_codes(1, 5, 8)), 0)
-  with pytest.raises(search.SearchError, match='topk=6'):
+  with pytest.raises(errors.SearchError, match='topk=6'):
     hamming_topk(pack_codes(_codes(0, 2, 8)), pack_codes(_codes(1, 5, 8)), 6)
   with pytest.raises(TypeError, match="unexpected keyword argument 'k'"):
     hamming_topk(pack_codes(_codes(0, 2, 8)), pack_codes(_codes(1, 5, 8)), k=2)
@@ -41,10 +42,10 @@ import json, os
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 import numpy as np, jax
 assert len(jax.devices()) == 8
-from hashjax import search
+from hashjax.retrieval import search as search_lib
 rng = np.random.default_rng(0)
 qc = np.where(rng.random((37, 16)) > 0.5, 1, -1); dc = np.where(rng.random((1000, 16)) > 0.5, 1, -1)
-d, i = search.hamming_topk(np.packbits(qc > 0, 1), np.packbits(dc > 0, 1), 20, chunk_size=12)
+d, i = search_lib.hamming_topk(np.packbits(qc > 0, 1), np.packbits(dc > 0, 1), 20, chunk_size=12)
 print(json.dumps({"d": d.tolist(), "i": i.tolist()}))
 '''
 
@@ -89,7 +90,7 @@ def test_index_save_load_round_trip(tmp_path):
 def test_search_cli_prints_neighbours_and_writes_grid(tmp_path, capsys):
   _write_codes_npz(tmp_path / 'codes.npz')
   out = tmp_path / 'grid.png'
-  assert search.run([f'--workdir={tmp_path}', '--query-index=2', '--topk=4',
+  assert search.main([f'--workdir={tmp_path}', '--query_index=2', '--topk=4',
                      f'--out={out}']) == 0
   lines = capsys.readouterr().out.splitlines()
   assert lines[0].startswith('query 2 (label') and len(lines) == 2 + 4 + 1
@@ -98,11 +99,11 @@ def test_search_cli_prints_neighbours_and_writes_grid(tmp_path, capsys):
 
 
 @pytest.mark.parametrize('args,message', [
-    (['--workdir={missing}', '--query-index=0'], 'does not exist'),
-    (['--workdir={empty}', '--query-index=0'], 'codes.npz does not exist'),
-    (['--workdir={run}', '--query-index=5'], 'out of range 0..4'),
-    (['--workdir={run}', '--query-index=0', '--topk=0'], '--topk=0 must be at least 1'),
-    (['--workdir={run}', '--query-index=0', '--k=3'], 'unrecognized arguments: --k=3'),
+    (['--workdir={missing}', '--query_index=0'], 'does not exist'),
+    (['--workdir={empty}', '--query_index=0'], 'codes.npz does not exist'),
+    (['--workdir={run}', '--query_index=5'], 'out of range 0..4'),
+    (['--workdir={run}', '--query_index=0', '--topk=0'], '--topk=0 must be at least 1'),
+    (['--workdir={run}', '--query_index=0', '--k=3'], 'unrecognized arguments: --k=3'),
     (['--workdir={run}'], 'required'),
 ])
 def test_search_cli_errors_are_one_line(tmp_path, args, message):
@@ -111,7 +112,7 @@ def test_search_cli_errors_are_one_line(tmp_path, args, message):
   _write_codes_npz(tmp_path / 'run' / 'codes.npz')
   args = [a.format(missing=tmp_path / 'nope', empty=tmp_path / 'empty', run=tmp_path / 'run')
           for a in args]
-  result = subprocess.run([sys.executable, '-m', 'hashjax.search', *args], cwd=ROOT,
+  result = subprocess.run([sys.executable, '-m', 'hashjax.commands.search', *args], cwd=ROOT,
                           capture_output=True, text=True)
   assert result.returncode == 2
   assert result.stderr.count('\n') == 1 and result.stderr.startswith('search: error: ')
@@ -122,7 +123,7 @@ def test_search_cli_truncated_codes_file_is_one_line(tmp_path, capsys):
   path = tmp_path / 'codes.npz'
   _write_codes_npz(path)
   path.write_bytes(path.read_bytes()[:200])
-  assert search.run([f'--workdir={tmp_path}', '--query-index=0']) == 2
+  assert search.main([f'--workdir={tmp_path}', '--query_index=0']) == 2
   out, err = capsys.readouterr()
   assert out == '' and err.count('\n') == 1 and 'Traceback' not in err
   assert err.startswith(f'search: error: {path} is not a readable codes.npz')
@@ -134,7 +135,7 @@ def test_search_cli_out_directory_gets_a_default_name(tmp_path, capsys, trailing
   folder = tmp_path / 'grids'
   if not trailing:
     folder.mkdir()  # an existing folder; with a trailing '/' a new one is made
-  assert search.run([f'--workdir={tmp_path}', '--query-index=2', '--topk=3',
+  assert search.main([f'--workdir={tmp_path}', '--query_index=2', '--topk=3',
                      f'--out={folder}{trailing}']) == 0
   out = capsys.readouterr().out
   assert out.splitlines()[-1] == f'wrote {folder / "query_2_top3.png"}'

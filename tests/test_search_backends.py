@@ -2,10 +2,11 @@ import builtins
 
 import numpy as np
 import pytest
-
-from hashjax import search_backends
-from hashjax.search import HammingIndex, SearchError, hamming_topk
 from test_mih import _learned_like
+
+from hashjax.retrieval import backends as search_backends
+from hashjax.retrieval.search import HammingIndex, hamming_topk
+from hashjax.runtime.errors import SearchError
 
 CASES = {
     'learned-like': lambda: _learned_like(400, 25, 64, 0.03, 0),

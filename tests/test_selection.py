@@ -5,9 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hashjax import codes
-from hashjax import ranking
-from hashjax import selection
+from hashjax.retrieval import engine, ranking, selection
 
 
 def _reference_nearest(dist, topk):
@@ -55,7 +53,7 @@ def _distance_rows(rng, n, bits):
                                          (16384, 64, 17), (8192, 300, 500), (8192, 64, 8192)])
 def test_nearest_ordered_by_distance_is_the_stable_sort_prefix(n, bits, topk):
   rng = np.random.default_rng(n + bits + topk)
-  dist = _distance_rows(rng, n, bits).astype(codes.distance_dtype(bits))
+  dist = _distance_rows(rng, n, bits).astype(engine.distance_dtype(bits))
   got_idx = np.asarray(jax.jit(selection.nearest_in_index_order, static_argnums=(1, 2))(
       jnp.asarray(dist), topk, bits))
   assert np.all(np.diff(got_idx, axis=1) > 0)  # index order

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from hashjax import hash_trainer
 from hashjax.experiments import hashing_cell
 from hashjax.experiments import semantics as sem
 from hashjax.experiments import semantics_report as sr
+from hashjax.hashing import job as hash_trainer
 
 
 def test_cells_are_the_config_file_with_overrides():

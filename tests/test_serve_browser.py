@@ -9,9 +9,9 @@ import os
 import shutil
 
 import pytest
+from test_serve_cli import _free_port, start_server
 
 from hashjax.serve import uploads
-from test_serve_cli import _free_port, start_server
 
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
 DRIVER = shutil.which('chromedriver')
@@ -60,7 +60,8 @@ def _query_text_starts(prefix):
 def test_click_a_query_see_k_results_follow_one_and_upload_an_image(browser, served_run,
                                                                      tmp_path):
   from selenium.webdriver.common.by import By  # pylint: disable=g-import-not-at-top
-  from hashjax import data as data_lib  # pylint: disable=g-import-not-at-top
+
+  from hashjax.data import sources as data_lib  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / 'run')
   shutil.copytree(served_run, workdir)
   port = _free_port()

@@ -5,9 +5,9 @@ import threading
 import numpy as np
 import pytest
 
-from hashjax import codes as codes_lib
-from hashjax import metrics
-from hashjax.search import HammingIndex, hamming_topk
+from hashjax.retrieval import codes as codes_lib
+from hashjax.retrieval import metrics
+from hashjax.retrieval.search import HammingIndex, hamming_topk
 from hashjax.serve import service as service_lib
 from hashjax.serve.service import SearchService, ServeError
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from hashjax import toy2d
+from hashjax.gan import toy2d
 
 
 def test_mixtures_follow_veegan_pacgan():

@@ -1,7 +1,8 @@
 import jax.numpy as jnp
 import pytest
 
-from hashjax import training
+from hashjax.runtime import errors
+from hashjax.runtime import plumbing as training
 
 
 def test_prefetch_keeps_order_and_runs_ahead():
@@ -29,13 +30,13 @@ def test_prefetch_reraises_errors_from_the_worker():
 
 def test_check_finite_names_step_and_checkpoint():
   training.check_finite({'step': 3, 'loss': 1.0}, ('loss',), 'step 2')
-  with pytest.raises(training.DivergedError, match=r'non-finite loss at step 4 \(loss=inf\); '
+  with pytest.raises(errors.DivergedError, match=r'non-finite loss at step 4 \(loss=inf\); '
                                                    r'the last good checkpoint is step 2'):
     training.check_finite({'step': 4, 'loss': float('inf')}, ('loss',), 'step 2')
 
 
 def test_check_finite_without_a_checkpoint_says_start_again():
-  with pytest.raises(training.DivergedError, match=r'non-finite loss at step 1 \(loss=nan\); no '
+  with pytest.raises(errors.DivergedError, match=r'non-finite loss at step 1 \(loss=nan\); no '
                                                    r'checkpoint was saved yet; start again'):
     training.check_finite({'step': 1, 'loss': float('nan')}, ('loss',), None)
 

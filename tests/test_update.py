@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from configs import hashnet_digits
-from hashjax import codes as codes_lib
-from hashjax import hash_trainer, priors, update
-from hashjax.config import ConfigError, hash_config, override
+from hashjax.hashing import job, priors, update
+from hashjax.hashing import run as hash_trainer
+from hashjax.hashing.config import hash_config
+from hashjax.runtime.errors import ConfigError
+from hashjax.runtime.settings import override
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {'bits': 16, 'batch_size': 32, 'split.query_per_class': 5, 'split.train_per_class': 20,
@@ -79,7 +81,7 @@ def test_the_fisher_command_writes_what_the_run_wrote(base, tmp_path):
                                    update.load_base(base, (8, 8, 1))[1].params)
   os.rename(os.path.join(base, 'fisher.npz'), tmp_path / 'kept.npz')
   try:
-    proc = subprocess.run([sys.executable, '-m', 'hashjax.update', 'fisher',
+    proc = subprocess.run([sys.executable, '-m', 'hashjax.commands.fisher',
                            f'--workdir={base}'], capture_output=True, text=True, cwd=ROOT,
                           check=False, timeout=300)
     assert proc.returncode == 0, proc.stderr[-1000:]
@@ -94,12 +96,11 @@ def test_the_fisher_command_writes_what_the_run_wrote(base, tmp_path):
 
 
 def test_the_fisher_command_usage_is_one_line():
-  proc = subprocess.run([sys.executable, '-m', 'hashjax.update', 'fishr', '--workdir=x'],
+  proc = subprocess.run([sys.executable, '-m', 'hashjax.commands.fisher', '--workdr=x'],
                         capture_output=True, text=True, cwd=ROOT, check=False, timeout=120)
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [
-      'hashjax.update: error: fishr --workdir=x; usage: python -m hashjax.update fisher '
-      '--workdir=RUN']
+      'fisher: error: the following arguments are required: --workdir']
 
 
 def test_update_errors_are_one_line(base, tmp_path):
@@ -112,7 +113,7 @@ def test_update_errors_are_one_line(base, tmp_path):
   os.rename(fisher, tmp_path / 'f.npz')
   try:
     with pytest.raises(ConfigError, match=r"needs .*fisher.npz; write it with: python -m "
-                       r'hashjax.update fisher --workdir='):
+                       r'hashjax.commands.fisher --workdir='):
       hash_trainer.train_and_evaluate(_update(base), str(tmp_path / 'c'))
   finally:
     os.replace(tmp_path / 'f.npz', fisher)
@@ -156,7 +157,7 @@ def test_a_run_from_before_the_update_settings_resumes(tmp_path):
   hash_trainer.train_and_evaluate(_config(num_steps=5, **plain), str(tmp_path))
   path = tmp_path / 'config.json'
   old = json.loads(path.read_text())
-  for key in hash_trainer.HashJob.added_settings:  # as config.json was written before them
+  for key in job.HashJob.added_settings:  # as config.json was written before them
     node, *parts = old, *key.split('.')
     for part in parts[:-1]:
       node = node[part]

@@ -7,8 +7,8 @@ import textwrap
 
 import pytest
 
-from hashjax import workdir as workdir_lib
-from hashjax.workdir import WorkdirError
+from hashjax.runtime import workdir as workdir_lib
+from hashjax.runtime.errors import WorkdirError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,7 +35,7 @@ def test_a_held_workdir_refuses_a_second_run_naming_the_holder(tmp_path):
 def test_a_killed_holder_does_not_keep_the_workdir(tmp_path):
   code = textwrap.dedent(f'''
       import sys, time
-      from hashjax import workdir
+      from hashjax.runtime import workdir
       with workdir.hold({str(tmp_path)!r}):
         print('held', flush=True)
         time.sleep(60)

@@ -263,7 +263,7 @@ def results_or_run(prog: str, render_only: bool, results_path: str,
   """An experiment's results: results.json as it is (render_only), else `run_grid()`'s.
   Returns the exit code instead after a one-line error: 2 for no results.json or data that
   cannot be opened (a DataError before any unit), 1 for a failed unit (GridError)."""
-  from hashjax.data import DataError  # pylint: disable=g-import-not-at-top
+  from hashjax.runtime.errors import DataError  # pylint: disable=g-import-not-at-top
   if render_only:
     if not os.path.exists(results_path):
       return fail(prog, f'--render_only: {results_path} does not exist')
@@ -313,6 +313,7 @@ def versions() -> dict[str, str]:
   """What results.json records of the software and machine a grid ran on."""
   import importlib.metadata as md  # pylint: disable=g-import-not-at-top
   import platform  # pylint: disable=g-import-not-at-top
+
   import jax  # pylint: disable=g-import-not-at-top
   out = {'python': platform.python_version()}
   for name in ('jax', 'jaxlib', 'flax', 'optax', 'numpy', 'scikit-learn', 'matplotlib'):

@@ -11,18 +11,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hashjax import baselines
-from hashjax import codes as codes_lib
-from hashjax import data as data_lib
-from hashjax import hash_trainer, losses, metrics, parallel
-from hashjax.config import HashConfig
+from hashjax.data import base as data_base
+from hashjax.data.base import Source
+from hashjax.data.split import Split
+from hashjax.hashing import baselines, encoding, job, losses
+from hashjax.hashing import step as step_lib
+from hashjax.hashing.config import HashConfig
 from hashjax.models import hash_activation
+from hashjax.retrieval import codes as codes_lib
+from hashjax.retrieval import metrics
+from hashjax.runtime import parallel
 
 HELDOUT = 256  # images of the fixed held-out batch for the loss curves
 SHALLOW = ('lsh', 'itq')
 
 
-def heldout_indices(split: data_lib.Split, seed: int, size: int = HELDOUT) -> np.ndarray:
+def heldout_indices(split: Split, seed: int, size: int = HELDOUT) -> np.ndarray:
   """A fixed batch (sorted int64 [size]) of database items outside the training set."""
   rest = np.setdiff1d(split.database, split.train)
   rng = np.random.default_rng([seed, 0x4E1D])
@@ -40,10 +44,10 @@ def heldout_losses(z_NxK: jax.Array, labels: jax.Array, beta, alpha: float
   return relaxed, binary
 
 
-def train(cfg: HashConfig, source: data_lib.Source, split: data_lib.Split,
+def train(cfg: HashConfig, source: Source, split: Split,
           heldout: np.ndarray | None = None, loss_every: int = 25
-          ) -> tuple[hash_trainer.TrainState, list[dict[str, float]]]:
-  """Trains `cfg.num_steps` steps on the batches `hash_trainer.train_and_evaluate` would use;
+          ) -> tuple[step_lib.TrainState, list[dict[str, float]]]:
+  """Trains `cfg.num_steps` steps on the batches `run.train_and_evaluate` would use;
   every `loss_every` steps (and at the end) records the held-out pairwise losses with
   tanh(βz) and sign(z) when `heldout` indices are given.
 
@@ -52,15 +56,15 @@ def train(cfg: HashConfig, source: data_lib.Source, split: data_lib.Split,
   """
   mesh = parallel.make_mesh()
   init_rng, step_rng = np.asarray(jax.random.split(jax.random.PRNGKey(cfg.seed)))
-  state = hash_trainer.create_train_state(cfg, source.images(split.train[:1]).shape[1:],
+  state = step_lib.create_train_state(cfg, source.images(split.train[:1]).shape[1:],
                                           init_rng, mesh)
   step_rng = parallel.replicate(step_rng, mesh)
-  step_fn = hash_trainer.make_train_step(cfg, mesh)
-  beta_fn = hash_trainer.make_beta_fn(cfg)
+  step_fn = step_lib.make_train_step(cfg, mesh)
+  beta_fn = step_lib.make_beta_fn(cfg)
   curve = []
 
   def record(step):
-    z = hash_trainer.encode(state, source, heldout, len(heldout), mesh)
+    z = encoding.encode(state, source, heldout, len(heldout), mesh)
     beta = float(beta_fn(max(step - 1, 0)))  # β of the last step taken
     relaxed, binary = heldout_losses(jnp.asarray(z), source.labels[heldout], beta, cfg.alpha)
     curve.append({'step': step, 'beta': beta, 'loss_tanh': float(relaxed),
@@ -69,7 +73,7 @@ def train(cfg: HashConfig, source: data_lib.Source, split: data_lib.Split,
   for step in range(cfg.num_steps):
     if heldout is not None and step % loss_every == 0:
       record(step)
-    batch = hash_trainer.global_batch(cfg, source, split, step, mesh)
+    batch = job.global_batch(cfg, source, split, step, mesh)
     state, _ = step_fn(state, batch, step_rng)
   if heldout is not None:
     record(cfg.num_steps)
@@ -89,26 +93,26 @@ def score_codes(query_codes, db_codes, query_labels, db_labels, topk: int | None
           'pr_precision': report['pr_precision'], 'pr_recall': report['pr_recall']}
 
 
-def evaluate(state, cfg: HashConfig, source: data_lib.Source, split: data_lib.Split,
+def evaluate(state, cfg: HashConfig, source: Source, split: Split,
              continuous: bool = False) -> dict[str, dict[str, Any]]:
   """{'sign': scores} of the sign codes (`score_codes`), and with `continuous` also
   {'continuous': {'map'}}, ranking by ⟨tanh(β_T z_q), tanh(β_T z_i)⟩ (β_T: the last
   step's β)."""
   mesh = parallel.make_mesh()
-  z_q = hash_trainer.encode(state, source, split.query, cfg.eval_batch_size, mesh)
-  z_db = hash_trainer.encode(state, source, split.database, cfg.eval_batch_size, mesh)
+  z_q = encoding.encode(state, source, split.query, cfg.eval_batch_size, mesh)
+  z_db = encoding.encode(state, source, split.database, cfg.eval_batch_size, mesh)
   query_labels, db_labels = source.labels[split.query], source.labels[split.database]
   out = {'sign': score_codes(np.asarray(codes_lib.sign_codes(z_q)),
                              np.asarray(codes_lib.sign_codes(z_db)), query_labels, db_labels,
                              cfg.map_topk, cfg.bits)}
   if continuous:
-    beta = float(hash_trainer.make_beta_fn(cfg)(cfg.num_steps - 1))
+    beta = float(step_lib.make_beta_fn(cfg)(cfg.num_steps - 1))
     out['continuous'] = {'map': metrics.inner_product_map(
         np.tanh(beta * z_q), np.tanh(beta * z_db), query_labels, db_labels, topk=cfg.map_topk)}
   return out
 
 
-def shallow_encoder(method: str, source: data_lib.Source, split: data_lib.Split, bits: int,
+def shallow_encoder(method: str, source: Source, split: Split, bits: int,
                     seed: int):
   """LSH or ITQ fitted on the training images' raw pixels (in [−1, 1], flattened).
 
@@ -117,15 +121,15 @@ def shallow_encoder(method: str, source: data_lib.Source, split: data_lib.Split,
   """
   if method not in SHALLOW:
     raise ValueError(f'shallow method {method!r}; accepted: {", ".join(SHALLOW)}')
-  x_train = data_lib.flat_pixels(source, split.train)
+  x_train = data_base.flat_pixels(source, split.train)
   if method == 'lsh':
     model = baselines.lsh_fit(x_train.shape[1], bits, seed=seed, mean_D=x_train.mean(0))
-    return lambda src, idx: baselines.lsh_encode(model, data_lib.flat_pixels(src, idx))
+    return lambda src, idx: baselines.lsh_encode(model, data_base.flat_pixels(src, idx))
   model = baselines.itq_fit(x_train, bits, seed=seed)
-  return lambda src, idx: baselines.itq_encode(model, data_lib.flat_pixels(src, idx))
+  return lambda src, idx: baselines.itq_encode(model, data_base.flat_pixels(src, idx))
 
 
-def shallow(method: str, source: data_lib.Source, split: data_lib.Split, bits: int, seed: int,
+def shallow(method: str, source: Source, split: Split, bits: int, seed: int,
             topk: int | None) -> dict[str, Any]:
   """LSH or ITQ (`shallow_encoder`) scored like the deep codes (`score_codes`)."""
   encode = shallow_encoder(method, source, split, bits, seed)

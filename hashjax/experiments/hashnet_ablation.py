@@ -36,11 +36,13 @@ from typing import Any
 import numpy as np
 
 from configs import hashnet_digits, hashnet_mnist
-from hashjax import data as data_lib
-from hashjax import hash_trainer
-from hashjax.config import HashConfig, hash_config, override
+from hashjax.data import sources
 from hashjax.experiments import grid, hashing_cell, hashnet_claims, report
 from hashjax.experiments.hashnet_claims import CONTINUOUS, LOSS_CURVE_BITS, MNIST_SETS
+from hashjax.hashing import job
+from hashjax.hashing.config import HashConfig, hash_config
+from hashjax.runtime.errors import DataError
+from hashjax.runtime.settings import override
 
 PROG = 'hashnet_ablation'
 CONFIGS = {'hashnet_digits': hashnet_digits, 'hashnet_mnist': hashnet_mnist}
@@ -161,7 +163,7 @@ def run_unit(settings_by_name: dict[str, DataSettings], key: tuple[str, str, int
   settings = settings_by_name[data]
   t0 = time.perf_counter()
   cfg = cell_config(settings, 'hashnet' if method in SHALLOW else method, bits, seed)
-  source, split = hash_trainer.load_data(cfg)
+  source, split = job.load_data(cfg)
   cell = {'data': data, 'method': method, 'bits': bits, 'seed': seed}
   if method in SHALLOW:
     scores = hashing_cell.shallow(method, source, split, bits, seed, cfg.map_topk)
@@ -188,7 +190,7 @@ def collect(results: dict[tuple[str, str, int, int], dict[str, Any]]) -> dict[st
 
 def similar_fraction(cfg: HashConfig) -> float:
   """Fraction of similar ordered pairs i ≠ j in the training set of `cfg`."""
-  source, split = hash_trainer.load_data(cfg)
+  source, split = job.load_data(cfg)
   counts = np.bincount(source.labels[split.train])
   n = len(split.train)
   return float((counts * (counts - 1)).sum() / (n * (n - 1)))
@@ -235,8 +237,8 @@ def _parse(argv):
       parser.error('--mnist=PATH (an npz of the MNIST test set) is needed for '
                    f'{", ".join(MNIST_SETS)}; or pass --data=digits')
     try:
-      data_lib.load_source(f'npz:{args.mnist}')
-    except data_lib.DataError as e:
+      sources.load_source(f'npz:{args.mnist}')
+    except DataError as e:
       parser.error(f'--mnist={args.mnist}: {e}')
   return args
 

@@ -35,12 +35,16 @@ from typing import Any
 import numpy as np
 
 from configs import hashnet_mnist
-from hashjax import codes as codes_lib
-from hashjax import data as data_lib
-from hashjax import extra_eval, hash_trainer, parallel, search
-from hashjax.config import HashConfig, hash_config, override
+from hashjax.data import sources
 from hashjax.experiments import grid, hashing_cell, semantics_report
 from hashjax.experiments.hashnet_ablation import COMMON, schedule_overrides
+from hashjax.hashing import encoding, evaluation, job
+from hashjax.hashing.config import HashConfig, hash_config
+from hashjax.retrieval import codes as codes_lib
+from hashjax.retrieval import search
+from hashjax.runtime import parallel
+from hashjax.runtime.errors import DataError
+from hashjax.runtime.settings import override
 
 PROG = 'semantics'
 BITS = (32, 64)
@@ -58,6 +62,9 @@ DEEP: dict[str, dict[str, Any]] = {
     'hard': {},
     'soft': {'loss.similarity': 'soft'},
 }
+# What `evaluation.score` gives beyond the extra metrics (a cell keeps map and its interval).
+BASE_SCORES = ('map', 'map_interval', 'map_expected', 'map_topk', 'precision_at_radius_2',
+               'recall_at_radius_2')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +133,7 @@ def _encoder(cfg: HashConfig, method: str, source, split):
     return hashing_cell.shallow_encoder(method, source, split, cfg.bits, cfg.seed)
   state, _ = hashing_cell.train(cfg, source, split)
   mesh = parallel.make_mesh()
-  return lambda src, idx: hash_trainer.encode(state, src, idx, cfg.eval_batch_size, mesh)
+  return lambda src, idx: encoding.encode(state, src, idx, cfg.eval_batch_size, mesh)
 
 
 def _picture(path: str, data: str, encode, source, split, query_codes, db_codes,
@@ -164,16 +171,16 @@ def run_unit(settings_by_name: dict[str, DataSettings], picture_dir: str,
   settings = settings_by_name[data]
   t0 = time.perf_counter()
   cfg = cell_config(settings, method, bits, seed)
-  source, split = hash_trainer.load_data(cfg)
+  source, split = job.load_data(cfg)
   encode = _encoder(cfg, method, source, split)
   sign = lambda idx: np.asarray(codes_lib.sign_codes(encode(source, idx)))
   query_codes, db_codes = sign(split.query), sign(split.database)
-  scores = hashing_cell.score_codes(query_codes, db_codes, source.labels[split.query],
-                                    source.labels[split.database], cfg.map_topk, bits)
   cache: dict[str, Any] = {}
-  extra = extra_eval.evaluate_extra(
-      settings.metrics, encode, source, split, query_codes, db_codes, seed=seed, cache=cache,
-      topk=cfg.map_topk if settings.extra_topk is None else settings.extra_topk)
+  scores = evaluation.score(
+      query_codes, db_codes, source, split, topk=cfg.map_topk, bits=bits,
+      extra=settings.metrics, seed=seed, cache=cache, encode=encode,
+      extra_topk=cfg.map_topk if settings.extra_topk is None else settings.extra_topk)
+  extra = {k: v for k, v in scores.items() if k not in BASE_SCORES}
   cell = {'data': data, 'method': method, 'bits': bits, 'seed': seed,
           'seconds': time.perf_counter() - t0, 'map': scores['map'],
           'map_interval': scores['map_interval'], **extra}
@@ -190,7 +197,7 @@ def similar_fractions(settings: DataSettings) -> dict[str, float]:
   """Of the ordered training pairs i ≠ j: the fraction sharing a label (hard similarity) and
   the mean Jaccard index (soft similarity's mass; equal to the first for class ids)."""
   cfg = cell_config(settings, settings.methods[-1], BITS[0], 0)
-  source, split = hash_trainer.load_data(cfg)
+  source, split = job.load_data(cfg)
   labels = source.labels[split.train]
   if labels.ndim == 1:
     labels = np.eye(int(labels.max()) + 1, dtype=np.int64)[labels]
@@ -235,8 +242,8 @@ def _parse(argv):
       parser.error('--mnist=PATH (an npz of the MNIST test set) is needed; the mosaics are '
                    'built from it')
     try:
-      data_lib.load_source(f'npz:{args.mnist}')
-    except data_lib.DataError as e:
+      sources.load_source(f'npz:{args.mnist}')
+    except DataError as e:
       parser.error(f'--mnist={args.mnist}: {e}')
   return args
 

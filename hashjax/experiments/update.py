@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from hashjax.config import ConfigError, override
-from hashjax.data import DataError
 from hashjax.experiments import grid
+from hashjax.runtime.errors import ConfigError, DataError
+from hashjax.runtime.settings import override
 
 PROG = 'python -m hashjax.experiments.update'
 BASE_STEPS, UPDATE_STEPS, BATCH = 1000, 250, 64
@@ -65,11 +65,11 @@ def make_config(mnist: str, protocol: str, bits: int, seed: int, stage: str, ste
 def _train(config, workdir: str) -> tuple[dict[str, Any], float]:
   """(eval.json, wall seconds of the training). A run finished before (a --resume) is only
   evaluated again; its wall time is the one recorded in <workdir>/wall_s.json then."""
-  from hashjax import hash_trainer  # pylint: disable=g-import-not-at-top
+  from hashjax.hashing import run  # pylint: disable=g-import-not-at-top
   record = os.path.join(workdir, 'wall_s.json')
   finished = os.path.exists(os.path.join(workdir, 'eval.json')) and os.path.exists(record)
   start = time.perf_counter()
-  result = hash_trainer.train_and_evaluate(config, workdir)
+  result = run.train_and_evaluate(config, workdir)
   wall = time.perf_counter() - start
   if finished:
     with open(record) as f:
@@ -89,10 +89,10 @@ def _arm_overrides(arm: str, lambdas: dict[str, float], base_dir: str) -> dict[s
 
 def _score_state(config, run_dir: str, base_dir: str) -> dict[str, Any]:
   """`update.evaluate_update` of the final state in run_dir, as an update of base_dir."""
-  from hashjax import hash_trainer, increments, update  # pylint: disable=g-import-not-at-top
-  from hashjax.config import hash_config  # pylint: disable=g-import-not-at-top
+  from hashjax.hashing import increments, job, update  # pylint: disable=g-import-not-at-top
+  from hashjax.hashing.config import hash_config  # pylint: disable=g-import-not-at-top
   cfg = hash_config(config)
-  source, split = hash_trainer.load_data(cfg)
+  source, split = job.load_data(cfg)
   _, state, _ = update.load_base(run_dir, source.images(split.train[:1]).shape[1:])
   results, _ = update.evaluate_update(state, cfg, source, split, update.load_indexed_codes(
       base_dir), increments.parse_classes(cfg.split.new_classes))

@@ -14,8 +14,8 @@ import threading
 import jax
 import numpy as np
 
-from hashjax import codes as codes_lib
-from hashjax import data as data_lib
+from hashjax.data import base as data_base
+from hashjax.retrieval import codes as codes_lib
 
 
 def bucket(size: int) -> int:
@@ -82,7 +82,7 @@ class BatchEncoder:
         images = np.concatenate([images for images, _ in taken])
         padded = np.concatenate([images, np.repeat(images[-1:], bucket(len(images)) -
                                                    len(images), axis=0)])
-        z = self._fn(self._variables, data_lib.to_float(padded))
+        z = self._fn(self._variables, data_base.to_float(padded))
         packed = codes_lib.pack_codes(np.asarray(codes_lib.sign_codes(z))[:len(images)])
       except Exception as e:  # pylint: disable=broad-except  # reaches the requests
         for _, future in taken:

@@ -17,13 +17,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from hashjax import codes as codes_lib
-from hashjax import hash_trainer
-from hashjax import metrics
-from hashjax import search as search_lib
-from hashjax import update
+from hashjax.hashing import job, update
+from hashjax.retrieval import codes as codes_lib
+from hashjax.retrieval import metrics
+from hashjax.retrieval import search as search_lib
+from hashjax.runtime.errors import SearchError
 from hashjax.serve import store as store_lib
 from hashjax.serve.encoder import BatchEncoder
+
 
 class ServeError(ValueError):
   """A request the service cannot answer; `status` is the HTTP status (4xx)."""
@@ -75,7 +76,7 @@ class SearchService:
 
   def __init__(self, workdir: str, *, max_k: int = 1000, max_batch: int = 64):
     cfg, _ = update.base_config(workdir)
-    self.source, _ = hash_trainer.load_data(cfg)
+    self.source, _ = job.load_data(cfg)
     self.image_shape = tuple(np.asarray(self.source.images(np.zeros(1, np.int64))).shape[1:])
     self.cfg, state, self.step = update.load_base(workdir, self.image_shape)
     self.index = search_lib.HammingIndex.load(os.path.join(workdir, search_lib.CODES_FILE))
@@ -225,7 +226,7 @@ class SearchService:
                        f'with M ≥ 1, got shape {images.shape}', 422)
     try:
       self.index.check_labels(labels, len(images))
-    except search_lib.SearchError as e:
+    except SearchError as e:
       raise ServeError(str(e), 422) from None
     codes = self.encoder.encode(images)
     with self._add_lock:

@@ -30,7 +30,7 @@ import zlib
 
 import numpy as np
 
-from hashjax import disk
+from hashjax.runtime import disk
 
 log = logging.getLogger(__name__)
 

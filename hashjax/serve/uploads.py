@@ -15,7 +15,7 @@ import io
 
 import numpy as np
 
-from hashjax import image_files
+from hashjax.data import files as image_files
 
 FORMATS = ('PNG', 'JPEG', 'GIF', 'BMP', 'WEBP', 'TIFF')
 MIN_SIDE, MAX_SIDE = 4, 8192

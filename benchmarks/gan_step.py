@@ -26,7 +26,7 @@ import numpy as np
 import rounds  # benchmarks/rounds.py
 
 from configs import dcgan_digits
-from hashjax.gan import job as gan_trainer
+from hashjax.gan import step as gan_step_lib
 from hashjax.gan.config import gan_config
 from hashjax.models import dcgan
 
@@ -37,7 +37,7 @@ def hashjax_step(size, batch, conv_transpose=False):
   c = dcgan_digits.get_config()
   c.image_size, c.ngf, c.ndf, c.batch_size = size, 64, 64, batch
   cfg = gan_config(c)
-  spec = gan_trainer.DataSpec(channels=3, num_classes=0)
+  spec = gan_step_lib.DataSpec(channels=3, num_classes=0)
   original = dcgan.StridedConvTranspose
   if conv_transpose:  # the straightforward generator, for comparison
     import flax.linen as nn  # pylint: disable=g-import-not-at-top
@@ -45,8 +45,8 @@ def hashjax_step(size, batch, conv_transpose=False):
         f, (4, 4), (2, 2), padding=((2, 2), (2, 2)), use_bias=use_bias,
         kernel_init=dcgan.conv_init)
   try:
-    state = gan_trainer.create_state(cfg, spec, jax.random.PRNGKey(0))
-    step = gan_trainer.make_train_step(cfg, 0)
+    state = gan_step_lib.create_state(cfg, spec, jax.random.PRNGKey(0))
+    step = gan_step_lib.make_train_step(cfg, 0)
     batch = {'image': np.random.default_rng(0).uniform(-1, 1, (batch, size, size, 3)).astype(np.float32),
              'label': np.zeros(batch, np.int32)}
     rng = jax.random.PRNGKey(1)

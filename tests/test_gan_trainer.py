@@ -8,6 +8,7 @@ import pytest
 
 from configs import dcgan_digits, gan_grid, gan_ring
 from hashjax.gan import job as gan_trainer
+from hashjax.gan import step as gan_step
 from hashjax.gan import sampling as gan_sampling
 from hashjax.gan import toy2d
 from hashjax.gan.config import gan_config
@@ -34,7 +35,7 @@ def _get_test_config(**overrides):
   return c
 
 
-SPEC = gan_trainer.DataSpec(channels=1, num_classes=10)
+SPEC = gan_step.DataSpec(channels=1, num_classes=10)
 
 
 def _batch(n=16):
@@ -45,9 +46,9 @@ def _batch(n=16):
 @pytest.mark.parametrize('conditional', [False, True])
 def test_one_step_changes_both_networks_and_stays_finite(conditional):
   cfg = gan_config(_get_test_config(conditional=conditional))
-  state = gan_trainer.create_state(cfg, SPEC, jax.random.PRNGKey(0))
+  state = gan_step.create_state(cfg, SPEC, jax.random.PRNGKey(0))
   before = jax.tree.map(np.asarray, (state.g_params, state.d_params))
-  step = gan_trainer.make_train_step(cfg, SPEC.num_classes)
+  step = gan_step.make_train_step(cfg, SPEC.num_classes)
   state, metrics = step(state, _batch(), jax.random.PRNGKey(1))
   after = jax.tree.map(np.asarray, (state.g_params, state.d_params))
   for name, b, a in zip(('G', 'D'), before, after):
@@ -60,10 +61,10 @@ def test_one_step_changes_both_networks_and_stays_finite(conditional):
 
 def test_real_and_fake_batch_statistics_never_mix():
   cfg = gan_config(_get_test_config())
-  state = gan_trainer.create_state(cfg, SPEC, jax.random.PRNGKey(0))
+  state = gan_step.create_state(cfg, SPEC, jax.random.PRNGKey(0))
   real = _batch()['image']
   fake = jax.random.normal(jax.random.PRNGKey(5), real.shape) * 0.1 + 0.5  # other statistics
-  update = jax.jit(lambda p, s, o, r, f: gan_trainer.discriminator_update(
+  update = jax.jit(lambda p, s, o, r, f: gan_step.discriminator_update(
       state, p, s, o, r, None, f, None, label_smoothing=0.0))
   _, stats, *_ = update(state.d_params, state.d_stats, state.d_opt, real, fake)
 

@@ -15,7 +15,8 @@ import numpy as np
 
 from hashjax.gan import evaluation as gan_eval
 from hashjax.gan.config import GanConfig, gan_config
-from hashjax.gan.job import DataSpec, GanJob
+from hashjax.gan.job import GanJob
+from hashjax.gan.step import DataSpec
 from hashjax.runtime import loop
 from hashjax.runtime.errors import ConfigError
 

@@ -3,7 +3,7 @@
 Generator: z [B, nz] → `depth` Dense + BatchNorm + ReLU layers of `hidden` units → points
 [B, out_dim] (linear output). Discriminator: `depth` linear-maxout layers (`hidden` units, each
 the max of `pieces` affine maps; no BatchNorm) → one logit. PacGAN: G 4 × 400, D 3 × 200 with
-5 pieces, nz = 2. Both take (and ignore) class ids, so `gan_trainer.train_step` drives them
+5 pieces, nz = 2. Both take (and ignore) class ids, so `gan.step.train_step` drives them
 exactly as it drives the DCGAN.
 """
 

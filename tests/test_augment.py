@@ -71,7 +71,7 @@ def test_cutout_zeroes_one_square_of_the_given_side():
 @pytest.mark.parametrize('overrides,match', [
     ({'augment.crop': 1.0}, r'augment.crop=1.0 must be in \[0, 1\)'),
     ({'augment.rotate': -5.0}, 'augment.rotate=-5.0 must be ≥ 0'),
-    ({'loss.similarity': 'views', 'updating.from_workdir': '/tmp/x'}, 'trains from scratch'),
+    ({'augment.contrast': 1.5}, r'augment.contrast=1.5 must be in \[0, 1\)'),
 ])
 def test_bad_settings_are_one_line_config_errors(overrides, match):
   with pytest.raises(ConfigError, match=match):

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -64,6 +65,19 @@ def test_a_strong_prior_flips_fewer_codes_than_fine_tuning(base, fine_tuned, tmp
       str(tmp_path / 'held'))
   assert held['flip_rate'] < free['flip_rate']
   assert 0 <= held['items_flipped'] <= 1 and free['flip_rate'] > 0
+
+
+def test_a_label_free_update_trains_on_views_under_the_prior(base, tmp_path):
+  views = {'loss.similarity': 'views', 'updating.database_codes': 'keep'}
+  free = hash_trainer.train_and_evaluate(_update(base, **views, **{'updating.prior': 'none'}),
+                                         str(tmp_path / 'free'))
+  held = hash_trainer.train_and_evaluate(
+      _update(base, **views, **{'updating.prior': 'l2', 'updating.prior_weight': 1e4,
+                                'updating.code_anchor_weight': 1.0}), str(tmp_path / 'held'))
+  assert held['flip_rate'] < free['flip_rate'] and free['flip_rate'] > 0
+  rows = [json.loads(line) for line in open(tmp_path / 'held' / 'metrics.jsonl')]
+  assert all(row['prior'] > 0 and row['anchor'] > 0 for row in rows[1:])
+  assert held['map'] == held['map_kept_all']
 
 
 def test_the_code_anchor_keeps_indexed_items_near_their_stored_codes(base, fine_tuned,

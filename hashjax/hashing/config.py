@@ -144,9 +144,6 @@ def hash_config(config) -> HashConfig:
   one_of('loss.similarity', cfg.loss.similarity, SIMILARITIES)
   require(cfg.loss.similarity != 'soft' or cfg.loss.name == 'hashnet',
            f"loss.similarity='soft' is HashNet's; loss.name={cfg.loss.name!r} takes 'hard'")
-  require(cfg.loss.similarity != 'views' or cfg.updating.from_workdir is None,
-           "loss.similarity='views' trains from scratch; the update job (updating."
-           "from_workdir) learns from labels")
   _check_augment(cfg.augment)
   parse_eval_extra(cfg.eval_extra)
   require(not cfg.eval_extra or cfg.updating.from_workdir is None,

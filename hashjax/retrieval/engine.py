@@ -245,6 +245,7 @@ def program(bits: int, nearest: int, asks: tuple[tuple[tuple, Tallies], ...]):
   def run(query_QxU, query_parts, db_NxU, num_valid, db_parts):
     return stats(*distances(query_QxU, db_NxU, num_valid), *query_parts, num_valid, *db_parts)
 
+  run.distances, run.stats = distances, stats  # the compiled programs, for inspection
   return run
 
 

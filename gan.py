@@ -1,7 +1,7 @@
 """Trains a DCGAN, or samples from a trained one; flags and outputs are described in README.md.
 
   python gan.py                                          # configs/dcgan_digits.py
-  python gan.py --mode=sample --workdir=runs/dcgan_digits --num=64
+  python gan.py --mode=sample --workdir=runs/dcgan_digits --num_samples=64
 
 In Python, `gan.main(['gan.py', '--mode=sample', '--workdir=...'])` runs the same job and
 returns the exit code; it can be called again in the same process.
@@ -29,8 +29,8 @@ _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'sample'],
                           'train, or write a sample grid from the newest checkpoint, with the '
                           "settings of the run's config.json (--config counts only for a run "
                           'without one).', flag_values=FLAGS)
-_NUM = flags.DEFINE_integer('num', 64, 'Samples in the grid (--mode=sample).',
-                            flag_values=FLAGS)
+_NUM_SAMPLES = flags.DEFINE_integer('num_samples', 64, 'Samples in the grid (--mode=sample).',
+                                    flag_values=FLAGS)
 _OUT = flags.DEFINE_string('out', None, 'PNG path for --mode=sample '
                            '(default <workdir>/samples/sample_<step>.png).', flag_values=FLAGS)
 _ATTRIBUTES = flags.DEFINE_string(
@@ -41,7 +41,8 @@ _ATTRIBUTES = flags.DEFINE_string(
 
 def _run(config, workdir):
   if _MODE.value == 'sample':
-    path = sampling.sample(config, workdir, _NUM.value, _OUT.value, _ATTRIBUTES.value)
+    path = sampling.sample(config, workdir, _NUM_SAMPLES.value, _OUT.value,
+                           _ATTRIBUTES.value)
     print(f'wrote {path}')
     return None
   reporter = cli.ProgressReporter(keys=('d_loss', 'g_loss', 'jsd_lower_bound'))

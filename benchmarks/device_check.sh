@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check: one run on a GPU machine, under 8 minutes, one report file.
 #
-#   bash benchmarks/device_check.sh [--dry-run] [--out=FILE] [--wheels=DIR] [--cuda=13|12]
-#                                   [--budget=SECONDS] [--peak-bf16=TFLOPS] [--peak-fp32=TFLOPS]
+#   bash benchmarks/device_check.sh [--dry_run] [--out=FILE] [--wheels=DIR] [--cuda=13|12]
+#                                   [--budget=SECONDS] [--peak_bf16=TFLOPS] [--peak_fp32=TFLOPS]
 #
 # Stages, each under a time limit, all inside --budget (default 450 s; a stage that would
 # start with under 5 s left is skipped): the environment (python, jax, devices, nvidia-smi);
@@ -16,10 +16,10 @@
 #
 # Peaks (one device, dense): NVIDIA's H200 SXM datasheet, bf16 tensor 989.5 TFLOP/s and
 # TF32 tensor 494.7 TFLOP/s (XLA runs float32 convolutions and products on TF32 at default
-# precision; the ceilings stage shows which it got). Other GPUs: pass --peak-bf16 and
-# --peak-fp32, else no MFU is printed.
+# precision; the ceilings stage shows which it got). Other GPUs: pass --peak_bf16 and
+# --peak_fp32, else no MFU is printed.
 #
-# --dry-run runs every stage on the CPU at the tiniest sizes (JAX_PLATFORMS=cpu, no install),
+# --dry_run runs every stage on the CPU at the tiniest sizes (JAX_PLATFORMS=cpu, no install),
 # with a nominal peak of 1 TFLOP/s, so that the script is known to work before a GPU is at
 # hand (tests/test_device_check.py). The report (markdown; default runs/device_check.md) gets
 # one section per stage (command, last lines of output, exit code, seconds) and a summary
@@ -32,14 +32,14 @@ DRY=0 OUT=runs/device_check.md WHEELS='' CUDA=13 BUDGET=450 PEAK_BF16='' PEAK_FP
 usage_error() { echo "device_check.sh: error: $1 (see --help)" >&2; exit 2; }
 for arg in "$@"; do
   case $arg in
-    --dry-run) DRY=1 ;;
+    --dry_run) DRY=1 ;;
     --out=*) OUT=${arg#*=} ;;
     --wheels=*) WHEELS=$(cd "${arg#*=}" 2>/dev/null && pwd) ||
       usage_error "--wheels: no folder ${arg#*=}" ;;
     --cuda=12 | --cuda=13) CUDA=${arg#*=} ;;
     --budget=*) BUDGET=${arg#*=} ;;
-    --peak-bf16=*) PEAK_BF16=${arg#*=} ;;
-    --peak-fp32=*) PEAK_FP32=${arg#*=} ;;
+    --peak_bf16=*) PEAK_BF16=${arg#*=} ;;
+    --peak_fp32=*) PEAK_FP32=${arg#*=} ;;
     -h | --help) awk 'NR > 1 && !/^#/ {exit} NR > 1 && !/shellcheck/ {sub(/^# ?/, ""); print}' "$0"
       exit 0 ;;
     *) usage_error "unknown argument '$arg'" ;;
@@ -122,7 +122,7 @@ PYTHON
 export -f install_deps describe_env
 
 if ((DRY)); then
-  MODE='Dry run on the CPU at the tiniest sizes (--dry-run): the figures mean nothing.'
+  MODE='Dry run on the CPU at the tiniest sizes (--dry_run): the figures mean nothing.'
 else
   MODE='GPU run.'
 fi
@@ -135,42 +135,42 @@ elif [[ $KIND == *H200* ]]; then
   PEAK_BF16=${PEAK_BF16:-989.5} PEAK_FP32=${PEAK_FP32:-494.7}
   PEAK_SOURCE='NVIDIA H200 SXM datasheet, dense: bf16 tensor 989.5, TF32 tensor 494.7'
 elif [[ -n $PEAK_BF16$PEAK_FP32 ]]; then
-  PEAK_SOURCE='--peak-bf16, --peak-fp32'
+  PEAK_SOURCE='--peak_bf16, --peak_fp32'
 else
-  PEAK_SOURCE="no peak known for '$KIND': pass --peak-bf16 and --peak-fp32 for MFU"
+  PEAK_SOURCE="no peak known for '$KIND': pass --peak_bf16 and --peak_fp32 for MFU"
 fi
 printf '\nDevice: %s. Peaks for MFU: bf16 %s, float32 %s TFLOP/s (%s).\n' "$KIND" \
   "${PEAK_BF16:-n/a}" "${PEAK_FP32:-n/a}" "$PEAK_SOURCE" >>"$OUT"
 
 if ((DRY)); then
-  run_stage install 10 "echo 'skipped (--dry-run): would run pip install -e \".[cuda$CUDA]\"'"
+  run_stage install 10 "echo 'skipped (--dry_run): would run pip install -e \".[cuda$CUDA]\"'"
   TRAIN=(--config.{num_steps=4,log_every=2,eval_every=4,checkpoint_every=4,bits=8,batch_size=16}
     --config.split.{query_per_class=3,train_per_class=5})
   GAN=(--config.{nz=16,ngf=8,ndf=8,batch_size=16,num_steps=4,log_every=2,sample_every=4}
     --config.{checkpoint_every=4,num_samples=8,eval_holdout=0})
   CEIL=(--n=128 --gbytes=0.004 --reps=2)
   STEP=(--models=small_cnn --batch=8 --steps=1 --rounds=1)
-  DCGAN=(--image-size=32 --batch=4 --steps=1 --rounds=1)
-  MAP=(--queries=32 --database=1000 --topk=100 --baseline-queries=4)
+  DCGAN=(--image_size=32 --batch=4 --steps=1 --rounds=1)
+  MAP=(--queries=32 --database=1000 --topk=100 --baseline_queries=4)
   TOPK=(--queries=32 --database=1000 --topk=10)
 else
   run_stage install 120 install_deps
   TRAIN=(--config.num_steps=500) GAN=(--config.num_steps=500)
   CEIL=(--n=8192 --gbytes=4 --reps=10)
   STEP=('--models=small_cnn,alexnet,resnet50' --batch=256 --steps=10 --rounds=3)
-  DCGAN=(--image-size=64 --batch=64 --steps=10 --rounds=3)
-  MAP=(--queries=10000 --database=1000000 --topk=1000 --baseline-queries=20)
+  DCGAN=(--image_size=64 --batch=64 --steps=10 --rounds=3)
+  MAP=(--queries=10000 --database=1000000 --topk=1000 --baseline_queries=20)
   TOPK=(--queries=10000 --database=1000000 --topk=100)
 fi
-F32=${PEAK_FP32:+--peak-tflops=$PEAK_FP32} BF16=${PEAK_BF16:+--peak-tflops=$PEAK_BF16}
+F32=${PEAK_FP32:+--peak_tflops=$PEAK_FP32} BF16=${PEAK_BF16:+--peak_tflops=$PEAK_BF16}
 B=benchmarks
 run_stage 'train.py (default config)' 90 "$PY train.py --workdir=$WORK/train ${TRAIN[*]}"
 run_stage 'gan.py (default config)' 120 "$PY gan.py --workdir=$WORK/gan ${GAN[*]}"
 run_stage ceilings 60 "$PY $B/ceilings.py ${CEIL[*]}"
-run_stage 'train step float32' 120 "$PY $B/train_step.py ${STEP[*]} --no-torch $F32"
+run_stage 'train step float32' 120 "$PY $B/train_step.py ${STEP[*]} --no_torch $F32"
 run_stage 'train step bfloat16' 120 \
-  "$PY $B/train_step.py ${STEP[*]} --dtype=bfloat16 --no-torch $BF16"
-run_stage 'DCGAN step' 60 "$PY $B/gan_step.py ${DCGAN[*]} --skip-conv-transpose --no-torch $F32"
+  "$PY $B/train_step.py ${STEP[*]} --dtype=bfloat16 --no_torch $BF16"
+run_stage 'DCGAN step' 60 "$PY $B/gan_step.py ${DCGAN[*]} --skip_conv_transpose --no_torch $F32"
 run_stage retrieval 90 "$PY $B/retrieval.py --mode=map --bits=64 ${MAP[*]} &&
   $PY $B/retrieval.py --mode=topk --bits=64 ${TOPK[*]}"
 

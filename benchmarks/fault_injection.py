@@ -1,8 +1,8 @@
 """Fault injection through the real CLIs: nothing lost, no traceback (issue 22; run as root).
 
   python benchmarks/fault_injection.py [--runs=150] [--seed=0] [--jobs=hashnet,dcgan]
-      [--faults=kill,term,diskfull,damage,concurrent] [--keep] [--tmpfs-size=64m]
-      [--max-minutes=20] [--quick]
+      [--faults=kill,term,diskfull,damage,concurrent] [--keep] [--tmpfs_size=64m]
+      [--max_minutes=20] [--quick]
 
 Each run trains a tiny job (`python train.py` or `python gan.py` from the repository root,
 60 steps, a checkpoint every 5) in a workdir on a small tmpfs mounted here, as a sequence of
@@ -113,9 +113,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser.add_argument('--faults', default=','.join(KINDS), help=f'of {",".join(KINDS)}')
   parser.add_argument('--keep', action='store_true', help='keep the workdirs, stderr logs '
                       'and a list of every failure (their folder is printed)')
-  parser.add_argument('--tmpfs-size', default='64m', help="the tmpfs's size, as mount's")
+  parser.add_argument('--tmpfs_size', default='64m', help="the tmpfs's size, as mount's")
   parser.add_argument('--quick', action='store_true', help='4 runs, one reference run per job')
-  parser.add_argument('--max-minutes', type=float, default=20.0,
+  parser.add_argument('--max_minutes', type=float, default=20.0,
                       help='start no run after this many minutes (the summary says so)')
   args = parser.parse_args(argv)
   args.jobs, args.faults = args.jobs.split(','), args.faults.split(',')
@@ -331,7 +331,7 @@ def run_all(args, mnt: str, scratch: str, tally: Tally) -> None:
   pick, stop_at = random.Random(args.seed), time.monotonic() + 60 * args.max_minutes
   for index in range(1, args.runs + 1):
     if time.monotonic() > stop_at:
-      tally.stopped = f'stopped after {args.max_minutes:g} minutes (--max-minutes)'
+      tally.stopped = f'stopped after {args.max_minutes:g} minutes (--max_minutes)'
       break
     job = pick.choice(jobs)
     before = copy.deepcopy(tally)

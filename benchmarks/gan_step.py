@@ -1,7 +1,7 @@
 """Examples/sec of one DCGAN train step (D on real + fake, then G; Adam), hashjax vs PyTorch.
 
-  python benchmarks/gan_step.py [--image-size=64] [--batch=64] [--steps=5] [--rounds=4]
-      [--no-torch] [--peak-tflops=P]
+  python benchmarks/gan_step.py [--image_size=64] [--batch=64] [--steps=5] [--rounds=4]
+      [--no_torch] [--peak_tflops=P]
 
 Same architecture in both (the reference DCGAN: ngf = ndf = 64, nz = 100, 3 channels), same
 losses (BCE, non-saturating G), same optimizers. PyTorch is measured when `torch` is
@@ -11,8 +11,8 @@ reported, so that this VM's drifting speed (±15% over minutes) falls on both si
 hashjax with flax's `nn.ConvTranspose` generator (lax.conv_transpose), to show what the
 generator's XLA:CPU kernels (`hashjax.ops.strided_conv_transpose`) buy on CPU; on other
 backends the generator runs lax.conv_transpose either way. Prints the step's FLOPs (XLA's cost
-analysis) and TFLOP/s, and its FLOP utilisation against `--peak-tflops` when given;
-`--no-torch` skips PyTorch (a CPU baseline, no match for a GPU step).
+analysis) and TFLOP/s, and its FLOP utilisation against `--peak_tflops` when given;
+`--no_torch` skips PyTorch (a CPU baseline, no match for a GPU step).
 """
 
 import argparse
@@ -106,13 +106,13 @@ def torch_step(size, batch):
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument('--image-size', type=int, default=64)
+  parser.add_argument('--image_size', type=int, default=64)
   parser.add_argument('--batch', type=int, default=64)
   parser.add_argument('--steps', type=int, default=5, help='steps per round')
   parser.add_argument('--rounds', type=int, default=4)
-  parser.add_argument('--skip-conv-transpose', action='store_true')
-  parser.add_argument('--no-torch', action='store_true', help='hashjax only')
-  parser.add_argument('--peak-tflops', type=float, default=0.0,
+  parser.add_argument('--skip_conv_transpose', action='store_true')
+  parser.add_argument('--no_torch', action='store_true', help='hashjax only')
+  parser.add_argument('--peak_tflops', type=float, default=0.0,
                       help="one device's peak TFLOP/s (float32), for the FLOP utilisation")
   args = parser.parse_args()
   size, batch = args.image_size, args.batch
@@ -148,7 +148,7 @@ def main():
   print(f'hashjax (strided layers G):   {batch / t:8.1f} examples/s ({t * 1e3:.0f} ms/step, '
         f'median of {args.rounds} rounds; {rounds.flops_summary(flops, t, args.peak_tflops)})')
   if torch is None:
-    print('PyTorch not installed (pip install torch==2.13.0) or --no-torch: no comparison')
+    print('PyTorch not installed (pip install torch==2.13.0) or --no_torch: no comparison')
     return
   t_torch = float(np.median(times['torch']))
   ratio, low, high = rounds.ratio_summary(times['hashjax'], times['torch'])

@@ -88,7 +88,7 @@ def run_map(args, num_query, num_db, baseline=True):
 
 def run_paths(args, num_query, num_db, only_map=False):
   """ns per query-item pair of every metric path (only mAP@k with `only_map`), and the argsort
-  baselines of the two index-tie ones (timed on --baseline-queries queries and scaled, when
+  baselines of the two index-tie ones (timed on --baseline_queries queries and scaled, when
   set). Each path is timed twice after compiling; the ratio uses the second call."""
   from hashjax.retrieval import metrics  # pylint: disable=g-import-not-at-top
   qc, ql = clustered_codes(num_query, args.bits, 10, args.flip, 1)
@@ -148,7 +148,7 @@ def _topk_codes(args):
 def _one_core_seconds(args) -> float:
   """hamming_topk's time in a child process pinned to one core (XLA sizes its thread pool
   from the machine, so pinning is how it gets one thread's worth of CPU)."""
-  argv = [sys.executable, __file__, '--mode=topk', '--hashjax-only', f'--queries={args.queries}',
+  argv = [sys.executable, __file__, '--mode=topk', '--hashjax_only', f'--queries={args.queries}',
           f'--database={args.database}', f'--bits={args.bits}', f'--topk={args.topk}',
           f'--flip={args.flip}'] + (['--uniform'] if args.uniform else [])
   out = subprocess.run(['taskset', '-c', '0', *argv], check=True, capture_output=True,
@@ -263,10 +263,10 @@ def main():
                       '--mode=topk (default 100)')
   parser.add_argument('--flip', type=float, default=0.2, help='bit flip probability')
   parser.add_argument('--uniform', action='store_true', help='topk: uniform random codes')
-  parser.add_argument('--baseline-queries', type=int, default=0,
+  parser.add_argument('--baseline_queries', type=int, default=0,
                       help='time the baseline on this many queries and extrapolate (0: all)')
-  parser.add_argument('--no-baseline', action='store_true')
-  parser.add_argument('--hashjax-only', action='store_true', help=argparse.SUPPRESS)
+  parser.add_argument('--no_baseline', action='store_true')
+  parser.add_argument('--hashjax_only', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.topk is None:
     args.topk = 100 if args.mode == 'topk' else 1000

@@ -10,8 +10,8 @@ Not part of the test suite. Traffic goes to 127.0.0.1 only, bounded in time and 
 2. Its database grown to --items by adding noisy copies of its images (SearchService.add:
    encoded and stored, like adds through the API).
 3. `python -m hashjax.serve` in a subprocess; --clients threads, each with a keep-alive
-   connection, send searches (by gallery query or database item, k = 10, some within a
-   radius) and, with probability --add-fraction, adds of a new random image, for --seconds.
+   connection, send searches (by gallery query or database item, topk = 10, some within a
+   radius) and, with probability --add_fraction, adds of a new random image, for --seconds.
 4. While the clients still run, the server gets SIGKILL. Restarted, it must hold every add
    that was acknowledged, each image byte for byte.
 
@@ -102,7 +102,7 @@ class Client(threading.Thread):
         kind = 'query' if self.rng.random() < 0.5 else 'item'
         i = self.rng.integers(0, self.sizes[kind])
         radius = '&radius=8' if self.rng.random() < 0.2 else ''
-        request = ('GET', f'/api/search?{kind}={i}&k=10{radius}', None, None)
+        request = ('GET', f'/api/search?{kind}={i}&topk=10{radius}', None, None)
       start = time.perf_counter()
       try:
         status, body = self._request(conn, *request)
@@ -208,7 +208,7 @@ def main(argv=None) -> int:
   parser.add_argument('--items', type=int, default=100_000, help='database size to serve')
   parser.add_argument('--clients', type=int, default=16)
   parser.add_argument('--seconds', type=float, default=60.0)
-  parser.add_argument('--add-fraction', type=float, default=0.2)
+  parser.add_argument('--add_fraction', type=float, default=0.2)
   parser.add_argument('--port', type=int, default=8765)
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args(argv)
@@ -225,7 +225,7 @@ def main(argv=None) -> int:
   print(f'grew the database to {args.items} items in {grow(workdir, args.items, args.seed):.0f} s')
   from hashjax.serve.service import SearchService  # pylint: disable=g-import-not-at-top
   service = SearchService(workdir)
-  shape, sizes = service.image_shape, {'query': service.num_queries, 'item': args.items}
+  shape, sizes = service.image_shape, {'query': service.num_query, 'item': args.items}
   service.close()
   clients, seconds, rss = load(args, workdir, args.port, shape, sizes)
   found, size = verify(workdir, args.port, {k: v for c in clients for k, v in c.acked.items()})

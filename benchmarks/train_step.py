@@ -1,7 +1,7 @@
 """Examples/sec of the HashNet train step, hashjax vs PyTorch on the same machine.
 
   python benchmarks/train_step.py [--models=small_cnn,alexnet,resnet50] [--steps=5] [--rounds=4]
-      [--dtype=bfloat16] [--batch=N] [--no-torch] [--peak-tflops=P]
+      [--dtype=bfloat16] [--batch=N] [--no_torch] [--peak_tflops=P]
 
 For each model (small_cnn 32 px batch 256, alexnet 224 px batch 32, resnet50 224 px batch 16
 on CPU) it times hashjax's jitted step (HashNet balanced pairwise loss, SGD momentum 0.9 +
@@ -11,9 +11,9 @@ alternating rounds of `--steps` steps, so that this VM's drifting speed falls on
 prints the medians over rounds and the median of the per-round ratios. It also reports
 hashjax's compile time, the step's FLOPs (XLA's cost analysis of the compiled step, one
 device's program; a multiply-add counts 2) and TFLOP/s, its model FLOP utilisation against
-`--peak-tflops` (one device's peak) when given, and the input pipeline's examples/sec
+`--peak_tflops` (one device's peak) when given, and the input pipeline's examples/sec
 (indices → uint8 images → float → device) against the step's. `--batch` replaces every
-model's batch; `--no-torch` skips PyTorch (a CPU baseline, no match for a GPU step).
+model's batch; `--no_torch` skips PyTorch (a CPU baseline, no match for a GPU step).
 """
 
 import argparse
@@ -213,15 +213,15 @@ def main():
   parser.add_argument('--rounds', type=int, default=4)
   parser.add_argument('--dtype', default='float32', help='compute dtype (bfloat16 on GPU/TPU)')
   parser.add_argument('--batch', type=int, default=0, help="every model's batch (0: defaults)")
-  parser.add_argument('--no-torch', action='store_true', help='hashjax only')
-  parser.add_argument('--peak-tflops', type=float, default=0.0,
+  parser.add_argument('--no_torch', action='store_true', help='hashjax only')
+  parser.add_argument('--peak_tflops', type=float, default=0.0,
                       help="one device's peak TFLOP/s at --dtype, for the FLOP utilisation")
   args = parser.parse_args()
   if args.batch:
     SETTINGS.update({m: (size, ch, args.batch) for m, (size, ch, _) in SETTINGS.items()})
   torch = None
   if args.no_torch:
-    print('--no-torch: hashjax only')
+    print('--no_torch: hashjax only')
   else:
     try:
       import torch  # pylint: disable=g-import-not-at-top

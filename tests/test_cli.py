@@ -143,7 +143,7 @@ def test_an_error_leaves_nothing_for_the_next_call(capsys):
 
 
 def test_gan_sample_flags_reach_the_job_and_reset(jobs, capsys, tmp_path):
-  code, out, _ = _call(gan.main, capsys, '--mode=sample', '--num=9', f'--out={tmp_path}/g.png',
+  code, out, _ = _call(gan.main, capsys, '--mode=sample', '--num_samples=9', f'--out={tmp_path}/g.png',
                        '--config.nz=16', '--attributes=hair=blue')
   assert code == 0 and out.strip() == 'wrote grid.png'
   assert _call(gan.main, capsys, '--mode=sample')[0] == 0
@@ -190,9 +190,9 @@ def test_malformed_npz_exit_2(tmp_path, capsys, bad_npz):
 
 @pytest.mark.parametrize('args,message', [
     (['--mode=sample'], 'no checkpoint in '),
-    (['--mode=sample', '--num=0'], 'num=0 must be ≥ 1'),
+    (['--mode=sample', '--num_samples=0'], 'num_samples=0 must be ≥ 1'),
     (['--mode=bogus'], 'flag --mode=bogus: value should be one of <train|sample>'),
-    (['--num=many'], 'flag --num=many'),
+    (['--num_samples=many'], 'flag --num_samples=many'),
     (['--config.bits=32'], "unknown config key 'bits'"),
     (['--config.gan_loss=hinge'], "gan_loss='hinge'"),
 ])

@@ -1,4 +1,4 @@
-"""benchmarks/device_check.sh, the prepared GPU check: its --dry-run runs every stage on the
+"""benchmarks/device_check.sh, the prepared GPU check: its --dry_run runs every stage on the
 CPU at the tiniest sizes and writes the report with every section."""
 
 import os
@@ -28,7 +28,7 @@ def _sections(report):
 @pytest.fixture(scope='module')
 def dry_run(tmp_path_factory):
   out = tmp_path_factory.mktemp('device_check') / 'report.md'
-  proc = _check('--dry-run', f'--out={out}')
+  proc = _check('--dry_run', f'--out={out}')
   return proc, out.read_text() if out.exists() else ''
 
 
@@ -45,7 +45,7 @@ def test_dry_run_passes_every_stage(dry_run):
 
 @pytest.mark.parametrize('stage,pattern', [
     ('environment', r'jax \d+\.\d+\.\d+ cpu'),
-    ('install', r'skipped \(--dry-run\)'),
+    ('install', r'skipped \(--dry_run\)'),
     ('train.py (default config)', r'eval: step=4 map=0\.\d+'),
     ('gan.py (default config)', r'eval: step=4 jsd_lower_bound='),
     ('ceilings', r'matmul 128x128x128 bfloat16: [\d.e+-]+ TFLOP/s'),
@@ -63,7 +63,7 @@ def test_dry_run_report_has_each_stages_figures(dry_run, stage, pattern):
 
 def test_spent_budget_skips_stages_and_fails(tmp_path):
   out = tmp_path / 'report.md'
-  proc = _check('--dry-run', '--budget=0', f'--out={out}', timeout=60)
+  proc = _check('--dry_run', '--budget=0', f'--out={out}', timeout=60)
   assert proc.returncode == 1
   sections = _sections(out.read_text())
   assert list(sections) == [*STAGES, 'summary']

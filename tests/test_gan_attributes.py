@@ -73,7 +73,7 @@ def test_attribute_conditioned_run_writes_its_grid_and_samples_by_name(faces, tm
     assert (tmp_path / 'samples' / name).exists()
   assert (tmp_path / 'losses.png').exists()
   out = tmp_path / 'blue.png'
-  code = gan.main(['gan.py', '--mode=sample', f'--workdir={tmp_path}', '--num=3', f'--out={out}',
+  code = gan.main(['gan.py', '--mode=sample', f'--workdir={tmp_path}', '--num_samples=3', f'--out={out}',
                    '--attributes=hair=blue,eye=red'])
   assert code == 0 and out.exists() and 'wrote' in capsys.readouterr().out
   for bad, message in (('hair=purple', "hair='purple' is unknown; accepted: blue, red"),

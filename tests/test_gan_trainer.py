@@ -116,21 +116,21 @@ def test_end_to_end_writes_samples_and_resumes(tmp_path):
   assert [r['step'] for r in rows] == [2, 3, 4, 6]  # each step once; 3 ended the first run
   assert {'d_loss', 'g_loss', 'jsd_lower_bound', 'examples_per_sec'} <= set(rows[-1])
   assert json.load(open(tmp_path / 'eval.json'))['step'] == 6
-  path = gan_sampling.sample(_get_test_config(), str(tmp_path), num=5)
+  path = gan_sampling.sample(_get_test_config(), str(tmp_path), num_samples=5)
   assert path.endswith('sample_000006.png') and os.path.exists(path)
 
 
 def test_sample_takes_the_model_settings_from_the_runs_config_json(tmp_path):
   gan_trainer.train_and_evaluate(_get_test_config(num_steps=2), str(tmp_path))  # batch 16, nz 16
   default = dcgan_digits.get_config()  # what gan.py --mode=sample passes: batch 64, nz 100
-  path = gan_sampling.sample(default, str(tmp_path), num=4)
+  path = gan_sampling.sample(default, str(tmp_path), num_samples=4)
   assert path.endswith('sample_000002.png') and os.path.exists(path)
   os.remove(tmp_path / 'config.json')  # a run without one: the config given must fit
   with pytest.raises(ConfigError, match=r'the newest checkpoint in .* does not fit the model '
                                         r'settings of the config given \(nz=100, ngf=8, '
                                         r'ndf=8, .*\): Requested shape.*; sample with the '
                                         'config the run was trained with$'):
-    gan_sampling.sample(_get_test_config(nz=100), str(tmp_path), num=4)
+    gan_sampling.sample(_get_test_config(nz=100), str(tmp_path), num_samples=4)
 
 
 def test_jsd_eval_is_logged_and_written(tmp_path, monkeypatch):

@@ -52,14 +52,14 @@ def test_health_stats_page_and_images(served):
 
 def test_search_by_query_item_and_upload_agree_with_the_service(served):
   service, client = served
-  assert client.get('/api/search', params={'query': 2, 'k': 7}).json() == \
+  assert client.get('/api/search', params={'query': 2, 'topk': 7}).json() == \
       service.search_query(2, 7)
-  assert client.get('/api/search', params={'item': 11, 'k': 5, 'radius': 2}).json() == \
+  assert client.get('/api/search', params={'item': 11, 'topk': 5, 'radius': 2}).json() == \
       service.search_item(11, 5, 2)
   body = _png(service, 40)
-  raw = client.post('/api/search', params={'k': 5}, content=body,
+  raw = client.post('/api/search', params={'topk': 5}, content=body,
                     headers={'content-type': 'image/png'}).json()
-  form = client.post('/api/search', params={'k': 5},
+  form = client.post('/api/search', params={'topk': 5},
                      files={'image': ('x.png', body, 'image/png')}).json()
   assert raw == form == service.search_image(service.item_image(40), 5)
   assert raw['ap'] is None and raw['image'] == 'upload'
@@ -80,15 +80,15 @@ def test_adding_needs_the_token_and_returns_the_new_indices(served):
                     headers={**auth, 'Origin': 'http://testserver'}).json()  # same origin
   assert two == {'added': [num + 1, num + 2], 'database': num + 3}
   assert service.index.db_labels[num:].tolist() == [3, 1, -1]
-  hits = client.get('/api/search', params={'item': num, 'k': 1000}).json()['results']
+  hits = client.get('/api/search', params={'item': num, 'topk': 1000}).json()['results']
   assert {'item': num, 'distance': 0, 'label': 3, 'relevant': True, 'added': True} in hits
 
 
 @pytest.mark.parametrize('method, url, kwargs, status, message', [
     ('get', '/api/search?query=50', {}, 404, 'query 50 does not exist; accepted: 0..49'),
-    ('get', '/api/search?item=1&k=1001', {}, 422, 'k=1001 is out of range; accepted: 1..1000'),
+    ('get', '/api/search?item=1&topk=1001', {}, 422, 'topk=1001 is out of range; accepted: 1..1000'),
     ('get', '/api/search?query=x', {}, 422, "query='x': Input should be a valid integer"),
-    ('get', '/api/search?k=3', {}, 422, 'give exactly one of query=I'),
+    ('get', '/api/search?topk=3', {}, 422, 'give exactly one of query=I'),
     ('get', '/api/items/99999.png', {}, 404, 'database item 99999 does not exist'),
     ('get', '/api/items/1.png?scale=100', {}, 422, 'scale=100 is out of range; accepted: 1..16'),
     ('get', '/api/nothing', {}, 404, 'no such endpoint: /api/nothing'),
@@ -117,8 +117,8 @@ def test_adding_needs_the_token_and_returns_the_new_indices(served):
      403, 'a page of another site cannot post here'),
     ('post', '/api/items', {'content': b'x', 'headers': {'Authorization': b'Bearer \xe9'}},
      401, 'adding images needs the header Authorization: Bearer <token>'),
-    ('get', '/api/search?query=1&k=' + '9' * 5000, {}, 422, "k='99999999999999999999999999999999"),
-    ('post', '/api/search?k=0', {'content': b'x' * 10}, 422, 'k=0 is out of range'),
+    ('get', '/api/search?query=1&topk=' + '9' * 5000, {}, 422, "topk='99999999999999999999999999999999"),
+    ('post', '/api/search?topk=0', {'content': b'x' * 10}, 422, 'topk=0 is out of range'),
 ])
 def test_bad_input_gets_a_4xx_with_one_line(served, method, url, kwargs, status, message):
   _, client = served
@@ -151,7 +151,7 @@ def test_a_full_disk_refuses_the_add_with_507_and_searches_go_on(served):
   error = response.json()['error']
   assert 'the add was not stored (No space left on device); free space on' in error
   assert len(service.index) == num
-  assert client.get('/api/search', params={'query': 0, 'k': 3}).status_code == 200
+  assert client.get('/api/search', params={'query': 0, 'topk': 3}).status_code == 200
 
 
 def test_on_a_real_full_file_system_adds_get_507_and_searches_go_on(served_run, tmp_path):
@@ -183,7 +183,7 @@ def test_on_a_real_full_file_system_adds_get_507_and_searches_go_on(served_run, 
     assert response.status_code == 507, response.text
     assert 'No space left on device' in response.json()['error']
     assert len(service.index) == num + acknowledged
-    assert client.get('/api/search', params={'query': 1, 'k': 5}).status_code == 200
+    assert client.get('/api/search', params={'query': 1, 'topk': 5}).status_code == 200
     filler.unlink()
     assert client.post('/api/items', content=body).json()['added'] == [num + acknowledged]
     service.close()

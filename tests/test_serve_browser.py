@@ -72,7 +72,7 @@ def test_click_a_query_see_k_results_follow_one_and_upload_an_image(browser, ser
     gallery[3].click()
     _wait(browser, _query_text_starts('query 3'))
     results = _all(browser, '#results .result', 10)
-    assert len(results) == 10  # k = 10, the page's default
+    assert len(results) == 10  # topk = 10, the page's default
     assert 'AP ' in browser.find_element(By.ID, 'summary').text
     item = results[4].get_attribute('data-item')
     results[4].click()  # a result becomes the query

@@ -57,7 +57,7 @@ def post_image(port, body: bytes, label=None, timeout=30):
 @pytest.mark.parametrize('args, message', [
     (['--workdir=/nonexistent/run'], "--workdir='/nonexistent/run' does not exist"),
     (['--workdir=.', '--port=70000'], '--port=70000 is out of range; accepted: 0..65535'),
-    (['--workdir=.', '--max-upload-mb=0'], '--max-upload-mb=0.0 is out of range'),
+    (['--workdir=.', '--max_upload_mb=0'], '--max_upload_mb=0.0 is out of range'),
     (['--workdir=.'], 'must be a finished train.py run'),
     (['--workdir=.', '--token='], '--token must be printable ASCII without spaces'),
     (['--workdir=.', '--token=sé same'], '--token must be printable ASCII without spaces'),

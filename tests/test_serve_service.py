@@ -45,7 +45,7 @@ def service(run):
 
 def test_a_gallery_search_is_the_indexs_search_with_the_runs_ap(service, run):
   index = HammingIndex.load(os.path.join(run, 'codes.npz'))
-  answer = service.search_query(3, k=12)
+  answer = service.search_query(3, topk=12)
   dist, ids = hamming_topk(index.extras['query_codes'][[3]], index.db_codes, 12)
   assert [r['item'] for r in answer['results']] == ids[0].tolist()
   assert [r['distance'] for r in answer['results']] == dist[0].tolist()
@@ -61,15 +61,15 @@ def test_an_uploaded_database_image_gets_the_code_the_run_indexed(service, run):
   for item in (0, 17, 400):
     code = service.encoder.encode(service.item_image(item)[None])
     np.testing.assert_array_equal(code[0], index.db_codes[item])
-    hits = service.search_image(service.item_image(item), k=50)['results']
+    hits = service.search_image(service.item_image(item), topk=50)['results']
     assert {'item': item, 'distance': 0} in [{k: h[k] for k in ('item', 'distance')}
                                              for h in hits]
 
 
 def test_radius_keeps_only_the_results_within_it(service):
-  answer = service.search_query(0, k=50, radius=1)
+  answer = service.search_query(0, topk=50, radius=1)
   assert answer['results'] and all(r['distance'] <= 1 for r in answer['results'])
-  full = service.search_query(0, k=50)['results']
+  full = service.search_query(0, topk=50)['results']
   assert answer['results'] == [r for r in full if r['distance'] <= 1]
 
 
@@ -79,8 +79,8 @@ def test_added_images_are_searchable_and_survive_a_restart_without_re_encoding(s
   num = len(service.index)
   ids = service.add(images, np.array([service.parse_label('2'), -1, 4]))
   assert ids == [num, num + 1, num + 2] and service.stats()['added'] == 3
-  service.max_k = num + 3
-  hit = service.search_item(ids[0], k=num + 3)['results']
+  service.max_topk = num + 3
+  hit = service.search_item(ids[0], topk=num + 3)['results']
   assert {'item': ids[0], 'distance': 0, 'label': 2, 'relevant': True, 'added': True} in hit
   service.close()
   again = SearchService(run)
@@ -105,7 +105,7 @@ def test_concurrent_searches_and_adds_are_consistent(service):
 
   def search():
     for i in range(10):
-      answer = service.search_query(i % service.num_queries, k=20)
+      answer = service.search_query(i % service.num_query, topk=20)
       ids = [r['item'] for r in answer['results']]
       labels = service.index.db_labels
       if any(i >= answer['database'] for i in ids) or any(
@@ -125,7 +125,7 @@ def test_concurrent_searches_and_adds_are_consistent(service):
 @pytest.mark.parametrize('call, message', [
     (lambda s: s.search_query(10**6, 5), r'query 1000000 does not exist; accepted: 0\.\.49'),
     (lambda s: s.search_item(-1, 5), r'database item -1 does not exist; accepted: 0\.\.'),
-    (lambda s: s.search_query(0, 0), r'k=0 is out of range; accepted: 1\.\.1000'),
+    (lambda s: s.search_query(0, 0), r'topk=0 is out of range; accepted: 1\.\.1000'),
     (lambda s: s.search_query(0, 5, radius=17), r'radius=17 is out of range; accepted: 0\.\.16'),
     (lambda s: s.parse_label('11'), r"label='11' is not one class id in 0\.\.9"),
     (lambda s: s.parse_label('1,2'), r"label='1,2' is not one class id"),

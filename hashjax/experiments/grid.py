@@ -21,8 +21,10 @@ import json
 import os
 import queue
 import re
-import sys
 from typing import Any, Callable, Hashable, Sequence
+
+from hashjax.runtime import cli
+from hashjax.runtime.errors import DataError
 
 Key = Hashable
 SINGLE_THREADED_XLA = '--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1'
@@ -263,37 +265,23 @@ def results_or_run(prog: str, render_only: bool, results_path: str,
   """An experiment's results: results.json as it is (render_only), else `run_grid()`'s.
   Returns the exit code instead after a one-line error: 2 for no results.json or data that
   cannot be opened (a DataError before any unit), 1 for a failed unit (GridError)."""
-  from hashjax.runtime.errors import DataError  # pylint: disable=g-import-not-at-top
   if render_only:
     if not os.path.exists(results_path):
-      return fail(prog, f'--render_only: {results_path} does not exist')
+      return cli.fail(prog, f'--render_only: {results_path} does not exist')
     with open(results_path) as f:
       return json.load(f)
   try:
     return run_grid()
   except DataError as e:
-    return fail(prog, str(e))
+    return cli.fail(prog, str(e))
   except GridError as e:
-    return fail(prog, str(e), code=1)
-
-
-def fail(prog: str, message: str, code: int = 2) -> int:
-  """Prints one line `PROG: error: MESSAGE` on stderr; returns the exit code."""
-  print(f'{prog}: error: {" ".join(message.split())}', file=sys.stderr)
-  return code
-
-
-class _OneLineParser(argparse.ArgumentParser):
-  """A bad flag is one line `PROG: error: ...` on stderr and exit code 2 (no usage block)."""
-
-  def error(self, message):
-    sys.exit(fail(self.prog, message))
+    return cli.fail(prog, str(e), code=1)
 
 
 def argument_parser(prog: str, description: str, workdir: str) -> argparse.ArgumentParser:
   """A parser with the flags of every grid: --workdir (the unit files), --workers, --resume.
   Check them after parsing with `check_arguments`."""
-  parser = _OneLineParser(prog=prog, description=description)
+  parser = cli.OneLineParser(prog=prog, description=description)
   parser.add_argument('--workdir', default=workdir,
                       help=f'folder of the per-unit result files (default {workdir})')
   parser.add_argument('--workers', type=int, default=1,
@@ -306,7 +294,6 @@ def argument_parser(prog: str, description: str, workdir: str) -> argparse.Argum
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
   if args.workers < 1:
     parser.error(f'--workers={args.workers}; accepted: an integer >= 1')
-
 
 
 def versions() -> dict[str, str]:

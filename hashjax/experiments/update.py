@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from hashjax.experiments import grid
+from hashjax.runtime import cli
 from hashjax.runtime.errors import ConfigError, DataError
 from hashjax.runtime.settings import override
 
@@ -272,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     return _run(args)
   except (ConfigError, DataError) as e:  # data that cannot be read, before any unit
-    return grid.fail(PROG, str(e))
+    return cli.fail(PROG, str(e))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -304,7 +305,7 @@ def _run(args: argparse.Namespace) -> int:
                              workers=args.workers, resume=args.resume,
                              progress=lambda k, r: print(f'{k} done', flush=True)))
   except grid.GridError as e:
-    return grid.fail(PROG, str(e), code=1)
+    return cli.fail(PROG, str(e), code=1)
   summary = summarize(done)
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, 'results.json'), 'w') as f:

@@ -60,9 +60,9 @@ def run_config(config: ml_collections.ConfigDict | GanConfig, workdir: str
     raise ConfigError(f'{path} is no GAN run\'s config: {e}') from None
 
 
-def sample(config: ml_collections.ConfigDict | GanConfig, workdir: str, num: int,
+def sample(config: ml_collections.ConfigDict | GanConfig, workdir: str, num_samples: int,
            out: str | None = None, attributes: str | None = None) -> str:
-  """Writes a grid of `num` EMA-generator samples from the newest checkpoint; returns its path.
+  """Writes a grid of `num_samples` EMA-generator samples from the newest checkpoint; returns its path.
 
   attributes: 'NAME=VALUE,...' for a run conditioned on a label table's attributes; the
   attributes not named follow the training data (`gan_eval.attribute_rows`).
@@ -71,8 +71,8 @@ def sample(config: ml_collections.ConfigDict | GanConfig, workdir: str, num: int
   when it exists; `config` is used only for a run without one (then its model settings must
   be those the run was trained with: a ConfigError says so otherwise).
   """
-  if num < 1:
-    raise ConfigError(f'num={num} must be ≥ 1')
+  if num_samples < 1:
+    raise ConfigError(f'num_samples={num_samples} must be ≥ 1')
   cfg, recorded = run_config(config, workdir)
   if recorded:
     log.info('sampling with the settings of %s', recorded)
@@ -89,17 +89,17 @@ def sample(config: ml_collections.ConfigDict | GanConfig, workdir: str, num: int
     raise ConfigError(f'the newest checkpoint in {workdir} does not fit the model settings of '
                       f'{recorded or "the config given"} ({settings}): '
                       f'{str(e).split(". ")[0][:200]}; {hint}') from None
-  z = np.asarray(jax.random.normal(jax.random.PRNGKey(cfg.seed + 104729), (num, cfg.nz)))
+  z = np.asarray(jax.random.normal(jax.random.PRNGKey(cfg.seed + 104729), (num_samples, cfg.nz)))
   if attributes is not None:
     if not (cfg.conditional and job.spec.attribute_sizes):
       raise ConfigError(f'attributes={attributes!r}: the run in {workdir} is not conditioned '
                         'on attributes (it needs a label table and conditional=True)')
     chosen = parse_attributes(attributes, job.spec)
-    labels = gan_eval.attribute_rows(job.labels, chosen, num, cfg.seed)
+    labels = gan_eval.attribute_rows(job.labels, chosen, num_samples, cfg.seed)
   elif cfg.conditional and job.spec.attribute_sizes:
-    labels = gan_eval.attribute_rows(job.labels, {}, num, cfg.seed)
+    labels = gan_eval.attribute_rows(job.labels, {}, num_samples, cfg.seed)
   elif cfg.conditional:
-    labels = (np.arange(num) % job.spec.num_classes).astype(np.int32)
+    labels = (np.arange(num_samples) % job.spec.num_classes).astype(np.int32)
   else:
     labels = None
   path = out or os.path.join(workdir, 'samples', f'sample_{int(state.step):06d}.png')

@@ -25,10 +25,11 @@ def _parse(argv):
   parser.add_argument('--token', default=os.environ.get('HASHJAX_SERVE_TOKEN'),
                       help='adding images needs "Authorization: Bearer TOKEN" (default: the '
                       'HASHJAX_SERVE_TOKEN environment variable; unset: no token needed)')
-  parser.add_argument('--max-k', type=int, default=1000, help='largest k a search may ask for')
-  parser.add_argument('--max-upload-mb', type=float, default=8.0,
+  parser.add_argument('--max_topk', type=int, default=1000,
+                      help='largest topk a search may ask for')
+  parser.add_argument('--max_upload_mb', type=float, default=8.0,
                       help='largest request body in MiB (default 8)')
-  parser.add_argument('--max-batch', type=int, default=64, help='images per model call')
+  parser.add_argument('--max_batch', type=int, default=64, help='images per model call')
 
   def one_line_error(message):
     print(f'serve: error: {message}', file=sys.stderr)
@@ -36,15 +37,15 @@ def _parse(argv):
 
   parser.error = one_line_error
   args = parser.parse_args(argv)
-  for name, low, high in (('port', 0, 65535), ('max_k', 1, 10**6), ('max_batch', 1, 4096)):
+  for name, low, high in (('port', 0, 65535), ('max_topk', 1, 10**6), ('max_batch', 1, 4096)):
     if not low <= getattr(args, name) <= high:
-      one_line_error(f'--{name.replace("_", "-")}={getattr(args, name)} is out of range; '
+      one_line_error(f'--{name}={getattr(args, name)} is out of range; '
                      f'accepted: {low}..{high}')
   if args.token is not None and (not args.token or not args.token.isascii() or
                                  not args.token.isprintable() or ' ' in args.token):
     one_line_error('--token must be printable ASCII without spaces, and not empty')
   if not 0 < args.max_upload_mb <= 1024:
-    one_line_error(f'--max-upload-mb={args.max_upload_mb} is out of range; accepted: (0, 1024]')
+    one_line_error(f'--max_upload_mb={args.max_upload_mb} is out of range; accepted: (0, 1024]')
   return args
 
 
@@ -63,7 +64,7 @@ def run(argv=None) -> int:
     print(f'serve: error: --workdir={args.workdir!r} does not exist', file=sys.stderr)
     return EXIT_BAD_INPUT
   try:
-    service = SearchService(args.workdir, max_k=args.max_k, max_batch=args.max_batch)
+    service = SearchService(args.workdir, max_topk=args.max_topk, max_batch=args.max_batch)
   except (ValueError, OSError) as e:  # ConfigError, SearchError, StoreError, DataError
     print(f'serve: error: {" ".join(str(e).split())}', file=sys.stderr)
     return EXIT_BAD_INPUT

@@ -5,10 +5,10 @@ Endpoints (JSON unless said otherwise; every error is `{"error": "<one line>"}` 
   GET  /                      the page: query gallery, results, radius, upload
   GET  /api/health            {"status": "ok", "database": N}
   GET  /api/stats             bits, database size (original + added), queries, labels, ...
-  GET  /api/search?query=I|item=I[&k=10][&radius=R]
-                              the k nearest database items of gallery query I (or of database
+  GET  /api/search?query=I|item=I[&topk=10][&radius=R]
+                              the topk nearest database items of gallery query I (or of database
                               item I): item, distance, label, relevant, added; the query's AP
-  POST /api/search[?k=10][&radius=R]
+  POST /api/search[?topk=10][&radius=R]
                               the same for an uploaded image (the body, or the multipart
                               field `image`)
   POST /api/items[?label=L]   adds images (the body, or multipart fields `image`, with
@@ -52,7 +52,7 @@ class RequestGuard:
     self.allowed_hosts = None if allowed_hosts is None else set(allowed_hosts)
 
   def _message(self) -> str:
-    return f'the request body is over the {self.max_bytes:,}-byte limit (--max-upload-mb)'
+    return f'the request body is over the {self.max_bytes:,}-byte limit (--max_upload_mb)'
 
   async def __call__(self, scope, receive, send):
     if scope['type'] != 'http':
@@ -182,23 +182,23 @@ def create_app(service: SearchService, *, token: str | None = None,
     return service.stats()
 
   @app.get('/api/search')
-  def search(query: int | None = None, item: int | None = None, k: int = 10,
+  def search(query: int | None = None, item: int | None = None, topk: int = 10,
              radius: int | None = None):
     if (query is None) == (item is None):
       raise ServeError('give exactly one of query=I (a gallery query) or item=I (a database '
                        'item), or POST an image', 422)
     if query is not None:
-      return service.search_query(query, k, radius)
-    return service.search_item(item, k, radius)
+      return service.search_query(query, topk, radius)
+    return service.search_item(item, topk, radius)
 
   @app.post('/api/search')
-  async def search_upload(request: Request, k: int = 10, radius: int | None = None):
-    service.check_k(k, radius)
+  async def search_upload(request: Request, topk: int = 10, radius: int | None = None):
+    service.check_topk(topk, radius)
     bodies, _ = await _images_from(request)
     if len(bodies) != 1:
       raise ServeError(f'send exactly one image to search with, got {len(bodies)}')
     image = await run_in_threadpool(uploads.decode_image, bodies[0], service.image_shape)
-    return await run_in_threadpool(service.search_image, image, k, radius)
+    return await run_in_threadpool(service.search_image, image, topk, radius)
 
   @app.post('/api/items')
   async def add_items(request: Request, label: str | None = None):

@@ -70,11 +70,11 @@ class SearchService:
 
   Args:
     workdir: a finished train.py run (config.json, eval.json, its final checkpoint, codes.npz).
-    max_k: the largest k a search may ask for.
+    max_topk: the largest topk a search may ask for.
     max_batch: images per model call when encoding.
   """
 
-  def __init__(self, workdir: str, *, max_k: int = 1000, max_batch: int = 64):
+  def __init__(self, workdir: str, *, max_topk: int = 1000, max_batch: int = 64):
     cfg, _ = update.base_config(workdir)
     self.source, _ = job.load_data(cfg)
     self.image_shape = tuple(np.asarray(self.source.images(np.zeros(1, np.int64))).shape[1:])
@@ -90,14 +90,14 @@ class SearchService:
                                       _layout(self.index, self.image_shape, self.step))
     if len(self.store):
       self.index.add(self.store.codes, self.store.labels)
-    self.max_k = max_k
+    self.max_topk = max_topk
     apply_fn = lambda variables, x: state.apply_fn(variables, x, train=False)  # noqa: E731
     self.encoder = BatchEncoder(apply_fn, jax.device_put(state.variables()), max_batch)
     self._add_lock = threading.Lock()
     self.workdir = workdir
 
   def warm_up(self) -> None:
-    """Compiles the encoder (one image) and the search (k ≤ 16) before the first request."""
+    """Compiles the encoder (one image) and the search (topk ≤ 16) before the first request."""
     self.encoder.encode(self.item_image(0)[None])
     self.search_item(0, 1)
 
@@ -107,16 +107,16 @@ class SearchService:
 
   # -- reading --------------------------------------------------------------------------------
   @property
-  def num_queries(self) -> int:
+  def num_query(self) -> int:
     return len(self.index.extras['query_codes'])
 
   def stats(self) -> dict[str, Any]:
-    """Sizes and settings: bits, database (all items), original, added, queries, k limit."""
+    """Sizes and settings: bits, database (all items), original, added, queries, topk limit."""
     labels = self.store.layout.label_kind
     return {'workdir': os.path.abspath(self.workdir), 'dataset': self.cfg.dataset,
             'step': self.step, 'bits': self.index.bits, 'database': len(self.index),
             'original': self.num_original, 'added': len(self.index) - self.num_original,
-            'queries': self.num_queries, 'labels': labels, 'max_k': self.max_k,
+            'queries': self.num_query, 'labels': labels, 'max_topk': self.max_topk,
             'image_shape': list(self.image_shape)}
 
   def _check_index(self, i, size: int, what: str) -> int:
@@ -126,7 +126,7 @@ class SearchService:
 
   def query_image(self, i: int) -> np.ndarray:
     """uint8 [H, W, C] of gallery query i."""
-    i = self._check_index(i, self.num_queries, 'query')
+    i = self._check_index(i, self.num_query, 'query')
     return np.asarray(self.source.images(self.index.extras['query_indices'][[i]]))[0]
 
   def item_image(self, i: int) -> np.ndarray:
@@ -137,45 +137,45 @@ class SearchService:
     return self.store.images[i - self.num_original]
 
   # -- searching ------------------------------------------------------------------------------
-  def search_query(self, i: int, k: int, radius: int | None = None) -> dict[str, Any]:
+  def search_query(self, i: int, topk: int, radius: int | None = None) -> dict[str, Any]:
     """Search with gallery query i (its code from codes.npz); see `_search`."""
-    i = self._check_index(i, self.num_queries, 'query')
+    i = self._check_index(i, self.num_query, 'query')
     labels = self.index.extras.get('query_labels')
-    return self._search(self.index.extras['query_codes'][i], k, radius,
+    return self._search(self.index.extras['query_codes'][i], topk, radius,
                         None if labels is None else labels[i], {'query': i})
 
-  def search_item(self, i: int, k: int, radius: int | None = None) -> dict[str, Any]:
+  def search_item(self, i: int, topk: int, radius: int | None = None) -> dict[str, Any]:
     """Search with database item i as the query (it finds itself at distance 0)."""
     snapshot = self.index.snapshot()
     i = self._check_index(i, len(snapshot), 'database item')
     label = None if snapshot.db_labels is None else snapshot.db_labels[i]
-    return self._search(snapshot.db_codes[i], k, radius, label, {'item': i}, snapshot)
+    return self._search(snapshot.db_codes[i], topk, radius, label, {'item': i}, snapshot)
 
-  def search_image(self, image_HxWxC: np.ndarray, k: int, radius: int | None = None
+  def search_image(self, image_HxWxC: np.ndarray, topk: int, radius: int | None = None
                    ) -> dict[str, Any]:
     """Encode one uint8 image [H, W, C] (the run's shape) and search with its code."""
-    self.check_k(k, radius)
+    self.check_topk(topk, radius)
     code = self.encoder.encode(image_HxWxC[None])[0]
-    return self._search(code, k, radius, None, {'image': 'upload'})
+    return self._search(code, topk, radius, None, {'image': 'upload'})
 
-  def check_k(self, k, radius, num_db: int | None = None) -> None:
-    """ServeError 422 unless 1 ≤ k ≤ min(max_k, N) and radius is None or 0..bits."""
-    top = min(self.max_k, len(self.index) if num_db is None else num_db)
-    if not isinstance(k, (int, np.integer)) or not 1 <= k <= top:
-      raise ServeError(f'k={_shown(k)} is out of range; accepted: 1..{top}', 422)
+  def check_topk(self, topk, radius, num_database: int | None = None) -> None:
+    """ServeError 422 unless 1 ≤ topk ≤ min(max_topk, N) and radius is None or 0..bits."""
+    top = min(self.max_topk, len(self.index) if num_database is None else num_database)
+    if not isinstance(topk, (int, np.integer)) or not 1 <= topk <= top:
+      raise ServeError(f'topk={_shown(topk)} is out of range; accepted: 1..{top}', 422)
     if radius is not None and (not isinstance(radius, (int, np.integer)) or
                                not 0 <= radius <= self.index.bits):
       raise ServeError(f'radius={_shown(radius)} is out of range; accepted: '
                        f'0..{self.index.bits} (or none)', 422)
 
-  def _search(self, code_P, k, radius, label, query, snapshot=None) -> dict[str, Any]:
-    """The k nearest items (ties by index), those within `radius` when it is given, with
+  def _search(self, code_P, topk, radius, label, query, snapshot=None) -> dict[str, Any]:
+    """The topk nearest items (ties by index), those within `radius` when it is given, with
     distances, labels, relevance and the query's AP@map_topk when the query has a label."""
     snapshot = snapshot or self.index.snapshot()
-    self.check_k(k, radius, len(snapshot))
-    padded_k = min(len(snapshot), max(16, 1 << (int(k) - 1).bit_length()))
-    dist_1xT, index_1xT = snapshot.search(np.asarray(code_P)[None], padded_k)
-    dist_T, index_T = dist_1xT[0, :k], index_1xT[0, :k]
+    self.check_topk(topk, radius, len(snapshot))
+    padded = min(len(snapshot), max(16, 1 << (int(topk) - 1).bit_length()))
+    dist_1xT, index_1xT = snapshot.search(np.asarray(code_P)[None], padded)
+    dist_T, index_T = dist_1xT[0, :topk], index_1xT[0, :topk]
     if radius is not None:
       keep = dist_T <= radius
       dist_T, index_T = dist_T[keep], index_T[keep]
@@ -189,7 +189,7 @@ class SearchService:
                 'label': None if labels is None else _label_json(labels[i]),
                 'relevant': None if relevant is None else bool(relevant[i]),
                 'added': bool(i >= self.num_original)} for i, d in zip(index_T, dist_T)]
-    return dict(query, label=None if label is None else _label_json(label), k=int(k),
+    return dict(query, label=None if label is None else _label_json(label), topk=int(topk),
                 radius=radius, database=len(snapshot), ap=ap, ap_topk=self.cfg.map_topk,
                 results=results)
 

@@ -91,6 +91,6 @@ def get_config() -> config_dict.ConfigDict:
   c.checkpoint = config_dict.ConfigDict()
   c.checkpoint.max_to_keep = 2
   c.checkpoint.max_bytes = config_dict.placeholder(int)  # byte budget (quota); None: disk only
-  c.checkpoint.best_metric = config_dict.placeholder(str)  # e.g. 'map': never pruned
+  c.checkpoint.best_metric = config_dict.placeholder(str)  # e.g. 'map@all': never pruned
   c.checkpoint.async_save = True
   return c

@@ -18,8 +18,8 @@ def _problem(seed, q=7, n=8, bits=3):
   return queries, db, targets
 
 
-def _brute(queries, db, targets, recall_at):
-  """{mode: {'map', 'recall@k'}}: index order, and best / worst / mean over every order of
+def _brute(queries, db, targets, topks):
+  """{mode: {'map@all', 'recall@k'}}: index order, and best / worst / mean over every order of
   the items tied with each query's original."""
   per_mode = {mode: [] for mode in ('index', 'best', 'worst', 'expected')}
   for code, target in zip(queries, targets):
@@ -30,12 +30,12 @@ def _brute(queries, db, targets, recall_at):
       ranks.append(order.index(target) + 1)
     index_rank = list(np.argsort(dist, kind='stable')).index(target) + 1
     scores = lambda rs: [np.mean([1 / r for r in rs])] + [np.mean([r <= k for r in rs])
-                                                           for k in recall_at]
+                                                           for k in topks]
     per_mode['index'].append(scores([index_rank]))
     per_mode['best'].append(scores([min(ranks)]))
     per_mode['worst'].append(scores([max(ranks)]))
     per_mode['expected'].append(scores(ranks))
-  names = ['map'] + [f'recall@{k}' for k in recall_at]
+  names = ['map@all'] + [f'recall@{k}' for k in topks]
   return {mode: dict(zip(names, np.mean(rows, axis=0))) for mode, rows in per_mode.items()}
 
 
@@ -44,7 +44,7 @@ def test_every_tie_order_matches_brute_force(seed):
   queries, db, targets = _problem(seed)
   want = _brute(queries, db, targets, (1, 3))
   for mode, scores in want.items():
-    got = copy_detection(queries, db, targets, ties=mode, recall_at=(1, 3))
+    got = copy_detection(queries, db, targets, ties=mode, topks=(1, 3))
     assert got == pytest.approx(scores, abs=1e-12), mode
 
 
@@ -54,7 +54,7 @@ def test_exact_copies_rank_first_unless_tied():
   targets = rng.integers(0, 500, 40)
   scores = copy_detection(db[targets], db, targets, ties='worst')
   # 32-bit random codes of 500 items: duplicates are very unlikely, so every copy is first.
-  assert scores == {'map': 1.0, 'recall@1': 1.0, 'recall@10': 1.0}
+  assert scores == {'map@all': 1.0, 'recall@1': 1.0, 'recall@10': 1.0}
 
 
 def test_bad_targets_and_arguments_are_one_line_errors():
@@ -63,8 +63,8 @@ def test_bad_targets_and_arguments_are_one_line_errors():
     copy_detection(queries, db, np.full(len(queries), 8))
   with pytest.raises(ValueError, match='one database index per query'):
     copy_detection(queries, db, targets[:3])
-  with pytest.raises(ValueError, match='recall_at=0 must be a positive integer'):
-    copy_detection(queries, db, targets, recall_at=(0,))
+  with pytest.raises(ValueError, match='topks=0 must be a positive integer'):
+    copy_detection(queries, db, targets, topks=(0,))
   with pytest.raises(ValueError, match="unknown ties mode 'random'"):
     copy_detection(queries, db, targets, ties='random')
   with pytest.raises(ValueError, match='codes must be'):
@@ -74,7 +74,7 @@ def test_bad_targets_and_arguments_are_one_line_errors():
 def test_expected_matches_monte_carlo_over_random_tie_orders():
   # 200 items on 5 bits: each original is tied with ~6 others on average, often many more.
   queries, db, targets = _problem(5, q=30, n=200, bits=5)
-  got = copy_detection(queries, db, targets, ties='expected', recall_at=(1, 10))
+  got = copy_detection(queries, db, targets, ties='expected', topks=(1, 10))
   rng = np.random.default_rng(0)
   samples, rr, hit1, hit10 = 20_000, [], [], []
   for code, target in zip(queries, targets):
@@ -84,6 +84,6 @@ def test_expected_matches_monte_carlo_over_random_tie_orders():
     rr.append(1 / rank)
     hit1.append(rank <= 1)
     hit10.append(rank <= 10)
-  for name, values in (('map', rr), ('recall@1', hit1), ('recall@10', hit10)):
+  for name, values in (('map@all', rr), ('recall@1', hit1), ('recall@10', hit10)):
     values = np.mean(np.asarray(values, float), axis=0)  # the mean over queries, per sample
     assert abs(got[name] - values.mean()) <= 4 * values.std() / np.sqrt(samples) + 1e-12, name

@@ -67,4 +67,4 @@ def test_one_evaluation_reads_each_query_chunk_once(monkeypatch):
   scores = evaluation.score(_codes(rng, 20), _codes(rng, 100), source, split, topk=10,
                             bits=16, extra=('ndcg', 'neighbours'))
   assert passes == [20]  # class mAP, the PR curve, NDCG/ACG/WAP and neighbour mAP: one pass
-  assert {'map', 'ndcg', 'wap', 'neighbour_map', 'recall_at_radius_2'} <= set(scores)
+  assert {'map@10', 'ndcg@10', 'wap@10', 'neighbour_map@10', 'recall@radius2'} <= set(scores)

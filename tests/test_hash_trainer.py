@@ -105,9 +105,9 @@ def test_end_to_end_writes_outputs(tmp_path):
   assert all({'step', 'loss', 'beta', 'examples_per_sec'} <= set(r) for r in rows)
   assert rows[-1]['examples_per_sec'] > 0
   saved = json.loads((tmp_path / 'eval.json').read_text())
-  assert saved == results and 0.0 <= saved['map'] <= 1.0 and 'precision_at_radius_2' in saved
-  worst, best = saved['map_interval']
-  assert worst <= saved['map'] <= best and worst <= saved['map_expected'] <= best
+  assert saved == results and 0.0 <= saved['map@all'] <= 1.0 and 'precision@radius2' in saved
+  worst, best = saved['map@all_interval']
+  assert worst <= saved['map@all'] <= best and worst <= saved['map@all_expected'] <= best
   assert len(rec.evals) == 2  # step 5 and the final one
   codes = np.load(tmp_path / 'codes.npz')
   assert codes['db_codes'].dtype == np.uint8 and codes['db_codes'].shape == (1797 - 50, 2)
@@ -133,5 +133,5 @@ def test_resume_continues_exactly(tmp_path):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   steps = [json.loads(l)['step'] for l in open(os.path.join(resumed, 'metrics.jsonl'))]
   assert steps == list(range(2, 21, 2))
-  assert (json.loads(open(os.path.join(straight, 'eval.json')).read())['map'] ==
-          json.loads(open(os.path.join(resumed, 'eval.json')).read())['map'])
+  assert (json.loads(open(os.path.join(straight, 'eval.json')).read())['map@all'] ==
+          json.loads(open(os.path.join(resumed, 'eval.json')).read())['map@all'])

@@ -41,6 +41,6 @@ def test_shallow_cells_score_like_deep_ones(method):
   worst, best = scores['map_interval']
   assert worst <= scores['map'] <= best
   assert len(scores['pr_precision']) == len(scores['pr_recall']) == 17
-  assert scores['precision_at_radius_2'] == scores['pr_precision'][2]
+  assert scores['precision@radius2'] == scores['pr_precision'][2]
   with pytest.raises(ValueError, match="shallow method 'pca'; accepted: lsh, itq"):
     hashing_cell.shallow('pca', source, split, bits=16, seed=0, topk=100)

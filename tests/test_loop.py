@@ -59,14 +59,14 @@ class JobSpec(NamedTuple):
 JOBS = {
     'hashnet': JobSpec(
         'train.py', 'configs/hashnet_digits.py', hashnet_digits.get_config, HASHNET_TINY,
-        {'learning_rate': 1e6}, {'checkpoint.best_metric': 'map'},
+        {'learning_rate': 1e6}, {'checkpoint.best_metric': 'map@all'},
         hash_trainer.train_and_evaluate, job.HashJob),
     'update': JobSpec(  # the Laplace prior, kept codes and the code anchor: every part
         'train.py', 'configs/hashnet_digits.py', _update_config,
         {**HASHNET_TINY, 'split.new_classes': '7,8,9', 'split.stage': 'new',
          'updating.from_workdir': UPDATE_BASE, 'updating.database_codes': 'keep',
          'updating.code_anchor_weight': 1.0},
-        {'learning_rate': 1e6}, {'checkpoint.best_metric': 'map'},
+        {'learning_rate': 1e6}, {'checkpoint.best_metric': 'map@all'},
         hash_trainer.train_and_evaluate, update.UpdateJob),
     'dcgan': JobSpec(
         'gan.py', 'configs/dcgan_digits.py', dcgan_digits.get_config,

@@ -94,7 +94,7 @@ def _same_eval(a, b):
   # so they agree only to ~1e-2, while the losses agree to ~1e-3 after 20 steps (float
   # summation order differs across devices).
   assert a['step'] == b['step'] == 20
-  for key in ('map', 'map_expected', 'precision_at_radius_2', 'recall_at_radius_2'):
+  for key in ('map@all', 'map@all_expected', 'precision@radius2', 'recall@radius2'):
     assert b[key] == pytest.approx(a[key], abs=1e-2), key
 
 

@@ -15,7 +15,7 @@ LABELS = {'deep': 'Deep', 'ablated': 'Ablated', 'other': 'Other', 'shallow': 'Sh
 def _cell(data, method, bits, seed, value, hamming=True):
   out = {'data': data, 'method': method, 'bits': bits, 'seed': seed, 'map': value}
   if hamming:
-    out.update(map_interval=[value - 0.1, value + 0.1], precision_at_radius_2=value,
+    out.update({'map_interval': [value - 0.1, value + 0.1], 'precision@radius2': value},
                pr_precision=[value] * (bits + 1), pr_recall=list(np.linspace(0, 1, bits + 1)))
   return out
 
@@ -83,6 +83,10 @@ def test_summary_over_seeds():
   assert (entry['worst'], entry['best'], entry['p_r2']) == pytest.approx((0.405, 0.605, 0.505))
   assert 'worst' not in summary[('a', 'other', 16)]  # no Hamming ranking, no tie interval
   assert report.bits_of(summary, 'a') == [16, 48] and report.bits_of(summary, 'b') == [48]
+  # Cells written before the metric keys took the map@100 form summarise the same.
+  old = [{('precision_at_radius_2' if k == 'precision@radius2' else k): v for k, v in c.items()}
+         for c in _results()['cells']]
+  assert report.summarize(old) == summary
 
 
 def test_write_draws_the_figures_and_the_page(tmp_path):

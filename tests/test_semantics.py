@@ -91,13 +91,13 @@ def test_tiny_grid_through_main_writes_results_pictures_and_page(tmp_path, monke
   cfg = sem.cell_config(settings[0], 'chance', sem.PICTURE_BITS, 0)
   source, split = hash_trainer.load_data(cfg)
   m = len(split.database) + len(split.query)
-  assert chance['copy_map_expected'] == pytest.approx(np.sum(1 / np.arange(1, m + 1)) / m)
-  assert chance['copy_recall_at_10_expected'] == pytest.approx(10 / m)
+  assert chance['copy_map@all_expected'] == pytest.approx(np.sum(1 / np.arange(1, m + 1)) / m)
+  assert chance['copy_recall@10_expected'] == pytest.approx(10 / m)
   assert 'mnist_chance' not in results['pictures']
   for cell in (itq, views):
-    assert 0 < cell['copy_map'] <= 1 and 0 <= cell['neighbour_map'] <= 1
-    assert cell['neighbour_k'] == 3 and 0 <= cell['copy_recall_at_1'] <= 1
-  assert 0 < soft['ndcg'] <= 1 and soft['ndcg_interval'][0] <= soft['ndcg_interval'][1]
+    assert 0 < cell['copy_map@all'] <= 1 and 0 <= cell['neighbour_map@1000'] <= 1
+    assert cell['neighbour_topk'] == 3 and 0 <= cell['copy_recall@1'] <= 1
+  assert 0 < soft['ndcg@10'] <= 1 and soft['ndcg@10_interval'][0] <= soft['ndcg@10_interval'][1]
   # The class mAP is the shallow grid's own score of the same codes.
   assert itq['map'] == hashing_cell.shallow('itq', source, split, cfg.bits, 0,
                                             cfg.map_topk)['map']
@@ -130,12 +130,12 @@ def _cells(data, method, key, values, bits=32):
 
 
 def test_claims_compare_seed_means_and_name_the_differences():
-  cells = (_cells('mnist', 'views', 'copy_map', [0.30, 0.34]) +
-           _cells('mnist', 'itq', 'copy_map', [0.20, 0.36]) +
-           _cells('mnist', 'lsh', 'copy_map', [0.10, 0.12]) +
-           _cells('mnist', 'views_no_weighting', 'copy_map', [0.31, 0.35]) +
-           _cells('mosaics', 'soft', 'ndcg', [0.5, 0.6]) +
-           _cells('mosaics', 'hard', 'ndcg', [0.45, 0.58]))
+  cells = (_cells('mnist', 'views', 'copy_map@all', [0.30, 0.34]) +
+           _cells('mnist', 'itq', 'copy_map@all', [0.20, 0.36]) +
+           _cells('mnist', 'lsh', 'copy_map@all', [0.10, 0.12]) +
+           _cells('mnist', 'views_no_weighting', 'copy_map@all', [0.31, 0.35]) +
+           _cells('mosaics', 'soft', 'ndcg@100', [0.5, 0.6]) +
+           _cells('mosaics', 'hard', 'ndcg@100', [0.45, 0.58]))
   copies, weighting, soft = sr.check_claims(cells)
   assert copies['held'] and copies['evidence'] == [
       '32 bits: label-free HashNet 0.3200 ± 0.0200 vs ITQ 0.2800 ± 0.0800 (ITQ 0.2800 ± '
@@ -145,7 +145,7 @@ def test_claims_compare_seed_means_and_name_the_differences():
       'difference per seed -0.0100, -0.0100 (mean -0.0100) → NO')
   assert soft['held'] and '(mean +0.0350) → yes' in soft['evidence'][0]
   # A baseline ahead on the mean fails the claim; missing cells test nothing.
-  worse = [c for c in cells if c['method'] != 'itq'] + _cells('mnist', 'itq', 'copy_map',
+  worse = [c for c in cells if c['method'] != 'itq'] + _cells('mnist', 'itq', 'copy_map@all',
                                                               [0.4, 0.4])
   assert not sr.check_claims(worse)[0]['held']
   assert [c['evidence'] for c in sr.check_claims([])] == [[], [], []]

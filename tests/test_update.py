@@ -46,8 +46,9 @@ def test_keep_leaves_every_indexed_code_and_encodes_only_new_items(base, tmp_pat
     num_new = len(new['db_indices']) - len(old['db_indices'])
   assert num_new > 0 and row['num_indexed'] == len(where)
   assert row['database_bits_recomputed'] == num_new * 16
-  assert row['map'] == row['map_kept_all']
-  assert {'map_kept_old', 'map_kept_new', 'map_reencoded_old', 'map_reencoded_new'} <= set(row)
+  assert row['map@all'] == row['map@all_kept_all']
+  assert {'map@all_kept_old', 'map@all_kept_new', 'map@all_reencoded_old',
+          'map@all_reencoded_new'} <= set(row)
 
 
 @pytest.fixture(scope='module')
@@ -77,7 +78,7 @@ def test_a_label_free_update_trains_on_views_under_the_prior(base, tmp_path):
   assert held['flip_rate'] < free['flip_rate'] and free['flip_rate'] > 0
   rows = [json.loads(line) for line in open(tmp_path / 'held' / 'metrics.jsonl')]
   assert all(row['prior'] > 0 and row['anchor'] > 0 for row in rows[1:])
-  assert held['map'] == held['map_kept_all']
+  assert held['map@all'] == held['map@all_kept_all']
 
 
 def test_the_code_anchor_keeps_indexed_items_near_their_stored_codes(base, fine_tuned,
@@ -87,7 +88,7 @@ def test_the_code_anchor_keeps_indexed_items_near_their_stored_codes(base, fine_
       _update(base, **{'updating.prior': 'none', 'updating.code_anchor_weight': 10.0}),
       str(tmp_path / 'anchored'))
   assert anchored['flip_rate'] < free['flip_rate']
-  assert anchored['map_kept_all'] > free['map_kept_all']
+  assert anchored['map@all_kept_all'] > free['map@all_kept_all']
 
 
 def test_the_fisher_command_writes_what_the_run_wrote(base, tmp_path):

@@ -5,16 +5,18 @@ from hashjax.experiments import update as exp
 
 
 def _row(**kw):
+  """An arm's eval row; keyword map_<version>_<group> stands for the key map@1000_<...>."""
   base = {'map_reencoded_all': 0.5, 'map_reencoded_old': 0.5, 'map_reencoded_new': 0.5,
           'map_kept_all': 0.5, 'flip_rate': 0.1, 'items_flipped': 0.5,
-          'database_bits_recomputed': 100, 'steps': 250, 'wall_s': 1.0}
-  return {**base, **kw}
+          'database_bits_recomputed': 100, 'steps': 250, 'wall_s': 1.0, 'map_topk': 1000}
+  return {k.replace('map_', 'map@1000_', 1) if k.startswith('map_') and k != 'map_topk' else k:
+          v for k, v in {**base, **kw}.items()}
 
 
 def _unit(seed_shift=0.0):
   s = seed_shift
   return {
-      'base': {'map': 0.99}, 'no_update': _row(map_reencoded_old=0.95 + s, map_kept_all=0.70,
+      'base': {'map@1000': 0.99, 'map_topk': 1000}, 'no_update': _row(map_reencoded_old=0.95 + s, map_kept_all=0.70,
                                                steps=0),
       'retrain': _row(map_reencoded_all=0.98, steps=1000),
       'finetune': _row(map_reencoded_old=0.55 + s, map_reencoded_new=0.96),
@@ -30,7 +32,7 @@ def test_summary_forgetting_and_acceptance_lines():
   cell = summary['class-32']
   assert cell['finetune']['forgetting'][0] == pytest.approx(0.40)  # 0.95 − 0.55, both seeds
   assert cell['laplace']['forgetting'] == pytest.approx([0.15, 0.0, 2])
-  assert cell['l2']['map_reencoded_old'][0] == pytest.approx(np.mean([0.85, 0.87]))
+  assert cell['l2']['map@1000_reencoded_old'][0] == pytest.approx(np.mean([0.85, 0.87]))
   lines = exp.acceptance(summary)
   assert lines[0] == 'laplace forgetting 0.150 ≤ ½ × finetune 0.400: met'
   assert lines[1] == 'laplace new-class mAP 0.900 ≥ 0.9 × finetune 0.960: met'
@@ -43,7 +45,13 @@ def test_summary_forgetting_and_acceptance_lines():
   assert lines[0].endswith('NOT met') and lines[1].endswith('NOT met')
   assert exp.acceptance(summary, 'sample-16') == ['sample-16: not run']
   table = exp.table(summary)
+  assert '| arm | map@1000_reencoded_all | map@1000_reencoded_old |' in table
   assert '| laplace | 0.500 ± 0.000 | 0.810 ± 0.010 |' in table
+  # Rows written before the metric keys took the map@100 form give the same summary.
+  old = {k: {arm: {(key.replace('map@1000_', 'map_') if key.startswith('map@1000_') else key): v
+                   for key, v in row.items()} for arm, row in unit.items()}
+         for k, unit in units.items()}
+  assert exp.summarize(old) == summary
 
 
 def test_configs_carry_the_protocol_and_the_stage():

@@ -82,14 +82,15 @@ def train(cfg: HashConfig, source: Source, split: Split,
 
 def score_codes(query_codes, db_codes, query_labels, db_labels, topk: int | None, bits: int
                 ) -> dict[str, Any]:
-  """mAP@topk (ties by index), its tie interval, precision within radius 2, PR curve."""
+  """A cell's scores: 'map' (mAP@topk, ties by index; the cell's settings hold topk),
+  'map_interval', 'precision@radius2', 'pr_precision', 'pr_recall'."""
   report = metrics.retrieval_report(query_codes, db_codes, query_labels, db_labels,
                                     map_topks=(topk,), ties=('index', 'worst', 'best'),
                                     pr_curve=True)
   name = 'all' if topk is None else topk
   return {'map': report[f'map@{name}'],
           'map_interval': [report[f'map@{name}_worst'], report[f'map@{name}_best']],
-          'precision_at_radius_2': report['pr_precision'][min(2, bits)],
+          'precision@radius2': report['pr_precision'][min(2, bits)],
           'pr_precision': report['pr_precision'], 'pr_recall': report['pr_recall']}
 
 

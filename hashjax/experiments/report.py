@@ -4,7 +4,7 @@ Every method has one `Style` (colour, line style, marker) in every figure, fixed
 in the experiment's list of methods (`method_styles`), not by which methods a panel holds.
 
 A grid's results: {'cells': [{'data', 'method', 'bits', 'seed', 'map', and for codes with
-a Hamming ranking 'map_interval', 'precision_at_radius_2', 'pr_precision', 'pr_recall'}],
+a Hamming ranking 'map_interval', 'precision@radius2', 'pr_precision', 'pr_recall'}],
 'curves': {data: {method: [{'step', 'beta', 'loss_tanh', 'loss_sign'}]}}, 'settings':
 [{'name', ...}], 'command', 'date', 'versions', 'plan', 'wall_seconds', 'sessions'}.
 """
@@ -65,11 +65,18 @@ class Report:
   curve_caption: str = ''
 
 
+def upgrade_cell(cell: dict[str, Any]) -> dict[str, Any]:
+  """A cell of a results.json written before the metric keys took the `map@100` form
+  ('precision_at_radius_2'), in today's keys."""
+  return {('precision@radius2' if k == 'precision_at_radius_2' else k): v
+          for k, v in cell.items()}
+
+
 def summarize(cells: list[dict[str, Any]]) -> Summary:
   """(data, method, bits) → mean/std over seeds of map, and the seed means of the tie
   interval ends ('worst', 'best') and of P@r≤2 ('p_r2') where the cells have them."""
   groups: dict[tuple[str, str, int], list] = {}
-  for c in cells:
+  for c in map(upgrade_cell, cells):
     groups.setdefault((c['data'], c['method'], c['bits']), []).append(c)
   out = {}
   for key, rows in groups.items():
@@ -78,7 +85,7 @@ def summarize(cells: list[dict[str, Any]]) -> Summary:
     if 'map_interval' in rows[0]:
       entry['worst'] = float(np.mean([r['map_interval'][0] for r in rows]))
       entry['best'] = float(np.mean([r['map_interval'][1] for r in rows]))
-      entry['p_r2'] = float(np.mean([r['precision_at_radius_2'] for r in rows]))
+      entry['p_r2'] = float(np.mean([r['precision@radius2'] for r in rows]))
     out[key] = entry
   return out
 

@@ -42,6 +42,7 @@ from hashjax.hashing import encoding, evaluation, job
 from hashjax.hashing.config import HashConfig, hash_config
 from hashjax.retrieval import codes as codes_lib
 from hashjax.retrieval import search
+from hashjax.retrieval.metrics import metric_key
 from hashjax.runtime import parallel
 from hashjax.runtime.errors import DataError
 from hashjax.runtime.settings import override
@@ -62,9 +63,6 @@ DEEP: dict[str, dict[str, Any]] = {
     'hard': {},
     'soft': {'loss.similarity': 'soft'},
 }
-# What `evaluation.score` gives beyond the extra metrics (a cell keeps map and its interval).
-BASE_SCORES = ('map', 'map_interval', 'map_expected', 'map_topk', 'precision_at_radius_2',
-               'recall_at_radius_2')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,10 +178,12 @@ def run_unit(settings_by_name: dict[str, DataSettings], picture_dir: str,
       query_codes, db_codes, source, split, topk=cfg.map_topk, bits=bits,
       extra=settings.metrics, seed=seed, cache=cache, encode=encode,
       extra_topk=cfg.map_topk if settings.extra_topk is None else settings.extra_topk)
-  extra = {k: v for k, v in scores.items() if k not in BASE_SCORES}
+  class_map = metric_key('map', cfg.map_topk)
+  extra = {k: v for k, v in scores.items()
+           if not k.startswith((f'{class_map}', 'map_topk', 'precision@', 'recall@'))}
   cell = {'data': data, 'method': method, 'bits': bits, 'seed': seed,
-          'seconds': time.perf_counter() - t0, 'map': scores['map'],
-          'map_interval': scores['map_interval'], **extra}
+          'seconds': time.perf_counter() - t0, 'map': scores[class_map],
+          'map_interval': scores[metric_key('map', cfg.map_topk, 'interval')], **extra}
   picture = None
   if seed == 0 and bits == PICTURE_BITS and method != CHANCE:
     if data == 'mnist' and 'copies' not in cache:
@@ -257,8 +257,9 @@ def collect(results: dict[tuple[str, str, int, int], dict[str, Any]]) -> dict[st
 
 def _describe(key, result) -> list[str]:
   c = result['cell']
-  shown = ', '.join(f'{k} {c[k]:.4f}' for k in ('map', 'copy_map', 'neighbour_map', 'ndcg')
-                    if k in c)
+  shown = ', '.join(f'{k} {v:.4f}' for k, v in c.items()
+                    if k == 'map' or k.startswith(('copy_map@', 'neighbour_map@', 'ndcg@'))
+                    and not k.endswith(('_expected', '_interval')))
   return [f'{" ".join(map(str, key))}: {shown} ({c["seconds"]:.0f} s)']
 
 

@@ -1,8 +1,9 @@
 """The page of the retrieval-by-content experiment (`semantics`): its tables, what held, and
 its pictures of queries with their top-10 results.
 
-results.json: {'cells': [{'data', 'method', 'bits', 'seed', 'map', 'map_interval', and
-eval_extra's entries: copy_* and neighbour_* (mnist) or ndcg* / acg / wap* (mosaics)}],
+results.json: {'cells': [{'data', 'method', 'bits', 'seed', 'map', 'map_interval' (class mAP
+at the config's map_topk), and eval_extra's entries under their eval.json keys: copy_* and
+neighbour_map@T* (mnist) or ndcg@T* / acg@T / wap@T* (mosaics), T the data set's cutoff}],
 'pictures': {'<data>_<method>': {'queries', 'items', 'distances'}}, 'settings', 'command',
 'date', 'versions', 'plan', 'wall_seconds', 'sessions'}.
 """
@@ -15,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from hashjax.experiments import report
+from hashjax.hashing.evaluation import upgrade_row
+from hashjax.retrieval.metrics import metric_key
 
 LABELS = {  # the order of the tables and pictures
     'chance': 'chance (all codes equal: read the expected-ties columns)',
@@ -89,11 +92,49 @@ def _methods(groups, data: str) -> list[tuple[str, int]]:
   return [(m, b) for b in sorted({b for _, b in present}) for m in LABELS if (m, b) in present]
 
 
-MNIST_COLUMNS = (('copy_map', 'copy mAP'), ('copy_map_expected', 'copy mAP, expected ties'),
-                 ('copy_recall_at_1', 'recall@1'), ('copy_recall_at_10', 'recall@10'),
-                 ('neighbour_map', '1 %-NN mAP@1000'), ('map', 'class mAP@1000'))
-MOSAIC_COLUMNS = (('ndcg', 'NDCG@100'), ('ndcg_expected', 'NDCG@100, expected ties'),
-                  ('acg', 'ACG@100'), ('wap', 'WAP@100'), ('map', 'class mAP@1000'))
+COPY_MAP = metric_key('copy_map', None)
+
+
+def cutoffs(results: dict[str, Any]) -> dict[str, tuple[int | None, int | None]]:
+  """{data set: (its eval_extra cutoff, its class mAP cutoff)} from results.json's settings."""
+  out = {}
+  for s in results.get('settings', []):
+    topk = s['cell']['map_topk']
+    out[s['name']] = (topk if s.get('extra_topk') is None else s['extra_topk'], topk)
+  return out
+
+
+def upgrade(results: dict[str, Any]) -> dict[str, Any]:
+  """results.json with every cell's eval_extra entries in today's keys (`upgrade_row`: cells
+  written before the metric keys took the `map@100` form)."""
+  topks = cutoffs(results)
+  cells = []
+  for cell in results['cells']:
+    extra, topk = dict(cell), topks.get(cell['data'], (None, None))[0]
+    kept = {k: extra.pop(k) for k in ('map', 'map_interval') if k in extra}
+    cells.append({**upgrade_row(extra, topk), **kept})
+  return {**results, 'cells': cells}
+
+
+def mnist_columns(extra_topk, topk) -> tuple[tuple[str, str], ...]:
+  return ((COPY_MAP, 'copy mAP'), (metric_key('copy_map', None, 'expected'),
+                                   'copy mAP, expected ties'),
+          (metric_key('copy_recall', 1), 'recall@1'), (metric_key('copy_recall', 10), 'recall@10'),
+          (metric_key('neighbour_map', extra_topk), f'1 %-NN {_at("mAP", extra_topk)}'),
+          ('map', f'class {_at("mAP", topk)}'))
+
+
+def mosaic_columns(extra_topk, topk) -> tuple[tuple[str, str], ...]:
+  ndcg = metric_key('ndcg', extra_topk)
+  return ((ndcg, _at('NDCG', extra_topk)), (f'{ndcg}_expected',
+                                            f'{_at("NDCG", extra_topk)}, expected ties'),
+          (metric_key('acg', extra_topk), _at('ACG', extra_topk)),
+          (metric_key('wap', extra_topk), _at('WAP', extra_topk)),
+          ('map', f'class {_at("mAP", topk)}'))
+
+
+def _at(name: str, topk) -> str:
+  return metric_key(name, topk)
 
 
 def result_table(groups, data: str, columns) -> list[str]:
@@ -115,8 +156,8 @@ def _seed_diffs(groups, data: str, ours: str, other: str, bits: int, key: str) -
 def _claim_copies(groups) -> dict[str, Any]:
   lines, held = [], True
   for bits in sorted({b for d, m, b in groups if d == 'mnist' and m == 'views'}):
-    ours = _stat(groups[('mnist', 'views', bits)], 'copy_map')
-    others = {m: _stat(groups.get(('mnist', m, bits), []), 'copy_map') for m in ('itq', 'lsh')}
+    ours = _stat(groups[('mnist', 'views', bits)], COPY_MAP)
+    others = {m: _stat(groups.get(('mnist', m, bits), []), COPY_MAP) for m in ('itq', 'lsh')}
     others = {m: v for m, v in others.items() if v is not None}
     if not others:
       continue
@@ -146,17 +187,18 @@ def _claim_pair(groups, data: str, ours: str, other: str, key: str, claim: str
   return {'claim': claim, 'held': held and bool(lines), 'evidence': lines}
 
 
-def check_claims(cells) -> list[dict[str, Any]]:
-  """The experiment's three questions, each {'claim', 'held', 'evidence'}."""
+def check_claims(cells, mosaic_topk: int | None = 100) -> list[dict[str, Any]]:
+  """The experiment's three questions, each {'claim', 'held', 'evidence'} (mosaic_topk: the
+  cutoff of the mosaics' NDCG)."""
   groups = _groups(cells)
   return [
       _claim_copies(groups),
-      _claim_pair(groups, 'mnist', 'views', 'views_no_weighting', 'copy_map',
+      _claim_pair(groups, 'mnist', 'views', 'views_no_weighting', COPY_MAP,
                   "HashNet's weighting matters without labels: copy-detection mAP is higher "
                   'with it than without (mean of the per-seed differences)'),
-      _claim_pair(groups, 'mosaics', 'soft', 'hard', 'ndcg',
-                  'On mosaics, soft similarity ranks by grade better than hard: NDCG@100 '
-                  'higher (mean of the per-seed differences)'),
+      _claim_pair(groups, 'mosaics', 'soft', 'hard', metric_key('ndcg', mosaic_topk),
+                  'On mosaics, soft similarity ranks by grade better than hard: '
+                  f'{_at("NDCG", mosaic_topk)} higher (mean of the per-seed differences)'),
   ]
 
 
@@ -214,18 +256,23 @@ def _settings_table(results) -> list[str]:
 
 def write(results: dict[str, Any], out_dir: str, report_path: str) -> None:
   """The Markdown page at `report_path`; the pictures are already in `out_dir`."""
+  results = upgrade(results)
+  topks = cutoffs(results)
   groups = _groups(results['cells'])
   rel = os.path.relpath(out_dir, os.path.dirname(os.path.abspath(report_path)))
   lines = report.page_head(results, 'Retrieval by content: label-free, supervised and graded '
                            'hashing', 'hashjax/experiments/semantics.py')
-  lines += report.claims_section(check_claims(results['cells']))
+  lines += report.claims_section(check_claims(results['cells'],
+                                              topks.get('mosaics', (100, None))[0]))
   lines += ['## MNIST: copies, pixel neighbours and classes', '',
             'Mean ± std over seeds; ties by database index unless the column says otherwise.',
-            ''] + result_table(groups, 'mnist', MNIST_COLUMNS) + ['']
+            ''] + result_table(groups, 'mnist', mnist_columns(*topks.get('mnist', (None, None))))
+  lines += ['']
   lines += ['## Mosaics: hard against soft similarity', '',
             'Mean ± std over seeds; NDCG@100 is the ranking by shared digits (0–4); class '
             'mAP@1000 counts any shared digit as relevant.', '']
-  lines += result_table(groups, 'mosaics', MOSAIC_COLUMNS) + ['']
+  lines += result_table(groups, 'mosaics', mosaic_columns(*topks.get('mosaics', (100, None))))
+  lines += ['']
   lines += ['## Queries and their top 10', '',
             'Seed 0, 64 bits; d = Hamming distance, ties by database index. MNIST rows are '
             'copies (held-out transformations of a query): green = its original, blue = the '

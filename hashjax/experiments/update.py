@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 
 from hashjax.experiments import grid
+from hashjax.hashing.evaluation import upgrade_row
+from hashjax.retrieval.metrics import metric_key
 from hashjax.runtime import cli
 from hashjax.runtime.errors import ConfigError, DataError
 from hashjax.runtime.settings import override
@@ -46,6 +48,13 @@ ANCHOR_WEIGHT = 1.0
 ARMS = ('finetune', 'l2', 'laplace', 'laplace_keep')
 PROTOCOLS = {'class': {'split.new_classes': '7,8,9'}, 'sample': {'split.later_fraction': 0.5}}
 QUICK = {'base': 60, 'update': 20, 'query_per_class': 10, 'train_per_class': 40}
+TOPK = 1000  # mAP@1000, configs/hashnet_mnist.py's map_topk
+
+
+def _map(suffix: str) -> str:
+  """The eval-row key of mAP@TOPK for a database version and query group, e.g.
+  'map@1000_kept_all'."""
+  return metric_key('map', TOPK, suffix)
 
 
 def make_config(mnist: str, protocol: str, bits: int, seed: int, stage: str, steps: int,
@@ -142,15 +151,15 @@ def choose_lambdas(mnist: str, protocol: str, bits: int, root: str, quick: bool
     for lam in grid_values:
       row, _ = _train(make('new', update_steps, **{
           **_arm_overrides(prior, {prior: lam}, base_dir)}), os.path.join(here, f'{prior}-{lam}'))
-      scores[f'{prior}={lam:g}'] = row['map_reencoded_all']
+      scores[f'{prior}={lam:g}'] = row[_map('reencoded_all')]
     chosen[prior] = max(grid_values, key=lambda v, p=prior: scores[f'{p}={v:g}'])
   return {'chosen': chosen, 'validation_map': scores}
 
 
 # -- summary, acceptance, report ---------------------------------------------------------------
 ROWS = ('retrain', 'no_update') + ARMS
-FIELDS = ('map_reencoded_all', 'map_reencoded_old', 'map_reencoded_new', 'map_kept_all',
-          'map_kept_old', 'map_kept_new', 'flip_rate', 'items_flipped', 'forgetting',
+FIELDS = tuple(_map(f'{v}_{g}') for v in ('reencoded', 'kept') for g in ('all', 'old', 'new')
+               ) + ('flip_rate', 'items_flipped', 'forgetting',
           'database_bits_recomputed', 'steps', 'wall_s')
 
 
@@ -161,11 +170,12 @@ def summarize(units: dict) -> dict[str, dict[str, dict[str, list[float]]]]:
   groups: dict[str, dict[str, dict[str, list[float]]]] = {}
   for key, result in units.items():
     protocol, bits, _ = key
-    before = result['no_update'].get('map_reencoded_old')
+    old = _map('reencoded_old')
+    before = upgrade_row(result['no_update']).get(old)
     for arm in ROWS:
-      row = dict(result[arm])
-      if before is not None and 'map_reencoded_old' in row:
-        row['forgetting'] = before - row['map_reencoded_old']
+      row = upgrade_row(dict(result[arm]))
+      if before is not None and old in row:
+        row['forgetting'] = before - row[old]
       cell = groups.setdefault(f'{protocol}-{bits}', {}).setdefault(arm, {})
       for field in FIELDS:
         if row.get(field) is not None:
@@ -185,12 +195,13 @@ def acceptance(summary: dict, group: str = 'class-32') -> list[str]:
   ok = lp <= 0.5 * ft
   lines.append(f'laplace forgetting {lp:.3f} ≤ ½ × finetune {ft:.3f}: '
                f'{"met" if ok else "NOT met"}')
-  ft_new, lp_new = m('finetune', 'map_reencoded_new'), m('laplace', 'map_reencoded_new')
+  ft_new, lp_new = (m('finetune', _map('reencoded_new')),
+                    m('laplace', _map('reencoded_new')))
   ok = lp_new >= 0.9 * ft_new
   lines.append(f'laplace new-class mAP {lp_new:.3f} ≥ 0.9 × finetune {ft_new:.3f}: '
                f'{"met" if ok else "NOT met"}')
-  keep, retrain = m('laplace_keep', 'map_kept_all'), m('retrain', 'map_reencoded_all')
-  none = m('no_update', 'map_kept_all')
+  keep, retrain = m('laplace_keep', _map('kept_all')), m('retrain', _map('reencoded_all'))
+  none = m('no_update', _map('kept_all'))
   lines.append(f'keep all-query mAP {keep:.3f} ≥ 0.85 × retrain {retrain:.3f} '
                f'(= {0.85 * retrain:.3f}): {"met" if keep >= 0.85 * retrain else "NOT met"}')
   lines.append(f'keep all-query mAP {keep:.3f} ≥ no update {none:.3f} + 0.10: '
@@ -203,7 +214,7 @@ def acceptance(summary: dict, group: str = 'class-32') -> list[str]:
 
 def table(summary: dict) -> str:
   """A markdown table per protocol-bits: mean ± std over seeds."""
-  cols = ('map_reencoded_all', 'map_reencoded_old', 'map_reencoded_new', 'map_kept_all',
+  cols = (_map('reencoded_all'), _map('reencoded_old'), _map('reencoded_new'), _map('kept_all'),
           'forgetting', 'flip_rate', 'items_flipped', 'database_bits_recomputed', 'steps',
           'wall_s')
   out = []
@@ -230,8 +241,8 @@ def plot(summary: dict, path: str) -> None:
   for group, arms in sorted(summary.items()):
     for arm in ROWS:
       cells = arms.get(arm, {})
-      if 'flip_rate' in cells and 'map_kept_all' in cells:
-        ax.scatter(cells['flip_rate'][0], cells['map_kept_all'][0], label=f'{group} {arm}')
+      if 'flip_rate' in cells and _map('kept_all') in cells:
+        ax.scatter(cells['flip_rate'][0], cells[_map('kept_all')][0], label=f'{group} {arm}')
   ax.set_xlabel('code-flip rate of the indexed items (mean Hamming distance / K)')
   ax.set_ylabel('mAP, all queries, old codes kept')
   ax.legend(fontsize=6)

@@ -33,6 +33,7 @@ from hashjax.hashing import augment, encoding, priors
 from hashjax.hashing.config import HashConfig, parse_eval_extra
 from hashjax.retrieval import codes as codes_lib
 from hashjax.retrieval import copy_detection, engine, graded, metrics, neighbours
+from hashjax.retrieval.metrics import metric_key as key
 from hashjax.retrieval.relevance import IndexSets, Labels
 
 NEIGHBOUR_FRACTION = 0.01  # relevant: the 1 % nearest database items in pixel space
@@ -86,8 +87,9 @@ def score(query_codes, db_codes, source: Source, split: Split, *, topk: int | No
     seed: draws the copies. cache: kept across calls of one run (neighbour sets, copies).
 
   Returns:
-    map (ties by index), map_interval [worst, best], map_expected, map_topk,
-    precision_at_radius_2, recall_at_radius_2, and each extra's entries.
+    map@T (ties by index; T = topk, or 'all'), map@T_interval [worst, best],
+    map@T_expected, map_topk, precision@radius2, recall@radius2, and each extra's entries
+    (`eval_keys`).
   """
   cache = {} if cache is None else cache
   extra_topk = topk if extra_topk is ... else extra_topk
@@ -102,20 +104,23 @@ def score(query_codes, db_codes, source: Source, split: Split, *, topk: int | No
   name = 'all' if topk is None else topk
   ap = lambda mode: _mean(values['labels'][f'ap@{name}:{mode}'])  # noqa: E731
   radius = min(RADIUS, bits)
-  out = {'map': ap('index'), 'map_interval': [ap('worst'), ap('best')],
-         'map_expected': ap('expected'), 'map_topk': topk,
-         'precision_at_radius_2': _mean(values['labels']['precision_R'][:, radius]),
-         'recall_at_radius_2': _mean(values['labels']['recall_R'][:, radius])}
+  out = {key('map', topk): ap('index'), key('map', topk, 'interval'): [ap('worst'), ap('best')],
+         key('map', topk, 'expected'): ap('expected'), 'map_topk': topk,
+         f'precision@radius{RADIUS}': _mean(values['labels']['precision_R'][:, radius]),
+         f'recall@radius{RADIUS}': _mean(values['labels']['recall_R'][:, radius])}
   if 'ndcg' in extra:
-    v = {key: _mean(value) for key, value in values['ndcg'].items()}
-    out.update(ndcg=v['ndcg:index'], ndcg_interval=[v['ndcg:worst'], v['ndcg:best']],
-               ndcg_expected=v['ndcg:expected'], acg=v['acg:index'], wap=v['wap:index'],
-               wap_expected=v['wap:expected'])
+    v = {k: _mean(value) for k, value in values['ndcg'].items()}
+    out.update({key('ndcg', extra_topk): v['ndcg:index'],
+                key('ndcg', extra_topk, 'interval'): [v['ndcg:worst'], v['ndcg:best']],
+                key('ndcg', extra_topk, 'expected'): v['ndcg:expected'],
+                key('acg', extra_topk): v['acg:index'], key('wap', extra_topk): v['wap:index'],
+                key('wap', extra_topk, 'expected'): v['wap:expected']})
   if 'neighbours' in extra:
     name = 'all' if extra_topk is None else extra_topk
-    out.update(neighbour_map=_mean(values['neighbours'][f'ap@{name}:index']),
-               neighbour_map_expected=_mean(values['neighbours'][f'ap@{name}:expected']),
-               neighbour_k=neighbour_count(split))
+    out.update({key('neighbour_map', extra_topk): _mean(values['neighbours'][f'ap@{name}:index']),
+                key('neighbour_map', extra_topk, 'expected'): _mean(
+                    values['neighbours'][f'ap@{name}:expected']),
+                'neighbour_topk': neighbour_count(split)})
   if 'copies' in extra:
     out.update(evaluate_copies(encode, source, split, query_codes, db_codes, seed=seed,
                                cache=cache))
@@ -137,7 +142,7 @@ def _neighbour_sets(source: Source, split: Split, cache: dict) -> np.ndarray:
 
 def evaluate_copies(encode: Callable, source: Source, split: Split, query_codes, db_codes, *,
                     seed: int, cache: dict | None = None) -> dict[str, float]:
-  """Copy detection (module docstring): copy_map, copy_recall_at_1 and _at_10, and their
+  """Copy detection (module docstring): copy_map@all, copy_recall@1 and @10, and their
   `_expected` versions, in one pass. encode(source, indices) → hash-layer outputs z
   [len(indices), K]; query_codes and db_codes: the evaluation's ±1 codes [Q, K], [N, K]."""
   cache = {} if cache is None else cache
@@ -154,10 +159,10 @@ def evaluate_copies(encode: Callable, source: Source, split: Split, query_codes,
               for ties in ('index', 'expected')}
   values = engine.measure(copy_codes, engine.Database.of(database), measures)
   out = {}
-  for ties, suffix in (('index', ''), ('expected', '_expected')):
-    out.update({f'copy_map{suffix}': _mean(values[ties]['inverse_rank']),
-                f'copy_recall_at_1{suffix}': _mean(values[ties]['hit@1']),
-                f'copy_recall_at_10{suffix}': _mean(values[ties]['hit@10'])})
+  for ties in ('index', 'expected'):
+    out.update({key('copy_map', None, ties): _mean(values[ties]['inverse_rank']),
+                key('copy_recall', 1, ties): _mean(values[ties]['hit@1']),
+                key('copy_recall', 10, ties): _mean(values[ties]['hit@10'])})
   return out
 
 
@@ -175,10 +180,11 @@ def evaluate_update(state, cfg: HashConfig, source: Source, split: Split,
   db_codes ±1 [M, K]): one pass per database version, the query groups read from it.
 
   Returns:
-    (results, codes). results: map_<reencoded|kept>_<all|old|new> with map_..._interval
-    ([worst, best] over tied orders; a group without queries is absent); map and
-    map_interval of the configured `updating.database_codes` on all queries; flip_rate and
-    items_flipped of the indexed items (`priors.code_flip_rate`); database_bits_recomputed.
+    (results, codes). results: map@T_<reencoded|kept>_<all|old|new> (T = map_topk, or 'all')
+    with map@T_..._interval ([worst, best] over tied orders; a group without queries is
+    absent); map@T and map@T_interval of the configured `updating.database_codes` on all
+    queries; flip_rate and items_flipped of the indexed items (`priors.code_flip_rate`);
+    database_bits_recomputed.
     codes: ±1 'query' [Q, K] and 'database' [N, K] as configured.
   """
   query = sign_encode(state, source, split.query, cfg, mesh)
@@ -195,15 +201,48 @@ def evaluate_update(state, cfg: HashConfig, source: Source, split: Split,
     ap = engine.measure(query, engine.Database.of(db), {'map': measure})['map']
     for group, mask in groups.items():
       if mask.any():
-        results[f'map_{version}_{group}'] = _mean(ap[f'{name}:index'], mask)
-        results[f'map_{version}_{group}_interval'] = [_mean(ap[f'{name}:worst'], mask),
-                                                      _mean(ap[f'{name}:best'], mask)]
+        at = key('map', cfg.map_topk, f'{version}_{group}')
+        results[at] = _mean(ap[f'{name}:index'], mask)
+        results[f'{at}_interval'] = [_mean(ap[f'{name}:worst'], mask),
+                                     _mean(ap[f'{name}:best'], mask)]
   mode = 'kept' if cfg.updating.database_codes == 'keep' else 'reencoded'
-  results['map'] = results[f'map_{mode}_all']
-  results['map_interval'] = results[f'map_{mode}_all_interval']
+  results[key('map', cfg.map_topk)] = results[key('map', cfg.map_topk, f'{mode}_all')]
+  results[key('map', cfg.map_topk, 'interval')] = results[
+      key('map', cfg.map_topk, f'{mode}_all_interval')]
   results.update(priors.code_flip_rate(indexed['db_codes'], reencoded[where]))
   recomputed = len(split.database) - (len(where) if mode == 'kept' else 0)
   results.update({'database_bits_recomputed': int(recomputed * cfg.bits), 'bits': cfg.bits,
                   'map_topk': cfg.map_topk, 'num_query': len(split.query),
                   'num_database': len(split.database), 'num_indexed': len(where)})
   return results, {'query': query, 'database': kept if mode == 'kept' else reencoded}
+
+
+# Keys of eval rows written before the metric keys took the `map@100` form.
+_RENAMED = {'precision_at_radius_2': f'precision@radius{RADIUS}',
+            'recall_at_radius_2': f'recall@radius{RADIUS}', 'neighbour_k': 'neighbour_topk',
+            **{f'copy_{old}{mode}': key(name, topk, mode[1:] or None)
+               for old, name, topk in (('map', 'copy_map', None), ('recall_at_1', 'copy_recall', 1),
+                                       ('recall_at_10', 'copy_recall', 10))
+               for mode in ('', '_expected')}}
+_AT_TOPK = ('map', 'ndcg', 'acg', 'wap', 'neighbour_map')
+_SUFFIXES = ('', '_interval', '_expected',
+             *(f'_{v}_{g}{i}' for v in ('reencoded', 'kept') for g in ('all', 'old', 'new')
+               for i in ('', '_interval')))
+
+
+def upgrade_row(row: dict[str, Any], topk=...) -> dict[str, Any]:
+  """An eval row in today's keys: a row written before the metric keys took the `map@100`
+  form (map, map_interval, ndcg_expected, precision_at_radius_2, copy_recall_at_1, ...) has
+  them renamed, with the cutoff `topk` (default: the row's own map_topk); a row already in
+  today's keys is returned as it is."""
+  if topk is ...:
+    if 'map_topk' not in row:
+      return row
+    topk = row['map_topk']
+  if any('@' in k for k in row):
+    return row
+  renamed = dict(_RENAMED)
+  for name in _AT_TOPK:
+    for suffix in _SUFFIXES:
+      renamed[f'{name}{suffix}'] = key(name, topk) + suffix
+  return {renamed.get(k, k): v for k, v in row.items()}

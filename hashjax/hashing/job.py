@@ -28,6 +28,7 @@ from hashjax.hashing import augment, evaluation, increments, pretrained, priors
 from hashjax.hashing import step as step_lib
 from hashjax.hashing.config import HashConfig, hash_config, parse_eval_extra
 from hashjax.retrieval import codes as codes_lib
+from hashjax.retrieval.metrics import metric_key
 from hashjax.runtime import disk, loop, parallel
 from hashjax.runtime.disk import write_or_warn
 from hashjax.runtime.errors import DataError
@@ -91,8 +92,6 @@ class HashJob(loop.Job):
   queries and database and scores Hamming retrieval (`evaluation.evaluate`); the outputs are eval.json
   and codes.npz (packed codes and labels of the final evaluation)."""
   loss_keys = ('loss',)
-  metric_modes = {'map': 'max', 'map_expected': 'max', 'precision_at_radius_2': 'max',
-                  'recall_at_radius_2': 'max'}
   eval_at_start = False
   resumable = frozenset({'learning_rate', 'lr_decay_every', 'lr_decay_factor', 'map_topk',
                          'eval_batch_size', 'pretrained', 'save_fisher', 'eval_extra'})
@@ -109,6 +108,11 @@ class HashJob(loop.Job):
   def __init__(self, config: ml_collections.ConfigDict | HashConfig, workdir: str):
     self.cfg = config if isinstance(config, HashConfig) else hash_config(config)
     self.config, self.workdir = config, workdir
+    topk = self.cfg.map_topk
+    self.metric_modes = {metric_key('map', topk): 'max',
+                         metric_key('map', topk, 'expected'): 'max',
+                         f'precision@radius{evaluation.RADIUS}': 'max',
+                         f'recall@radius{evaluation.RADIUS}': 'max'}
     self.source, self.split = load_data(self.cfg)
     self.extra_cache: dict = {}  # eval_extra's fixed ground truth, kept across evaluations
     self.num_examples = len(self.split.train)
@@ -136,6 +140,9 @@ class HashJob(loop.Job):
     results, self.codes = evaluation.evaluate(state, self.cfg, self.source, self.split,
                                               extra_cache=self.extra_cache)
     return results
+
+  def upgrade_row(self, row: dict[str, Any]) -> dict[str, Any]:
+    return evaluation.upgrade_row(row)
 
   def finish(self, state, eval_row, last_log_row) -> dict[str, Any]:
     del last_log_row

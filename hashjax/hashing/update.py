@@ -39,6 +39,7 @@ from hashjax.hashing import step as step_lib
 from hashjax.hashing.config import HashConfig, hash_config
 from hashjax.models import hash_activation
 from hashjax.retrieval import codes as codes_lib
+from hashjax.retrieval.metrics import metric_key
 from hashjax.runtime import checkpoint, disk, loop, parallel
 from hashjax.runtime.errors import UNREADABLE_NPZ_ERRORS, ConfigError
 
@@ -167,10 +168,13 @@ def load_indexed_codes(workdir: str) -> dict[str, np.ndarray]:
 class UpdateJob(job.HashJob):
   """An update as a job of `hashjax.loop` (module docstring); outputs as HashJob's."""
   loss_keys = ('loss', 'prior', 'anchor')
-  metric_modes = {'map': 'max', 'map_kept_all': 'max', 'map_reencoded_all': 'max'}
 
   def __init__(self, config, workdir: str):
     super().__init__(config, workdir)
+    topk = self.cfg.map_topk
+    self.metric_modes = {metric_key('map', topk): 'max',
+                         metric_key('map', topk, 'kept_all'): 'max',
+                         metric_key('map', topk, 'reencoded_all'): 'max'}
     u = self.cfg.updating
     image_shape = self.source.images(self.split.train[:1]).shape[1:]
     self.base_cfg, self.base_step = base_config(u.from_workdir)

@@ -32,7 +32,7 @@ class FirstHit:
   f'hit@{k}' (1 when it ranks in the first k; the probability for 'expected')."""
   relevance: Relevance
   ties: str = 'index'
-  recall_at: tuple = (1, 10)
+  topks: tuple = (1, 10)
 
   def tallies(self, num_items: int) -> engine.Tallies:
     del num_items
@@ -50,7 +50,7 @@ class FirstHit:
       inverse_rank = 1.0 / rank
       hit = lambda k: (rank <= k).astype(np.float64)  # noqa: E731
     return {'inverse_rank': inverse_rank, **{f'hit@{int(k)}': hit(int(k))
-                                             for k in self.recall_at}}
+                                             for k in self.topks}}
 
 
 @functools.lru_cache(maxsize=8)
@@ -70,7 +70,7 @@ def _check_targets(targets, num_query: int, num_db: int) -> np.ndarray:
 
 
 def copy_detection(query_codes, db_codes, targets, *, ties: str = 'index',
-                   recall_at=(1, 10), chunk_size: int | None = None) -> dict[str, float]:
+                   topks=(1, 10), chunk_size: int | None = None) -> dict[str, float]:
   """mAP and recall@k of copy detection (see the module docstring).
 
   Args:
@@ -78,23 +78,23 @@ def copy_detection(query_codes, db_codes, targets, *, ties: str = 'index',
     db_codes: [N, K] of the same kind (originals and distractors).
     targets: int [Q], the database index of each query's original.
     ties: 'index', 'best', 'worst' or 'expected'.
-    recall_at: the cutoffs k of recall@k (positive integers).
+    topks: the cutoffs k of recall@k (positive integers).
     chunk_size: queries evaluated at once (default: ~2**24 query·item pairs per device).
 
   Returns:
-    {'map': float, f'recall@{k}': float for each k}, each in [0, 1].
+    {'map@all': float, f'recall@{k}': float for each k}, each in [0, 1].
   """
   (mode,) = metrics.check_modes(ties)
-  for k in recall_at:
+  for k in topks:
     if k is None:
-      raise ValueError('recall_at needs integer cutoffs, got None')
-    metrics.check_cutoff(k, 'recall_at')
+      raise ValueError('topks needs integer cutoffs, got None')
+    metrics.check_cutoff(k, 'topks')
   query_codes, db_codes = metrics.check_codes(query_codes, db_codes)
   targets = _check_targets(targets, len(query_codes), len(db_codes))
   if not len(query_codes):
-    return {'map': 0.0, **{f'recall@{int(k)}': 0.0 for k in recall_at}}
-  measure = FirstHit(IndexSets(targets[:, None]), mode, tuple(recall_at))
+    return {'map@all': 0.0, **{f'recall@{int(k)}': 0.0 for k in topks}}
+  measure = FirstHit(IndexSets(targets[:, None]), mode, tuple(topks))
   values = engine.measure(query_codes, engine.Database.of(db_codes), {'copies': measure},
                           chunk_size=chunk_size)['copies']
-  return {'map': float(np.mean(values['inverse_rank'])),
-          **{f'recall@{int(k)}': float(np.mean(values[f'hit@{int(k)}'])) for k in recall_at}}
+  return {'map@all': float(np.mean(values['inverse_rank'])),
+          **{f'recall@{int(k)}': float(np.mean(values[f'hit@{int(k)}'])) for k in topks}}

@@ -34,6 +34,14 @@ from hashjax.retrieval.relevance import IndexSets, Labels, Relevance
 TIES = ('index', 'best', 'worst', 'expected')
 
 
+def metric_key(name: str, topk, suffix: str | None = None) -> str:
+  """The one spelling of a metric at a cutoff: ('map', 100) → 'map@100', ('map', None) →
+  'map@all', with a suffix (a tie order other than 'index', 'interval', ...) →
+  'map@100_expected'."""
+  key = f'{name}@{"all" if topk is None else int(topk)}'
+  return key if suffix in (None, 'index') else f'{key}_{suffix}'
+
+
 def check_codes(query_codes, db_codes):
   """The two code arrays as numpy, or a one-line ValueError: [Q, K] and [N, K]."""
   query_codes, db_codes = np.asarray(query_codes), np.asarray(db_codes)
@@ -291,16 +299,15 @@ def retrieval_report(query_codes, db_codes, query_labels, db_labels, *, map_topk
   values = _per_query(query_codes, db_codes, relevance, map_topks=tuple(map_topks),
                       precision_topks=tuple(precision_topks), ties=modes, pr_curve=pr_curve,
                       chunk_size=chunk_size)
-  suffix = lambda mode: '' if mode == 'index' else f'_{mode}'
   report = {}
   for topk in map_topks:
     name = 'all' if topk is None else int(topk)
     for mode in modes:
-      report[f'map@{name}{suffix(mode)}'] = float(values[f'ap@{name}:{mode}'].mean())
+      report[metric_key('map', topk, mode)] = float(values[f'ap@{name}:{mode}'].mean())
   for topk in precision_topks:
     name = int(topk)
     for mode in modes:
-      report[f'precision@{name}{suffix(mode)}'] = float(values[f'p@{name}:{mode}'].mean())
+      report[metric_key('precision', topk, mode)] = float(values[f'p@{name}:{mode}'].mean())
   if pr_curve:
     report['pr_precision'] = values['precision_R'].mean(0).tolist()
     report['pr_recall'] = values['recall_R'].mean(0).tolist()
@@ -309,18 +316,20 @@ def retrieval_report(query_codes, db_codes, query_labels, db_labels, *, map_topk
 
 def map_tie_summary(query_codes, db_codes, query_labels, db_labels, *, topk=None,
                     chunk_size: int | None = None) -> dict:
-  """For eval.json: {'map' (index ties), 'map_interval' [worst, best], 'map_expected'}.
+  """mAP@topk under the tie orders, for eval.json: {'map@T' (index ties), 'map@T_interval'
+  [worst, best], 'map@T_expected'} (T the cutoff, or 'all').
 
-  All at cutoff `topk` from a single pass; worst ≤ expected ≤ best always holds, and the
-  width of the interval shows how much the tie order alone can move the number.
+  All from a single pass; worst ≤ expected ≤ best always holds, and the width of the
+  interval shows how much the tie order alone can move the number.
   """
   query_codes, db_codes, relevance = _labels(query_codes, db_codes, query_labels, db_labels)
   values = _per_query(query_codes, db_codes, relevance, map_topks=(topk,), ties=TIES,
                       chunk_size=chunk_size)
   name = 'all' if topk is None else int(topk)
-  mean = lambda mode: float(values[f'ap@{name}:{mode}'].mean())
-  return {'map': mean('index'), 'map_interval': [mean('worst'), mean('best')],
-          'map_expected': mean('expected')}
+  mean = lambda mode: float(values[f'ap@{name}:{mode}'].mean())  # noqa: E731
+  return {metric_key('map', topk): mean('index'),
+          metric_key('map', topk, 'interval'): [mean('worst'), mean('best')],
+          metric_key('map', topk, 'expected'): mean('expected')}
 
 
 def _radius_metrics(query_codes, db_codes, query_labels, db_labels, radius, chunk_size):

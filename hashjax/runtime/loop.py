@@ -29,6 +29,7 @@ The contract (`Job`, a base class with defaults): what a job provides.
   logged(row, last_good): each metrics.jsonl row once written (e.g. to warn about a run going
                   wrong); last_good() → the newest complete checkpoint's path or None.
   evaluate(state, step) → a JSON row or None; collective across processes.
+  upgrade_row(row) → an eval.jsonl row written by an earlier version, in today's keys.
   finish(state, eval_row, last_log_row) → eval.json's content; writes the job's outputs
                   (an output a full disk kept out raises `disk.OutputNotWritten`).
 """
@@ -90,6 +91,9 @@ class Job:
   def evaluate(self, state: Any, step: int) -> dict[str, Any] | None:
     del state, step
     return None
+
+  def upgrade_row(self, row: dict[str, Any]) -> dict[str, Any]:
+    return row
 
   def finish(self, state: Any, eval_row: dict[str, Any] | None,
              last_log_row: dict[str, Any] | None) -> dict[str, Any]:
@@ -288,7 +292,7 @@ class _Session:
       plumbing.truncate_metrics(self.metrics_path, first_step)
       plumbing.truncate_metrics(self.eval_path, min(first_step, self.cfg.num_steps - 1))
     for row in plumbing.read_rows(self.eval_path):  # the best checkpoint survives a resume
-      self.ckpt.note_metrics(row['step'], row)
+      self.ckpt.note_metrics(row['step'], self.job.upgrade_row(row))
     logged = plumbing.read_rows(self.metrics_path)  # for `finish`, if no step runs now
     self.last_row = logged[-1] if logged else None
     return self.job.start(state, first_step), rng, first_step

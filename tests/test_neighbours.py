@@ -19,7 +19,7 @@ def test_neighbour_sets_match_a_stable_sort_of_exact_distances():
 
 
 def test_neighbour_set_errors_are_one_line():
-  with pytest.raises(ValueError, match='k=0 must be an integer in 1..5'):
+  with pytest.raises(ValueError, match='topk=0 must be an integer in 1..5'):
     neighbour_sets(np.zeros((2, 3)), np.zeros((5, 3)), 0)
   with pytest.raises(ValueError, match='features differ in size'):
     neighbour_sets(np.zeros((2, 3)), np.zeros((5, 4)), 1)

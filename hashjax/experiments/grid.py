@@ -107,8 +107,8 @@ def run(units: Sequence[Key], run_unit: Callable[[Key], dict[str, Any]], directo
   """Runs every unit (those saved in `directory` too, unless resume) and saves each result.
 
   workers > 1 runs units in that many spawned processes, each pinned to one core with
-  single-threaded XLA (on 2 cores two such workers finish small-CNN units ~1.45× sooner
-  than one process using both cores). Results are the same up to float summation order.
+  single-threaded XLA (for small CNNs sooner than one process using every core:
+  docs/PERFORMANCE.md). Results are the same up to float summation order.
 
   Returns:
     {key: result} for every unit, in the order of `units`. `progress(key, result)` is

@@ -185,7 +185,8 @@ def summarize(units: dict) -> dict[str, dict[str, dict[str, list[float]]]]:
 
 
 def acceptance(summary: dict, group: str = 'class-32') -> list[str]:
-  """The issue's targets on `group`, each a line 'met' / 'NOT met' with its figures."""
+  """The targets of docs/UPDATE.md on `group`, each a line 'met' / 'NOT met' with its
+  figures."""
   s = summary.get(group)
   if not s:
     return [f'{group}: not run']

@@ -133,7 +133,7 @@ def _classifier_fns(classifier: str, hidden: int, depth: int, ndf: int, image_si
                     batch_size: int, learning_rate: float):
   """Jitted (init, train step, logits) of a fresh classifier; cached so repeated estimates
   (one per GAN evaluation) compile once. The steps run from a Python loop, not `lax.scan`:
-  XLA:CPU runs convolutions inside a while loop ~20× slower."""
+  XLA:CPU runs convolutions inside a while loop far slower (docs/PERFORMANCE.md)."""
   if classifier == 'mlp':
     model = MLPClassifier(hidden=hidden, depth=depth)
   else:

@@ -95,8 +95,8 @@ class HashJob(loop.Job):
   eval_at_start = False
   resumable = frozenset({'learning_rate', 'lr_decay_every', 'lr_decay_factor', 'map_topk',
                          'eval_batch_size', 'pretrained', 'save_fisher', 'eval_extra'})
-  # Settings added after older runs were made (the update issue's, loss.similarity): a run
-  # from before them had these values.
+  # Settings added after older runs were made (the incremental protocols, updating, the
+  # similarity, views, eval_extra): a run from before them had these values.
   added_settings = {
       'split.new_classes': None, 'split.later_fraction': 0.0, 'split.stage': 'all',
       'split.validation': False, 'updating.from_workdir': None, 'updating.prior': 'laplace',

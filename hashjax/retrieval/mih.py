@@ -1,8 +1,9 @@
 """Exact Hamming k-nearest-neighbour search by multi-index hashing (Norouzi, Punjani and Fleet,
 CVPR 2012), on the host (numpy).
 
-The tables hold the database's *distinct* codes (learned codes repeat: a trained 64-bit MNIST
-model gives ~100 distinct codes for 9,000 images), each with the sorted ids of its items. Each
+The tables hold the database's *distinct* codes (learned codes repeat: a trained model gives
+each class a handful of codes; docs/retrieval.md counts them), each with the sorted ids of
+its items. Each
 K-bit code is cut into m contiguous substrings; substring j of every distinct code is a key of
 table j (the codes sorted by key, with the offset of every key's run). If an item is within
 Hamming distance d of the query, some substring is within ⌊d/m⌋ of the query's (the

@@ -1,11 +1,11 @@
 """Host-side retrieval statistics (numpy, float64) from what the device computed per chunk.
 
-* `histograms`: per query, how many items (and relevant items) lie at each distance. numpy's
-  bincount of uint16 keys costs ~1.2 ns per pair on this CPU, XLA:CPU's scatter ~4.3 ns.
+* `histograms`: per query, how many items (and relevant items) lie at each distance
+  (numpy's bincount of uint16 keys, cheaper per pair than XLA:CPU's scatter).
 * `order_by_distance` (the top-k's final order) and `full_index_ap` (AP over the whole
   ranking with ties by index): numpy's stable argsort of uint8/uint16 distances is a radix
-  (counting) sort, linear in N; XLA:CPU has only comparison sorts (~170 ns per pair with the
-  index as payload).
+  (counting) sort, linear in N; XLA:CPU has only comparison sorts (the costs of each:
+  docs/PERFORMANCE.md).
 * `tie_aware`: AP@k and P@k under the 'best', 'worst' and 'expected' tie orders, from the
   histograms alone.
 """

@@ -11,10 +11,10 @@ distance t. So:
    finds the last item at t that is taken, and a second one lists the k taken items in
    index order;
 3. the caller orders those k items by distance on the host (`ranking.order_by_distance`: a
-   radix sort of small integers; XLA:CPU's comparison sort took ~22 µs per row of 1,000).
+   radix sort of small integers, where XLA:CPU has only comparison sorts).
 
-Counts are uint8 sums over a major axis, which XLA:CPU vectorises: a row sum in int32 cost
-~30× more per element on this project's 2-core CPU.
+Counts are uint8 sums over a major axis, which XLA:CPU vectorises, unlike a row sum in int32
+(the costs of both: docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ _PROBES = 2  # thresholds counted per pass: a byte counter each in a uint16
 
 def _counts_at_most(dist_QxN: jax.Array, probe_QxW: jax.Array) -> jax.Array:
   """#{distance ≤ probe} per row and probe, int32 [Q, W], in one pass over [Q, N]: W ≤ 2
-  byte counters per uint16, summed over 32 strided slices (each byte ≤ 32). (Four in a
-  uint32 take 6× as long on XLA:CPU; two in a uint16 as long as one in a uint8.)"""
+  byte counters per uint16, summed over 32 strided slices (each byte ≤ 32): two in a uint16
+  cost as much as one in a uint8 on XLA:CPU, four in a uint32 far more (docs/PERFORMANCE.md)."""
   q, n = dist_QxN.shape
   strided = dist_QxN.reshape(q, 32, n // 32)
   flags = sum((strided <= probe_QxW[:, j, None, None].astype(dist_QxN.dtype)).astype(

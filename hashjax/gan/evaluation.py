@@ -67,7 +67,8 @@ def write_sample_image(path: str, state, cfg: GanConfig, num_classes: int, z=Non
     z = _eval_noise(cfg, TOY_EVAL_SAMPLES, 0)
   points = np.asarray(parallel.to_host(generate_ema(state, z, None)))
   return _save_scatter(path, points, toy2d.DATASETS[cfg.dataset](),
-                       f'{cfg.dataset}: {len(points)} EMA-generator samples, step {int(state.step)}')
+                       f'{cfg.dataset}: {len(points)} EMA-generator samples, '
+                       f'step {int(state.step)}')
 
 
 def sample_grid(state, cfg: GanConfig, num_classes: int, z=None, labels=None

@@ -62,7 +62,8 @@ def run_config(config: ml_collections.ConfigDict | GanConfig, workdir: str
 
 def sample(config: ml_collections.ConfigDict | GanConfig, workdir: str, num_samples: int,
            out: str | None = None, attributes: str | None = None) -> str:
-  """Writes a grid of `num_samples` EMA-generator samples from the newest checkpoint; returns its path.
+  """Writes a grid of `num_samples` EMA-generator samples from the newest checkpoint;
+  returns its path.
 
   attributes: 'NAME=VALUE,...' for a run conditioned on a label table's attributes; the
   attributes not named follow the training data (`gan_eval.attribute_rows`).

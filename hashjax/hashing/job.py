@@ -88,9 +88,9 @@ def global_batch(cfg: HashConfig, source: Source, split: Split, step: int,
 
 
 class HashJob(loop.Job):
-  """HashNet as a job of `runtime.loop`: the state is a `step.TrainState`; evaluation encodes
-  queries and database and scores Hamming retrieval (`evaluation.evaluate`); the outputs are eval.json
-  and codes.npz (packed codes and labels of the final evaluation)."""
+  """HashNet as a job of `runtime.loop`: the state is a `step.TrainState`; evaluation
+  encodes queries and database and scores Hamming retrieval (`evaluation.evaluate`); the
+  outputs are eval.json and codes.npz (packed codes and labels of the final evaluation)."""
   loss_keys = ('loss',)
   eval_at_start = False
   resumable = frozenset({'learning_rate', 'lr_decay_every', 'lr_decay_factor', 'map_topk',

@@ -3,15 +3,14 @@ CVPR 2012), on the host (numpy).
 
 The tables hold the database's *distinct* codes (learned codes repeat: a trained model gives
 each class a handful of codes; docs/retrieval.md counts them), each with the sorted ids of
-its items. Each
-K-bit code is cut into m contiguous substrings; substring j of every distinct code is a key of
-table j (the codes sorted by key, with the offset of every key's run). If an item is within
-Hamming distance d of the query, some substring is within ⌊d/m⌋ of the query's (the
-pigeonhole principle: the m substring distances add up to d). So probing, for r = 0, 1, 2, ...,
-every key at distance r from each query substring has found every item within distance
-m(r+1) − 1; once k items lie within that bound they contain the exact k nearest. Ties are
-broken by database index: the items of the codes at the k-th distance are merged from their
-sorted id lists.
+its items. Each K-bit code is cut into m contiguous substrings; substring j of every distinct
+code is a key of table j (the codes sorted by key, with the offset of every key's run). If an
+item is within Hamming distance d of the query, some substring is within ⌊d/m⌋ of the
+query's (the pigeonhole principle: the m substring distances add up to d). So probing, for
+r = 0, 1, 2, ..., every key at distance r from each query substring has found every item
+within distance m(r+1) − 1; once k items lie within that bound they contain the exact k
+nearest. Ties are broken by database index: the items of the codes at the k-th distance are
+merged from their sorted id lists.
 
 m follows the paper: m ≈ K / log2(U) for U distinct codes, substrings of about log2 U bits, so
 a bucket holds about one code of uniform codes. Where the codes are so crowded or spread out

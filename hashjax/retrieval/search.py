@@ -202,7 +202,8 @@ class HammingIndex:
       with np.load(path, allow_pickle=False) as data:
         arrays = {name: data[name] for name in data.files}
     except FileNotFoundError:
-      raise SearchError(f'{path} does not exist; train first, or point at a run directory') from None
+      raise SearchError(f'{path} does not exist; train first, or point at a run '
+                        'directory') from None
     except UNREADABLE_NPZ_ERRORS as e:
       raise SearchError(f'{path} is not a readable codes.npz ({e}); rerun the train.py '
                         'command of the run: a finished run evaluates again and rewrites '

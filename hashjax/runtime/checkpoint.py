@@ -173,8 +173,9 @@ class Checkpointer:
         cleanup_tmp_directories=False)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
     found = self.all_steps()
-    log.info('checkpoints in %s: %s%s', self.directory, found or 'none',
-             f'; removed {len(self.stale_removed)} unfinished save(s)' if self.stale_removed else '')
+    removed = (f'; removed {len(self.stale_removed)} unfinished save(s)'
+               if self.stale_removed else '')
+    log.info('checkpoints in %s: %s%s', self.directory, found or 'none', removed)
 
   # -- queries ---------------------------------------------------------------------------
   def all_steps(self) -> list[int]:

@@ -47,7 +47,8 @@ def initialize_distributed(mode: str = 'auto', *, coordinator_address: str | Non
   if mode == 'off':
     return
   if mode == 'auto':
-    on_cluster = int(os.environ.get('SLURM_NTASKS', '1')) > 1 or 'TPU_WORKER_HOSTNAMES' in os.environ
+    on_cluster = (int(os.environ.get('SLURM_NTASKS', '1')) > 1
+                  or 'TPU_WORKER_HOSTNAMES' in os.environ)
     if coordinator_address is None and not on_cluster:
       return
   # JAX's CPU backend runs cross-process collectives through gloo (no effect on GPU/TPU

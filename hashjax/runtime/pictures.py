@@ -28,7 +28,8 @@ def make_grid(images_NxHxWxC: np.ndarray, ncol: int, *, gap: int = 2, scale: int
   grid = np.full((rows * (h + gap) + gap, ncol * (w + gap) + gap, 3), 255, np.uint8)
   for i, image in enumerate(images):
     r, c = divmod(i, ncol)
-    grid[gap + r * (h + gap):gap + r * (h + gap) + h, gap + c * (w + gap):gap + c * (w + gap) + w] = image
+    top, left = gap + r * (h + gap), gap + c * (w + gap)
+    grid[top:top + h, left:left + w] = image
   return grid
 
 

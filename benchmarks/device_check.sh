@@ -21,7 +21,7 @@
 #
 # --dry_run runs every stage on the CPU at the tiniest sizes (JAX_PLATFORMS=cpu, no install),
 # with a nominal peak of 1 TFLOP/s, so that the script is known to work before a GPU is at
-# hand (tests/test_device_check.py). The report (markdown; default runs/device_check.md) gets
+# hand (tests/benchmarks/test_device_check.py). The report (markdown; default runs/device_check.md) gets
 # one section per stage (command, last lines of output, exit code, seconds) and a summary
 # table; the exit code is 0 when every stage exited 0.
 # shellcheck disable=SC2317  # the stage functions run through `bash -c` (export -f)

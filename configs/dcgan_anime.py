@@ -8,7 +8,7 @@ The public anime-face set (33,431 face crops, 96×96; none ships with hashjax):
 
 Any folder of jpg/png/webp files works (--config.dataset=folder:PATH); subfolders, if any,
 become classes for --config.conditional=True, and a label table (--config.labels=FILE.csv,
-hashjax/label_table.py) gives attributes instead (configs/dcgan_anime_tags.py). The first pass
+hashjax/data/label_table.py) gives attributes instead (configs/dcgan_anime_tags.py). The first pass
 decodes, center-crops and resizes every image and caches them in <workdir>/data_cache.
 12,000 steps of batch 128 ≈ 46 epochs of the 33k faces: about 7 hours on 2 CPU cores (the
 full-width step runs ~63 examples/s there, docs/PERFORMANCE.md); one GPU: not measured.

@@ -1,7 +1,7 @@
 """DCGAN on the anime faces, 64×64, conditioned on hair and eye colour (one embedding each).
 
   git clone --depth 1 https://github.com/antoncoding/Deep_Learning_GAN data/Deep_Learning_GAN
-  python -m hashjax.anime_faces data/Deep_Learning_GAN      # writes hair_eye.csv
+  python -m hashjax.commands.anime_faces data/Deep_Learning_GAN      # writes hair_eye.csv
   python gan.py --config=configs/dcgan_anime_tags.py --workdir=runs/dcgan_anime_tags
   python gan.py --mode=sample --workdir=runs/dcgan_anime_tags --attributes=hair=blue,eye=red
 

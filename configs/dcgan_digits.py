@@ -38,7 +38,7 @@ def get_config() -> config_dict.ConfigDict:
   c.checkpoint_every = 500
   c.sample_every = 500
   c.num_samples = 64
-  # A label table (CSV, hashjax/label_table.py) for a folder: dataset: with conditional=True
+  # A label table (CSV, hashjax/data/label_table.py) for a folder: dataset: with conditional=True
   # the GAN is conditioned on its attributes (e.g. hair and eye colour).
   c.labels = config_dict.placeholder(str)
   c.unlabelled = 'drop'  # images without a row in labels: 'drop' or 'keep' (unknown)

@@ -8,7 +8,7 @@ Protocol: all 60,000 images (tfds train+test); 100 queries per class (1,000), th
 whole database. Training: the paper's SGD (momentum 0.9, weight decay 5e-4, hash layer
 lr ×10, lr ×0.5 every 2,000 steps, 10,000 steps) and β schedule (γ = 0.005, every 200 steps).
 Meant for a GPU. The paper fine-tunes an ImageNet-pretrained AlexNet: convert torchvision's
-weights once (`python -m hashjax.pretrained convert alexnet-owt-7be5be79.pth alexnet.npz`)
+weights once (`python -m hashjax.commands.pretrained alexnet-owt-7be5be79.pth alexnet.npz`)
 and add `--config.pretrained=alexnet.npz` (ResNet-50 for the ImageNet-100 config).
 """
 

@@ -51,7 +51,7 @@ def get_config() -> config_dict.ConfigDict:
   # More in eval.json, comma-separated: ndcg (multi-hot labels), neighbours, copies.
   c.eval_extra = ''
 
-  # The random views of loss.similarity='views' (hashjax/augment.py); 0 / False: off.
+  # The random views of loss.similarity='views' (hashjax/hashing/augment.py); 0 / False: off.
   c.augment = config_dict.ConfigDict()
   c.augment.crop = 0.5  # kept area in [1 − crop, 1]
   c.augment.flip = False  # off for digits: a mirrored digit is another symbol

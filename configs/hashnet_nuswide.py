@@ -9,7 +9,7 @@ of that form), images resolved relative to the list file's folder and resized to
 Pairs are similar when they share at least one concept. Protocol (paper): 5,000 queries,
 the rest is the database, 10,000 training images drawn from it; mAP@5000. Training: the
 paper's SGD settings (see configs/hashnet_cifar10.py). Meant for a GPU; load ImageNet
-weights with `hashjax.pretrained.load_pretrained` (see its module docstring).
+weights with `hashjax.hashing.pretrained.load_pretrained` (see its module docstring).
 """
 
 from configs import hashnet_cifar10

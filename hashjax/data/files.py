@@ -136,7 +136,7 @@ def load_folder(root: str, image_size: int | None, cache_dir: str | None,
   """Every image under `root`, its central square resized to image_size (RGB uint8).
 
   Without `labels`, the top-level subfolders are the classes (int64 [N]; one class if none).
-  With `labels` (a label table, `hashjax.label_table`), a `LabelledFolder`: images without a
+  With `labels` (a label table, `hashjax.data.label_table`), a `LabelledFolder`: images without a
   row are left out (unlabelled='drop') or kept with unknown attributes ('keep').
   Decoded images are cached in `cache_dir` (None: no cache), keyed by the files' names,
   sizes and times.

@@ -116,11 +116,11 @@ NOTES = [
     '(unweighted pairwise NLL + 0.1 × log cosh(|u|−1), u = tanh(z), β = 1). LSH: Gaussian '
     'projections of the centred pixels (in [−1, 1]); ITQ: PCA to K dims + 50 rotation '
     'iterations; both fitted on the training images, one draw per seed.',
-    'The 100-class set (the `pairs:npz:PATH` source, `hashjax.data.pair_source`): item n '
+    'The 100-class set (the `pairs:npz:PATH` source, `hashjax.data.arrays.pair_source`): item n '
     'puts MNIST test image a_n left of image b_n (two seeded permutations; 10,000 items, '
     '56×28 px), label 10·y(a_n) + y(b_n). Evaluation is mAP@1000 over Hamming ranking with '
-    'ties by database index (`hashjax.metrics`); queries with no relevant item in the first '
-    '1,000 ranks count 0.',
+    'ties by database index (`hashjax.retrieval.metrics`); queries with no relevant item in '
+    'the first 1,000 ranks count 0.',
     'Plans: the default `--plan=full` runs every method × {16, 32, 48, 64} bits × 3 seeds on '
     'all three sets; `--plan=cpu` runs seed 0 everywhere plus seeds 1 and 2 of HashNet at 48 '
     'bits on MNIST, and only 48 bits on the 100-class set; `--quick` is a smoke test. '

@@ -224,7 +224,7 @@ NOTES = [
     '**Ties.** Every figure without a qualifier ranks tied Hamming distances by database '
     'index, as the mAP of every other page here does; "expected ties" is the exact '
     'expectation over the orders of tied items (closed form per distance bucket, '
-    '`hashjax.metrics`). With 32-bit codes ties are common, and the two can differ.',
+    '`hashjax.retrieval.metrics`). With 32-bit codes ties are common, and the two can differ.',
     '**Training.** Every deep cell is configs/hashnet_mnist.py (small CNN, Adam 1e-3, batch '
     '64, β from 1 to ≈ 5 over the run) with the ablation grid\'s settings '
     '(`hashnet_ablation.COMMON` and `schedule_overrides`), the data set\'s overrides and the '

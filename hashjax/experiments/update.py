@@ -11,7 +11,7 @@ on the old data (BASE_STEPS steps, fisher.npz at its end), retraining from scrat
   laplace      diagonal-Fisher prior (EWC), λ chosen on validation
   laplace_keep laplace + the old database codes kept + code anchor μ = ANCHOR_WEIGHT
 and 'no_update' (the base model: old codes kept, new items encoded by it). Protocols
-(hashjax.increments): 'class' — digits 0–6 old, 7–9 new; 'sample' — half of each class's
+(hashjax.hashing.increments): 'class' — digits 0–6 old, 7–9 new; 'sample' — half of each class's
 training (and database) items arrive later. MNIST test set: 100 queries per class, 500
 training images per class drawn from the database, mAP@1000, batch 64, small CNN.
 

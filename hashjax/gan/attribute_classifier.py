@@ -1,7 +1,7 @@
 """Does the conditioning work? An attribute classifier scores a conditional GAN's samples.
 
 A small CNN with one softmax head per attribute (hair and eye colour) is trained through
-`hashjax.loop` on the real tagged images of a GAN run, with a held-out split, in
+`hashjax.runtime.loop` on the real tagged images of a GAN run, with a held-out split, in
 `<gan workdir>/attribute_classifier/`. Its balanced accuracy on the held-out real images
 (`<name>_accuracy_real`, the mean over values of the per-value accuracy) is the reference for
 its balanced accuracy on samples generated for each value (`<name>_accuracy_generated`):
@@ -53,7 +53,7 @@ class AttributeCNN(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class ClassifierConfig:
-  """The classifier's run: what `hashjax.loop` needs, and its learning rate."""
+  """The classifier's run: what `hashjax.runtime.loop` needs, and its learning rate."""
   sizes: tuple[int, ...]
   num_steps: int
   seed: int
@@ -133,7 +133,7 @@ def predict_all(state: ClassifierState, images: np.ndarray, batch: int = 256) ->
 
 
 class ClassifierJob(loop.Job):
-  """The classifier as a job of `hashjax.loop`, on a GAN run's images and attribute ids."""
+  """The classifier as a job of `hashjax.runtime.loop`, on a GAN run's images and attribute ids."""
   loss_keys = ('loss',)
 
   def __init__(self, cfg: ClassifierConfig, workdir: str, *, images, labels, names):

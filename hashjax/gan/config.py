@@ -9,7 +9,7 @@ from hashjax.runtime.settings import CheckpointConfig, build, one_of, positive_i
 
 GAN_LOSSES = ('non_saturating', 'minimax')
 GAN_MODELS = ('dcgan', 'mlp')
-TOY_DATASETS = ('ring8', 'grid25')  # 2-D mixtures (hashjax.toy2d), for model='mlp'
+TOY_DATASETS = ('ring8', 'grid25')  # 2-D mixtures (hashjax.gan.toy2d), for model='mlp'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +40,7 @@ class GanConfig:
   model: str = 'dcgan'  # or 'mlp' (2-D toy data; ngf / ndf are the hidden widths)
   eval_holdout: int = 0  # real examples kept out of training for the JSD estimate; 0: none
   eval_steps: int = 300  # training steps of the estimator's fresh classifier
-  labels: str | None = None  # a label table (hashjax.label_table) for a folder: dataset
+  labels: str | None = None  # a label table (hashjax.data.label_table) for a folder: dataset
   unlabelled: str = 'drop'  # images without a row in `labels`: 'drop' or 'keep' (unknown)
   collapse_window: int = 5  # logged steps of D winning outright before a warning; 0: never
   classifier_steps: int = 0  # > 0: train an attribute classifier, score samples at each eval

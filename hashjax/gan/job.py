@@ -91,7 +91,7 @@ def _toy_metric_modes(cfg: GanConfig) -> dict[str, str]:
 
 
 class GanJob(loop.Job):
-  """The GAN as a job of `hashjax.loop`: the state is a `GANState`; every `sample_every`
+  """The GAN as a job of `hashjax.runtime.loop`: the state is a `GANState`; every `sample_every`
   steps a sample grid; evaluation is the held-out JSD estimate (`gan_eval.evaluate_jsd`,
   with `eval_holdout` > 0); the outputs are eval.json and jsd_curve.png."""
   loss_keys = ('d_loss', 'g_loss')
@@ -222,7 +222,7 @@ class GanJob(loop.Job):
 def train_and_evaluate(config: ml_collections.ConfigDict | GanConfig, workdir: str, *,
                        reporter: plumbing.Reporter | None = None) -> dict[str, Any]:
   """Trains the (conditional) DCGAN, or the MLP GAN on 2-D data, as configured
-  (`hashjax.loop.run` over a `GanJob`); with classifier_steps > 0 first the attribute
+  (`hashjax.runtime.loop.run` over a `GanJob`); with classifier_steps > 0 first the attribute
   classifier (`attribute_classifier.train`, in <workdir>/attribute_classifier), whose scores
   every evaluation then reports.
 

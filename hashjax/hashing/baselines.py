@@ -6,7 +6,7 @@
   B = sign(V R) and the orthogonal Procrustes solution for R.
 
 Fit on training features [N, D] (e.g. raw pixels); encode any features to ±1 int8 codes [N, K]
-with sign(0) = +1, the convention of `hashjax.codes.sign_codes`.
+with sign(0) = +1, the convention of `hashjax.retrieval.codes.sign_codes`.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ class SplitConfig:
   train_per_class: int | None = None
   num_train: int | None = None
   train_in_database: bool = True
-  # Incremental protocols (hashjax.increments): which items arrive later, and which stage
+  # Incremental protocols (hashjax.hashing.increments): which items arrive later, and which stage
   # this run sees: 'all', 'old' (before the update) or 'new' (the update's data).
   new_classes: str | None = None  # class ids arriving later, e.g. '7,8,9'
   later_fraction: float = 0.0  # or: this fraction of each class arrives later
@@ -79,7 +79,7 @@ STAGES = ('all', 'old', 'new')
 
 @dataclasses.dataclass(frozen=True)
 class UpdateConfig:
-  """Updating a finished run (hashjax.update); inactive while from_workdir is None."""
+  """Updating a finished run (hashjax.hashing.update); inactive while from_workdir is None."""
   from_workdir: str | None = None
   prior: str = 'laplace'
   prior_weight: float = 1.0
@@ -120,7 +120,7 @@ class HashConfig:
   updating: UpdateConfig = UpdateConfig()
   save_fisher: bool = False  # write fisher.npz (the Laplace prior of a later update) at the end
   augment: AugmentConfig = AugmentConfig()  # the views of loss.similarity='views'
-  eval_extra: str = ''  # comma-separated: ndcg, neighbours, copies (hashjax.extra_eval)
+  eval_extra: str = ''  # comma-separated: ndcg, neighbours, copies (hashjax.hashing.evaluation)
 
   @property
   def alpha(self) -> float:
@@ -179,7 +179,7 @@ def hash_config(config) -> HashConfig:
              f'got backbone={cfg.backbone!r}')
     require(isinstance(cfg.pretrained, str) and os.path.isfile(cfg.pretrained),
              f'pretrained={cfg.pretrained!r} is not a file; give a .npz or .safetensors '
-             'state dict with torchvision names (python -m hashjax.pretrained convert)')
+             'state dict with torchvision names (python -m hashjax.commands.pretrained)')
   _check_increments(cfg)
   if cfg.loss.weighting == 'fixed':
     require(cfg.loss.class_num is not None and cfg.loss.class_num > 0,

@@ -15,7 +15,7 @@ order like torchvision, so `classifier.1.weight` needs only the transpose.
 
 Use:
 
-  python -m hashjax.pretrained convert alexnet-owt-7be5be79.pth alexnet.npz   # needs torch
+  python -m hashjax.commands.pretrained alexnet-owt-7be5be79.pth alexnet.npz   # needs torch
 
   state = hash_trainer.create_train_state(cfg, (224, 224, 3), rng)
   variables = load_pretrained(state.variables(), 'alexnet.npz', 'alexnet')

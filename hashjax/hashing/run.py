@@ -14,7 +14,7 @@ from hashjax.runtime import loop, plumbing
 
 def train_and_evaluate(config: ml_collections.ConfigDict | HashConfig, workdir: str, *,
                        reporter: plumbing.Reporter | None = None) -> dict[str, Any]:
-  """Trains HashNet as configured (`hashjax.loop.run` over a `HashJob`), evaluating every
+  """Trains HashNet as configured (`hashjax.runtime.loop.run` over a `HashJob`), evaluating every
   `eval_every` steps and at the end.
 
   Runs data-parallel over every device (all processes' devices after

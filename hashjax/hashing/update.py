@@ -3,11 +3,11 @@
 `updating.from_workdir` names the finished run; its final checkpoint gives θ₀ (params and
 BatchNorm statistics), both the starting point and the prior's centre, and its codes.npz the
 codes of the items already indexed. The optimizer starts fresh; β continues from the old
-run's last step. The objective on the update's data (split.stage='new', hashjax.increments):
+run's last step. The objective on the update's data (split.stage='new', hashjax.hashing.increments):
 
   HashNet's loss + λ·prior(θ) + μ·anchor
   prior   'none': 0; 'l2': ½‖θ − θ₀‖²; 'laplace': ½Σ Fᵢ(θᵢ − θ₀ᵢ)² (F from the old run's
-          fisher.npz, hashjax.priors)
+          fisher.npz, hashjax.hashing.priors)
   anchor  `code_anchor_loss` between the new tanh(βz) of indexed (old database) images and
           their stored codes, a batch of them drawn with every training batch
           (μ = updating.code_anchor_weight; off at 0)
@@ -166,7 +166,7 @@ def load_indexed_codes(workdir: str) -> dict[str, np.ndarray]:
 
 # -- the job ---------------------------------------------------------------------------------
 class UpdateJob(job.HashJob):
-  """An update as a job of `hashjax.loop` (module docstring); outputs as HashJob's."""
+  """An update as a job of `hashjax.runtime.loop` (module docstring); outputs as HashJob's."""
   loss_keys = ('loss', 'prior', 'anchor')
 
   def __init__(self, config, workdir: str):

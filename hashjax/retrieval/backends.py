@@ -1,14 +1,14 @@
 """The search backends of `HammingIndex`, all with one meaning: the exact topk nearest codes by
 Hamming distance, ties by database index, so each returns the same neighbours in the same order.
 
-* 'jax' (default): the linear scan of `hashjax.search` on any device, queries sharded over
+* 'jax' (default): the linear scan of `hashjax.retrieval.search` on any device, queries sharded over
   the local devices.
 * 'faiss' (CPU, the `faiss` extra): faiss `IndexBinaryFlat`, whose order among equal
   distances is arbitrary: each row is re-sorted by (distance, index), and where items tie at
   the k-th distance (some of them may have been left out) that query's set at that distance
   is completed by a range search, so the result is the linear scan's exactly.
-* 'mih': multi-index hashing (`hashjax.mih`), sub-linear on spread-out codes, with the 'jax'
-  scan for the queries it would not serve well.
+* 'mih': multi-index hashing (`hashjax.retrieval.mih`), sub-linear on spread-out codes, with
+  the 'jax' scan for the queries it would not serve well.
 """
 
 from __future__ import annotations

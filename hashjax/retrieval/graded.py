@@ -1,7 +1,7 @@
 """Graded relevance over Hamming ranking: NDCG@k, ACG@k and weighted mAP (WAP@k, see
-`hashjax.weighted_ap`), with the tie orders of AP.
+`hashjax.retrieval.weighted_ap`), with the tie orders of AP.
 
-Conventions (fixed, as in `hashjax.metrics`):
+Conventions (fixed, as in `hashjax.retrieval.metrics`):
 
 * Relevance of a database item to a query: the number of labels they share (multi-hot
   labels, y_q·y_i), or 1 / 0 for equal / different class ids.

@@ -72,7 +72,7 @@ class HammingIndex:
     extras: the other arrays of a loaded `codes.npz` (query codes, indices, dataset name).
     backend: 'jax' (linear scan on the devices), 'faiss' (faiss IndexBinaryFlat, CPU) or
       'mih' (multi-index hashing, falling back to the linear scan): the same neighbours in
-      the same order whichever it is (`hashjax.search_backends`).
+      the same order whichever it is (`hashjax.retrieval.backends`).
   """
   db_codes: np.ndarray
   bits: int

@@ -130,7 +130,7 @@ def _pack(mask_QxN: jax.Array) -> jax.Array:
   flags = mask_QxN.reshape(q, n // 32, 4, 8).astype(jnp.uint8) << shifts
   bytes_QxUx4 = jnp.sum(flags, axis=3, dtype=jnp.uint8)  # distinct bits: the sum is the or
   # Byte i of a word holds flags 8·i..8·i + 7: narrow sums vectorise, and XLA's platforms
-  # are little-endian (tests/test_selection.py checks the order).
+  # are little-endian (tests/retrieval/test_selection.py checks the order).
   return jax.lax.bitcast_convert_type(bytes_QxUx4, jnp.uint32)
 
 

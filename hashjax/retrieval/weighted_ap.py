@@ -1,4 +1,4 @@
-"""Weighted mAP (graded relevance) under the tie orders of `hashjax.graded`, on the host.
+"""Weighted mAP (graded relevance) under the tie orders of `hashjax.retrieval.graded`, on the host.
 
 WAP@k = (1/n⁺) Σ_{p≤k} [rel_p > 0]·ACG@p, ACG@p = (1/p) Σ_{i≤p} rel_i, with n⁺ the items of
 relevance > 0 among the first k ranks (0 when there are none); Zhao et al., CVPR 2015.

@@ -1,6 +1,6 @@
-"""Plumbing of the training loop (`hashjax.loop`): progress reporting, metrics.jsonl rows read
-back one step late, batches prepared ahead, the NaN/inf check, and disk-aware JSON files.
-Knows nothing about any job."""
+"""Plumbing of the training loop (`hashjax.runtime.loop`): progress reporting, metrics.jsonl
+rows read back one step late, deterministic batches prepared ahead, the NaN/inf check, and
+disk-aware JSON files. Knows nothing about any job."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ class ServeError(ValueError):
 
 
 def average_precision(dist_N: np.ndarray, relevant_N: np.ndarray, topk: int | None) -> float:
-  """AP@topk of one query, ties by database index (`hashjax.metrics` conventions)."""
+  """AP@topk of one query, ties by database index (`hashjax.retrieval.metrics` conventions)."""
   order = np.argsort(dist_N, kind='stable')[:topk]
   rel = np.asarray(relevant_N, bool)[order]
   return float(metrics.ranked_average_precision(rel[None], len(rel))[0])

@@ -1,4 +1,4 @@
-"""hashjax/anime_faces.py: the anime-face repository's label.csv as a label table, on a tiny
+"""hashjax/data/anime_faces.py: the anime-face repository's label.csv as a label table, on a tiny
 synthetic copy (no data is downloaded)."""
 
 from hashjax.commands import anime_faces as anime_faces_lib

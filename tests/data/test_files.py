@@ -1,4 +1,4 @@
-"""Tests for hashjax/image_files.py: the `folder:PATH` and `list:PATH` sources (opened through
+"""Tests for hashjax/data/files.py: the `folder:PATH` and `list:PATH` sources (opened through
 `data.load_source`)."""
 
 import os

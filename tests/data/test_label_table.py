@@ -1,4 +1,4 @@
-"""Tests for hashjax/label_table.py and the `folder:` source with a label table
+"""Tests for hashjax/data/label_table.py and the `folder:` source with a label table
 (`image_files.load_folder(..., labels=)`): both formats, the errors, and what happens to
 images without a row and rows without an image."""
 

@@ -1,6 +1,6 @@
 """The GAN conditioned on a label table's attributes (hair and eye colour on anime faces),
 its pictures (attribute grid, interpolation strip, losses.png), `gan.py --mode=sample
---attributes`, and the collapse warning (hashjax/gan_collapse.py), on tiny synthetic folders."""
+--attributes`, and the collapse warning (hashjax/gan/collapse.py), on tiny synthetic folders."""
 
 import logging
 import os

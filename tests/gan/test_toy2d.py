@@ -1,4 +1,4 @@
-"""Tests for hashjax/toy2d.py: the 2-D mixtures, mode statistics and the KDE JSD."""
+"""Tests for hashjax/gan/toy2d.py: the 2-D mixtures, mode statistics and the KDE JSD."""
 
 import numpy as np
 import pytest

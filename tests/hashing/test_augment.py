@@ -1,4 +1,4 @@
-"""Random views (hashjax/augment.py): pure, jittable, each augmentation does what it says."""
+"""Random views (hashjax/hashing/augment.py): pure, jittable, each augmentation does what it says."""
 
 import dataclasses
 

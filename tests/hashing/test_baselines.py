@@ -1,4 +1,4 @@
-"""Tests for hashjax/baselines.py: LSH and ITQ."""
+"""Tests for hashjax/hashing/baselines.py: LSH and ITQ."""
 
 import numpy as np
 import pytest

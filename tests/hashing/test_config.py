@@ -1,4 +1,4 @@
-"""Tests for hashjax/config.py: every bad setting is one ConfigError naming it."""
+"""Tests for hashjax/hashing/config.py: every bad setting is one ConfigError naming it."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""Tests for hashjax/pretrained.py: torchvision-named weights → HashNet variables."""
+"""Tests for hashjax/hashing/pretrained.py: torchvision-named weights → HashNet variables."""
 
 import functools
 

@@ -1,4 +1,4 @@
-"""Copy detection (hashjax/copy_detection.py) against brute force over every tie order."""
+"""Copy detection (hashjax/retrieval/copy_detection.py) against brute force over every tie order."""
 
 import itertools
 

@@ -1,4 +1,4 @@
-"""NDCG@k and ACG@k (hashjax/graded.py) against brute force over every order of tied items."""
+"""NDCG@k and ACG@k (hashjax/retrieval/graded.py) against brute force over every order of tied items."""
 
 import itertools
 
@@ -85,7 +85,7 @@ def test_class_ids_give_binary_relevance():
 
 
 def test_a_large_database_takes_the_top_k_path():
-  # 9,000 items: the index-order top k comes from hashjax.selection (a sampled threshold).
+  # 9,000 items: the index-order top k comes from hashjax.retrieval.selection (a sampled threshold).
   rng = np.random.default_rng(5)
   qc, dc = np.where(rng.random((4, 12)) > 0.5, 1, -1), np.where(rng.random((9000, 12)) > 0.5, 1, -1)
   ql, dl = (rng.random((4, 4)) > 0.5).astype(int), (rng.random((9000, 4)) > 0.5).astype(int)

@@ -1,4 +1,4 @@
-"""Nearest-neighbour ground truth (hashjax/neighbours.py) and AP against it
+"""Nearest-neighbour ground truth (hashjax/retrieval/neighbours.py) and AP against it
 (metrics.average_precision_of_sets)."""
 
 import numpy as np

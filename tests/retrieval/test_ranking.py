@@ -1,4 +1,4 @@
-"""Host-side statistics (hashjax/ranking.py) against direct numpy computations."""
+"""Host-side statistics (hashjax/retrieval/ranking.py) against direct numpy computations."""
 
 import numpy as np
 

@@ -1,4 +1,4 @@
-"""Exact top-k selection (hashjax/selection.py) against numpy's stable sorts."""
+"""Exact top-k selection (hashjax/retrieval/selection.py) against numpy's stable sorts."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""The loop's resume promises, for every job of tests/test_loop.py (`JOBS`), against one
+"""The loop's resume promises, for every job of tests/runtime/test_loop.py (`JOBS`), against one
 uninterrupted run each: kill -9 and SIGTERM at random moments and a disk that fills up
 mid-run all end bit-identical; a signal before the first step saves nothing; a second run on
 a held workdir stops at once. A module of its own so that pytest-xdist (--dist loadscope)

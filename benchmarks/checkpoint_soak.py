@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import hashnet_digits  # pylint: disable=g-import-not-at-top
 from hashjax.hashing import job
-from hashjax.hashing import run as hash_trainer
+from hashjax.hashing import run
 from hashjax.runtime import checkpoint as ckpt_lib
 from hashjax.runtime import loop
 
@@ -88,7 +88,7 @@ def main():
       c.split.query_per_class, c.split.train_per_class = 5, 20
       c.checkpoint.max_to_keep = 5
       try:
-        hash_trainer.train_and_evaluate(c, workdir)
+        run.train_and_evaluate(c, workdir)
       except Exception as e:  # pylint: disable=broad-except
         totals['crashes'] += 1
         print(f'round {rnd}: crashed: {e!r}')

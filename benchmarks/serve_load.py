@@ -45,7 +45,7 @@ TOKEN = 'load-test'
 def train_run(workdir: str) -> None:
   """A small finished HashNet run (48 bits) to serve."""
   from configs import hashnet_digits  # pylint: disable=g-import-not-at-top
-  from hashjax.hashing import run as hash_trainer  # pylint: disable=g-import-not-at-top
+  from hashjax.hashing import run  # pylint: disable=g-import-not-at-top
   from hashjax.runtime.settings import override  # pylint: disable=g-import-not-at-top
   settings = {'bits': 48, 'num_steps': 300, 'eval_every': 10**6, 'checkpoint_every': 300,
               'split.query_per_class': 100, 'split.train_per_class': 500}
@@ -53,7 +53,7 @@ def train_run(workdir: str) -> None:
     settings.update(dataset=f'npz:{os.path.abspath(MNIST)}')
   else:
     settings.update({'split.query_per_class': 30, 'split.train_per_class': 100})
-  hash_trainer.train_and_evaluate(override(hashnet_digits.get_config(), settings), workdir)
+  run.train_and_evaluate(override(hashnet_digits.get_config(), settings), workdir)
 
 
 def grow(workdir: str, items: int, seed: int) -> float:

@@ -29,7 +29,7 @@ import rounds  # benchmarks/rounds.py
 
 from configs import hashnet_digits
 from hashjax.data import base as data_lib
-from hashjax.hashing import step as hash_trainer
+from hashjax.hashing import step as hash_step
 from hashjax.hashing.config import hash_config
 from hashjax.runtime import parallel, plumbing
 
@@ -59,8 +59,8 @@ def hashjax_step(model, dtype='float32'):
   local = {'image': rng.uniform(-1, 1, (batch, size, size, channels)).astype(np.float32),
            'label': rng.integers(0, 10, batch)}
   t0 = time.perf_counter()
-  state = hash_trainer.create_train_state(cfg, (size, size, channels), jax.random.PRNGKey(0), mesh)
-  step = hash_trainer.make_train_step(cfg, mesh)
+  state = hash_step.create_train_state(cfg, (size, size, channels), jax.random.PRNGKey(0), mesh)
+  step = hash_step.make_train_step(cfg, mesh)
   key = parallel.replicate(np.asarray(jax.random.PRNGKey(1)), mesh)
   batch_dev = parallel.global_batch(local, mesh)
   step = step.lower(state, batch_dev, key).compile()  # compiled once: run and cost-analysed

@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 
 from hashjax.experiments import grid
+from hashjax.hashing import evaluation, increments, job, run, update
+from hashjax.hashing.config import hash_config
 from hashjax.hashing.evaluation import upgrade_row
 from hashjax.retrieval.metrics import metric_key
 from hashjax.runtime import cli
@@ -75,7 +77,6 @@ def make_config(mnist: str, protocol: str, bits: int, seed: int, stage: str, ste
 def _train(config, workdir: str) -> tuple[dict[str, Any], float]:
   """(eval.json, wall seconds of the training). A run finished before (a --resume) is only
   evaluated again; its wall time is the one recorded in <workdir>/wall_s.json then."""
-  from hashjax.hashing import run  # pylint: disable=g-import-not-at-top
   record = os.path.join(workdir, 'wall_s.json')
   finished = os.path.exists(os.path.join(workdir, 'eval.json')) and os.path.exists(record)
   start = time.perf_counter()
@@ -98,13 +99,11 @@ def _arm_overrides(arm: str, lambdas: dict[str, float], base_dir: str) -> dict[s
 
 
 def _score_state(config, run_dir: str, base_dir: str) -> dict[str, Any]:
-  """`update.evaluate_update` of the final state in run_dir, as an update of base_dir."""
-  from hashjax.hashing import increments, job, update  # pylint: disable=g-import-not-at-top
-  from hashjax.hashing.config import hash_config  # pylint: disable=g-import-not-at-top
+  """`evaluation.evaluate_update` of the final state in run_dir, as an update of base_dir."""
   cfg = hash_config(config)
   source, split = job.load_data(cfg)
   _, state, _ = update.load_base(run_dir, source.images(split.train[:1]).shape[1:])
-  results, _ = update.evaluate_update(state, cfg, source, split, update.load_indexed_codes(
+  results, _ = evaluation.evaluate_update(state, cfg, source, split, update.load_indexed_codes(
       base_dir), increments.parse_classes(cfg.split.new_classes))
   return results
 

@@ -90,7 +90,7 @@ class UpdateConfig:
 
 @dataclasses.dataclass(frozen=True)
 class HashConfig:
-  """Everything `hash_trainer.train_and_evaluate` needs (see configs/hashnet_digits.py)."""
+  """Everything `run.train_and_evaluate` needs (see configs/hashnet_digits.py)."""
   dataset: str
   image_size: int | None
   class_list: str | None

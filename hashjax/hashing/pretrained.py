@@ -17,7 +17,7 @@ Use:
 
   python -m hashjax.commands.pretrained alexnet-owt-7be5be79.pth alexnet.npz   # needs torch
 
-  state = hash_trainer.create_train_state(cfg, (224, 224, 3), rng)
+  state = step.create_train_state(cfg, (224, 224, 3), rng)
   variables = load_pretrained(state.variables(), 'alexnet.npz', 'alexnet')
   state = state.replace(params=variables['params'],
                         batch_stats=variables.get('batch_stats', state.batch_stats))

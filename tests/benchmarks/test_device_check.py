@@ -47,7 +47,7 @@ def test_dry_run_passes_every_stage(dry_run):
 @pytest.mark.parametrize('stage,pattern', [
     ('environment', r'jax \d+\.\d+\.\d+ cpu'),
     ('install', r'skipped \(--dry_run\)'),
-    ('train.py (default config)', r'eval: step=4 map=0\.\d+'),
+    ('train.py (default config)', r'eval: step=4 map@all=0\.\d+'),
     ('gan.py (default config)', r'eval: step=4 jsd_lower_bound='),
     ('ceilings', r'matmul 128x128x128 bfloat16: [\d.e+-]+ TFLOP/s'),
     ('train step float32', r'small_cnn 32px batch 8 float32: hashjax +[\d.]+ ex/s .*'

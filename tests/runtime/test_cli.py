@@ -53,7 +53,7 @@ def jobs(monkeypatch):
 def test_tiny_run_prints_metrics_and_writes_workdir(tmp_path, capsys):
   code, out, err = _call(train.main, capsys, f'--workdir={tmp_path}', *TINY)
   assert code == 0, err
-  assert 'eval: step=4 map=' in out + err
+  assert 'eval: step=4 map@all=' in out + err
   assert json.loads((tmp_path / 'eval.json').read_text())['step'] == 4
   assert json.loads((tmp_path / 'config.json').read_text())['bits'] == 8
 

@@ -1,4 +1,4 @@
-"""Trains a DCGAN, or samples from a trained one; flags and outputs are described in README.md.
+"""Trains a DCGAN, or samples from a trained one; flags and outputs: docs/gan.md.
 
   python gan.py                                          # configs/dcgan_digits.py
   python gan.py --mode=sample --workdir=runs/dcgan_digits --num_samples=64

@@ -1,4 +1,4 @@
-"""Trains and evaluates a HashNet model; flags and outputs are described in README.md.
+"""Trains and evaluates a HashNet model; flags and outputs: docs/training.md.
 
   python train.py                                    # configs/hashnet_digits.py
   python train.py --config=configs/hashnet_mnist.py --config.bits=48 --workdir=runs/mnist48

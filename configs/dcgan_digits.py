@@ -1,7 +1,7 @@
 """DCGAN on scikit-learn's bundled 8×8 digits, upscaled to 32×32 (the default; offline, CPU).
 
   python gan.py --config=configs/dcgan_digits.py --workdir=runs/dcgan_digits
-  python gan.py --mode=sample --workdir=runs/dcgan_digits --num=64
+  python gan.py --mode=sample --workdir=runs/dcgan_digits --num_samples=64
 
 Class-conditional variant: --config.conditional=True (one column of the grid per digit).
 Narrower than the reference DCGAN (ngf = ndf = 32) so it trains in minutes on 2 CPU cores.

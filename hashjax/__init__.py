@@ -3,7 +3,7 @@
 The functional API: models are flax linen modules (pure `init`/`apply`), everything else
 pure functions on arrays. Arrays are named with their shape (`codes_NxK`, `dist_QxN`); what
 each letter means, and the one name each concept has (the cutoff of a ranking is `topk`), is
-the table in README.md, section "Names".
+docs/names.md.
 """
 
 from hashjax.gan.divergence import JSDEstimate, estimate_jsd, exact_jsd, jsd_lower_bound

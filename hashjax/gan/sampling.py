@@ -78,8 +78,39 @@ def sample(config: ml_collections.ConfigDict | GanConfig, workdir: str, num_samp
   if recorded:
     log.info('sampling with the settings of %s', recorded)
   job = GanJob(cfg, workdir)
+  labels = _conditions(job, attributes, num_samples, workdir)  # bad attributes: before loading
+  state = _newest_state(job, workdir, recorded)
+  z = np.asarray(jax.random.normal(jax.random.PRNGKey(cfg.seed + 104729), (num_samples, cfg.nz)))
+  path = out or os.path.join(workdir, 'samples', f'sample_{int(state.step):06d}.png')
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  if not gan_eval.write_sample_image(path, state, cfg, job.spec.num_classes, z, labels):
+    raise ConfigError(f'could not write {path}: the disk is full (or, for a 2-D scatter '
+                      'plot, matplotlib is missing)')
+  return path
+
+
+def _conditions(job: GanJob, attributes: str | None, num_samples: int, workdir: str):
+  """What the samples are generated for: attribute ids int32 [n, A] (the chosen values, the
+  others following the data), class ids int32 [n] (one class per column), or None."""
+  cfg = job.cfg
+  if attributes is not None:
+    if not (cfg.conditional and job.spec.attribute_sizes):
+      raise ConfigError(f'attributes={attributes!r}: the run in {workdir} is not conditioned '
+                        'on attributes (it needs a label table and conditional=True)')
+    chosen = parse_attributes(attributes, job.spec)
+    return gan_eval.attribute_rows(job.labels, chosen, num_samples, cfg.seed)
+  if cfg.conditional and job.spec.attribute_sizes:
+    return gan_eval.attribute_rows(job.labels, {}, num_samples, cfg.seed)
+  if cfg.conditional:
+    return (np.arange(num_samples) % job.spec.num_classes).astype(np.int32)
+  return None
+
+
+def _newest_state(job: GanJob, workdir: str, recorded: str | None):
+  """The newest checkpoint's state; one that does not fit the model is a ConfigError."""
+  cfg = job.cfg
   try:
-    state, _ = loop.load_checkpoint(job, workdir)
+    return loop.load_checkpoint(job, workdir)[0]
   except ConfigError:
     raise
   except loop.DAMAGED_CHECKPOINT_ERRORS as e:  # orbax: e.g. a stored shape unlike the model's
@@ -90,22 +121,3 @@ def sample(config: ml_collections.ConfigDict | GanConfig, workdir: str, num_samp
     raise ConfigError(f'the newest checkpoint in {workdir} does not fit the model settings of '
                       f'{recorded or "the config given"} ({settings}): '
                       f'{str(e).split(". ")[0][:200]}; {hint}') from None
-  z = np.asarray(jax.random.normal(jax.random.PRNGKey(cfg.seed + 104729), (num_samples, cfg.nz)))
-  if attributes is not None:
-    if not (cfg.conditional and job.spec.attribute_sizes):
-      raise ConfigError(f'attributes={attributes!r}: the run in {workdir} is not conditioned '
-                        'on attributes (it needs a label table and conditional=True)')
-    chosen = parse_attributes(attributes, job.spec)
-    labels = gan_eval.attribute_rows(job.labels, chosen, num_samples, cfg.seed)
-  elif cfg.conditional and job.spec.attribute_sizes:
-    labels = gan_eval.attribute_rows(job.labels, {}, num_samples, cfg.seed)
-  elif cfg.conditional:
-    labels = (np.arange(num_samples) % job.spec.num_classes).astype(np.int32)
-  else:
-    labels = None
-  path = out or os.path.join(workdir, 'samples', f'sample_{int(state.step):06d}.png')
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  if not gan_eval.write_sample_image(path, state, cfg, job.spec.num_classes, z, labels):
-    raise ConfigError(f'could not write {path}: the disk is full (or, for a 2-D scatter '
-                      'plot, matplotlib is missing)')
-  return path

@@ -1,5 +1,6 @@
 """benchmarks/device_check.sh, the prepared GPU check: its --dry_run runs every stage on the
-CPU at the tiniest sizes and writes the report with every section."""
+CPU at the tiniest sizes and writes the report with every section (slow: ~2 minutes); a
+spent budget and bad arguments."""
 
 import os
 import re
@@ -33,6 +34,7 @@ def dry_run(tmp_path_factory):
   return proc, out.read_text() if out.exists() else ''
 
 
+@pytest.mark.slow
 def test_dry_run_passes_every_stage(dry_run):
   proc, report = dry_run
   assert proc.returncode == 0, proc.stdout + proc.stderr + report
@@ -44,6 +46,7 @@ def test_dry_run_passes_every_stage(dry_run):
   assert 'every stage passed' in sections['summary']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('stage,pattern', [
     ('environment', r'jax \d+\.\d+\.\d+ cpu'),
     ('install', r'skipped \(--dry_run\)'),

@@ -30,6 +30,7 @@ def _field(block: str, name: str) -> tuple[int, str]:
 
 @pytest.mark.skipif(os.name != 'posix' or os.geteuid() != 0,
                     reason='mounts a tmpfs (mount -t tmpfs): needs root on Linux')
+@pytest.mark.slow
 def test_quick_run_prints_a_summary_whose_counters_add_up():
   done = subprocess.run([sys.executable, SCRIPT, '--quick', '--seed=0', '--jobs=hashnet'],
                         capture_output=True, text=True, timeout=300, cwd=ROOT)

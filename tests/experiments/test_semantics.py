@@ -7,7 +7,6 @@ import os
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 
 from hashjax.experiments import hashing_cell
 from hashjax.experiments import semantics as sem
@@ -50,18 +49,6 @@ def test_units_and_plans():
   assert {m for s in full for m in s.methods} == set(sr.LABELS)
 
 
-@pytest.fixture(scope='module')
-def tiny_npz(tmp_path_factory):
-  """300 of scikit-learn's digits at 28×28 (8×8 scaled ×3, padded by 2), 30 per class."""
-  digits = load_digits()
-  keep = np.concatenate([np.flatnonzero(digits.target == c)[:30] for c in range(10)])
-  images = np.kron(digits.images[keep], np.ones((3, 3))) * (255 / 16)
-  images = np.pad(images, ((0, 0), (2, 2), (2, 2))).round().astype(np.uint8)
-  path = tmp_path_factory.mktemp('tiny') / 'mnist_like.npz'
-  np.savez(path, image=images, label=digits.target[keep])
-  return str(path)
-
-
 def tiny_settings(path):
   small = {'num_steps': 3, 'batch_size': 8, 'eval_batch_size': 64}
   return [
@@ -77,6 +64,7 @@ def tiny_settings(path):
   ]
 
 
+@pytest.mark.slow
 def test_tiny_grid_through_main_writes_results_pictures_and_page(tmp_path, monkeypatch, capsys,
                                                                  tiny_npz):
   settings = tiny_settings(tiny_npz)

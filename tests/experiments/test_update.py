@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -84,3 +86,28 @@ def test_bad_flags_are_one_line(argv, match, capsys, tmp_path):
   assert len(err) == 1 and err[0].startswith(exp.PROG + ': error: ')
   import re  # pylint: disable=g-import-not-at-top
   assert re.search(match, err[0])
+
+
+@pytest.mark.slow
+def test_a_tiny_grid_through_main_writes_the_table_and_resumes(tmp_path, monkeypatch, capsys,
+                                                              tiny_npz):
+  """Every unit's runs (base, no update, retraining, each arm) and the λ selection, on 300
+  digits at a few steps each: the table, the acceptance lines and a resume that runs nothing."""
+  monkeypatch.setattr(exp, 'LAMBDAS', {'l2': (1.0, 10.0), 'laplace': (1e3,)})
+  monkeypatch.setattr(exp, 'QUICK', {'base': 12, 'update': 6, 'query_per_class': 5,
+                                     'train_per_class': 10})
+  flags = [f'--mnist={tiny_npz}', '--quick', '--bits=16', '--seeds=0', '--protocols=class',
+           f'--workdir={tmp_path}/units', f'--out={tmp_path}/out']
+  assert exp.main(flags) == 0
+  results = json.loads((tmp_path / 'out' / 'results.json').read_text())
+  assert set(results['selection']['class-16']['chosen']) == {'l2', 'laplace'}
+  arms = results['summary']['class-16']
+  assert set(arms) == set(exp.ROWS)
+  for arm in exp.ROWS:
+    assert 0 <= arms[arm][exp._map('kept_all')][0] <= 1 and arms[arm]['steps'][2] == 1
+  assert arms['no_update']['flip_rate'][0] == 0  # the base model's own codes
+  table = (tmp_path / 'out' / 'update_table.md').read_text()
+  assert '| laplace_keep |' in table and '- class-32: not run' in table  # the targets' group
+  assert "('class', 16, 0) done" in capsys.readouterr().out
+  assert exp.main(flags + ['--resume']) == 0
+  assert 'done' not in capsys.readouterr().out.replace('λ chosen', '')

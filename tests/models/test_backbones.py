@@ -11,10 +11,10 @@ from hashjax import HashNet, hash_activation, ops
 @pytest.mark.parametrize('size', [8, 28, 32])
 def test_small_cnn_shapes(size):
   model = HashNet(bits=24, backbone='small_cnn')
-  x = jnp.zeros((3, size, size, 1))
-  variables = model.init(jax.random.PRNGKey(0), x)
+  x = jax.ShapeDtypeStruct((3, size, size, 1), jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
   assert set(variables) == {'params'} and set(variables['params']) == {'backbone', 'hash_layer'}
-  assert model.apply(variables, x).shape == (3, 24)
+  assert jax.eval_shape(model.apply, variables, x).shape == (3, 24)
 
 
 @pytest.mark.parametrize('backbone,size,features', [
@@ -32,8 +32,9 @@ def test_large_backbones_shapes(backbone, size, features):
 def test_resnet18_runs_and_updates_batch_stats():
   model = HashNet(bits=16, backbone='resnet18')
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
-  variables = model.init(jax.random.PRNGKey(0), x)
-  z, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)  # one program, not op by op
+  z, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(
+      variables, x)
   assert z.shape == (2, 16)
   before = variables['batch_stats']['backbone']['bn1']['mean']
   assert not jnp.allclose(before, updates['batch_stats']['backbone']['bn1']['mean'])
@@ -42,11 +43,13 @@ def test_resnet18_runs_and_updates_batch_stats():
 def test_alexnet_dropout_needs_rng_only_in_training():
   model = HashNet(bits=16, backbone='alexnet')
   x = jnp.ones((1, 64, 64, 3))
-  variables = model.init(jax.random.PRNGKey(0), x)
-  a = model.apply(variables, x, train=True, rngs={'dropout': jax.random.PRNGKey(1)})
-  b = model.apply(variables, x, train=True, rngs={'dropout': jax.random.PRNGKey(2)})
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+  train = jax.jit(lambda v, x, key: model.apply(v, x, train=True, rngs={'dropout': key}))
+  a = train(variables, x, jax.random.PRNGKey(1))
+  b = train(variables, x, jax.random.PRNGKey(2))
   assert not jnp.allclose(a, b)
-  assert jnp.allclose(model.apply(variables, x), model.apply(variables, x))
+  infer = jax.jit(model.apply)
+  assert jnp.allclose(infer(variables, x), infer(variables, x))
 
 
 def test_hash_activation_approaches_sign():
@@ -63,10 +66,10 @@ def test_unknown_backbone():
 def test_bfloat16_compute_keeps_float32_params_and_outputs():
   model = HashNet(bits=16, backbone='small_cnn', dtype=jnp.bfloat16)
   x = jnp.ones((2, 8, 8, 1))
-  variables = model.init(jax.random.PRNGKey(0), x)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
-  z = model.apply(variables, x)
-  z32 = HashNet(bits=16, backbone='small_cnn').apply(variables, x)
+  z = jax.jit(model.apply)(variables, x)
+  z32 = jax.jit(HashNet(bits=16, backbone='small_cnn').apply)(variables, x)
   assert z.dtype == jnp.float32 and jnp.allclose(z, z32, atol=0.05)
 
 
@@ -91,10 +94,11 @@ def test_tiny_small_cnn_hashnet_agrees_on_both_paths():
     pytest.skip('the CPU kernels run on an XLA:CPU backend only')
   model = HashNet(bits=8, backbone='small_cnn')
   x = jnp.floor(2 * jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 1)))  # pooling ties
-  variables = model.init(jax.random.PRNGKey(0), x)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
   loss = lambda v, x: jnp.sum(jnp.tanh(model.apply(v, x)) ** 2)
-  run = lambda: (jax.value_and_grad(loss, argnums=(0, 1))(variables, x),
-                 str(jax.make_jaxpr(lambda v, x: model.apply(v, x))(variables, x)))
+  # A fresh jit per path: a jitted function's trace is cached by function, not by path.
+  run = lambda: (jax.jit(lambda v, x: jax.value_and_grad(loss, argnums=(0, 1))(v, x))(
+      variables, x), str(jax.make_jaxpr(lambda v, x: model.apply(v, x))(variables, x)))
   cpu, cpu_jaxpr = run()
   with ops.force_portable():
     portable, portable_jaxpr = run()

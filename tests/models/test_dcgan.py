@@ -22,15 +22,18 @@ def test_strided_layers_equal_flax_layers_with_the_same_kernel(layers, shape, fe
   make_reference, make_ours, scale = layers
   x = jax.random.normal(jax.random.PRNGKey(0), shape)
   reference, ours = make_reference(features), make_ours(features)
-  variables = reference.init(jax.random.PRNGKey(1), x)
+  variables = jax.jit(reference.init)(jax.random.PRNGKey(1), x)
   loss = lambda m: lambda v, x: jnp.sum(jnp.sin(m.apply(v, x)))
+  # Each computation one jitted program (fresh functions: traces are cached by function).
+  value_and_grads = lambda m: jax.jit(lambda v, x: (m.apply(v, x), jax.grad(
+      loss(m), argnums=(0, 1))(v, x)))
   with on_path(path):
-    assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(2), x)) == jax.tree.map(
-        jnp.shape, variables)  # same parameter names and kernel layout: interchangeable
-    y, g = ours.apply(variables, x), jax.grad(loss(ours), argnums=(0, 1))(variables, x)
+    assert jax.tree.map(jnp.shape, jax.eval_shape(ours.init, jax.random.PRNGKey(2), x)) == (
+        jax.tree.map(jnp.shape, variables))  # same names and kernel layout: interchangeable
+    y, g = value_and_grads(ours)(variables, x)
   assert y.shape == (shape[0], int(scale * shape[1]), int(scale * shape[2]), features)
-  np.testing.assert_allclose(y, reference.apply(variables, x), atol=2e-6)
-  g_ref = jax.grad(loss(reference), argnums=(0, 1))(variables, x)
+  y_ref, g_ref = value_and_grads(reference)(variables, x)
+  np.testing.assert_allclose(y, y_ref, atol=2e-6)
   for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-5)  # float32 sums of ~100 terms
 
@@ -91,6 +94,7 @@ def test_unsupported_resolution():
     Generator(image_size=48).init(jax.random.PRNGKey(0), jnp.zeros((1, 100)))
 
 
+@pytest.mark.slow
 def test_tiny_generator_and_discriminator_agree_on_both_paths():
   """A D + G forward and backward pass (BatchNorm in training mode), traced with the CPU
   kernels and with flax's and lax's own ops: the same variables, values and gradients."""
@@ -105,16 +109,16 @@ def test_tiny_generator_and_discriminator_agree_on_both_paths():
     logits, _ = d.apply(d_vars, fake, labels, train=True, mutable=['batch_stats'])
     return jnp.sum(jax.nn.softplus(-logits)), fake
 
-  def run():
+  def run(z):  # jitted afresh for each path: one program each, not op by op
     g_vars = g.init(jax.random.PRNGKey(1), z, labels)
     d_vars = d.init(jax.random.PRNGKey(2), jnp.zeros((2, 32, 32, 3)), labels)
     (loss, fake), grads = jax.value_and_grad(losses, argnums=(0, 1, 2), has_aux=True)(
         g_vars, d_vars, z)
     return (g_vars, d_vars), (loss, fake), grads
 
-  cpu = run()
+  cpu = jax.jit(lambda z: run(z))(z)
   with ops.force_portable():
-    portable = run()
+    portable = jax.jit(lambda z: run(z))(z)
   variables = lambda out: jax.tree_util.tree_flatten_with_path(out[0])
   assert [(k, v.shape) for k, v in variables(cpu)[0]] == [(k, v.shape)
                                                           for k, v in variables(portable)[0]]

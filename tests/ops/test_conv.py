@@ -34,8 +34,8 @@ def test_kernel_gradient_equals_xlas(x_shape, k_shape, strides, padding):
   dy = jax.random.normal(jax.random.PRNGKey(2), y.shape)
   pads = lax.padtype_to_pads(x_shape[1:3], k_shape[:2], strides, padding) \
       if isinstance(padding, str) else padding
-  np.testing.assert_allclose(ops.kernel_gradient(x, dy, k_shape[:2], strides, pads),
-                             vjp(dy)[0], rtol=1e-4, atol=1e-4)
+  ours = jax.jit(lambda x, dy: ops.kernel_gradient(x, dy, k_shape[:2], strides, pads))
+  np.testing.assert_allclose(ours(x, dy), vjp(dy)[0], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize('x_shape,k_shape,strides,padding', SHAPES)
@@ -45,10 +45,13 @@ def test_cpu_path_values_and_gradients_equal_lax(x_shape, k_shape, strides, padd
   ours = lambda x, k: ops.conv_general_dilated(x, k, strides, padding, dimension_numbers=DN)
   ref = lambda x, k: lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=DN)
   loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))
+  value_and_grads = lambda f: jax.jit(lambda x, k: (f(x, k), jax.grad(
+      loss(f), argnums=(0, 1))(x, k)))(x, k)  # one program each
   with on_path('cpu'):  # the portable path is lax.conv_general_dilated itself
-    y, grads = ours(x, k), jax.grad(loss(ours), argnums=(0, 1))(x, k)
-  np.testing.assert_allclose(y, ref(x, k), rtol=1e-5, atol=1e-5)
-  for a, b in zip(grads, jax.grad(loss(ref), argnums=(0, 1))(x, k)):
+    y, grads = value_and_grads(ours)
+  y_ref, grads_ref = value_and_grads(ref)
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  for a, b in zip(grads, grads_ref):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
@@ -77,15 +80,16 @@ def test_conv_layer_is_nn_conv_on_both_paths():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 4))
   ours, ref = ops.Conv(6, (1, 1), (2, 2), use_bias=False), nn.Conv(6, (1, 1), (2, 2),
                                                                  use_bias=False)
-  variables = ref.init(jax.random.PRNGKey(1), x)
+  variables = jax.jit(ref.init)(jax.random.PRNGKey(1), x)
   loss = lambda v, x: jnp.sum(jnp.sin(ours.apply(v, x)))
   results = {}
   for path in ('cpu', 'portable'):
     with on_path(path):
-      assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(2), x)) == jax.tree.map(
-          jnp.shape, variables)
-      results[path] = (ours.apply(variables, x), jax.grad(loss, argnums=(0, 1))(variables, x),
-                       jaxpr(ours.apply, variables, x))
+      assert jax.tree.map(jnp.shape, jax.eval_shape(ours.init, jax.random.PRNGKey(2), x)) == (
+          jax.tree.map(jnp.shape, variables))
+      value, grads = jax.jit(lambda v, x: (ours.apply(v, x), jax.grad(loss, argnums=(0, 1))(
+          v, x)))(variables, x)  # a fresh trace per path: one program each
+      results[path] = (value, grads, jaxpr(ours.apply, variables, x))
   assert 'custom_vjp' in results['cpu'][2] and 'custom_vjp' not in results['portable'][2]
   for a, b in zip(jax.tree.leaves(results['cpu'][:2]), jax.tree.leaves(results['portable'][:2])):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

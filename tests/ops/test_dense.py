@@ -18,16 +18,19 @@ from tests.ops.paths import jaxpr, on_path
 def test_dense_equals_flax_dense_in_value_and_gradients(x_shape, path):
   x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
   ours, ref = ops.Dense(4), nn.Dense(4)
-  params = ref.init(jax.random.PRNGKey(1), x)
+  params = jax.jit(ref.init)(jax.random.PRNGKey(1), x)
   loss = lambda module: lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
+  # One jitted program per module and path, traced afresh (traces are cached by function).
+  value_and_grads = lambda m: jax.jit(lambda p, x: (m.apply(p, x), jax.grad(
+      loss(m), argnums=(0, 1))(p, x)))(params, x)
   with on_path(path):
-    assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(1), x)) == jax.tree.map(
-        jnp.shape, params)
-    y, ours_grads = ours.apply(params, x), jax.grad(loss(ours), argnums=(0, 1))(params, x)
+    assert jax.tree.map(jnp.shape, jax.eval_shape(ours.init, jax.random.PRNGKey(1), x)) == (
+        jax.tree.map(jnp.shape, params))
+    y, ours_grads = value_and_grads(ours)
     # The CPU path goes through `matmul`'s custom VJP, the portable one does not.
     assert ('custom_vjp' in jaxpr(ours.apply, params, x)) == (path == 'cpu')
-  np.testing.assert_allclose(y, ref.apply(params, x), rtol=1e-6, atol=1e-6)
-  ref_grads = jax.grad(loss(ref), argnums=(0, 1))(params, x)
+  y_ref, ref_grads = value_and_grads(ref)
+  np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
   for a, b in zip(jax.tree.leaves(ours_grads), jax.tree.leaves(ref_grads)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 

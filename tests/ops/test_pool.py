@@ -27,7 +27,8 @@ def _jaxpr(f, *args) -> str:
 
 
 def _value_and_grad(pool, x):
-  return jax.value_and_grad(lambda x: jnp.sum(jnp.sin(pool(x))))(x)
+  """One jitted program, traced afresh (jit caches traces by function, not by path)."""
+  return jax.jit(lambda x: jax.value_and_grad(lambda x: jnp.sum(jnp.sin(pool(x))))(x))(x)
 
 
 @pytest.mark.parametrize('shape,window,stride,padding', POOLS)
@@ -35,7 +36,7 @@ def test_slice_max_pool_equals_flax_max_pool(shape, window, stride, padding):
   x = jax.random.normal(jax.random.PRNGKey(0), shape)
   ref = lambda x: _reference(x, window, stride, padding)
   ours = lambda x: ops.slice_max_pool(x, window, stride, padding)
-  assert jnp.array_equal(ours(x), ref(x))
+  assert jnp.array_equal(jax.jit(ours)(x), jax.jit(ref)(x))
   assert jnp.allclose(_value_and_grad(ours, x)[1], _value_and_grad(ref, x)[1])
   # Ties (few distinct values): the gradient goes to the first maximum, as in flax and PyTorch.
   ties = jnp.floor(x * 2)

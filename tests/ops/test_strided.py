@@ -29,7 +29,9 @@ def _jaxpr(f, *args) -> str:
 
 
 def _value_and_grads(f, x, kernel):
-  return jax.value_and_grad(lambda x, k: jnp.sum(jnp.sin(f(x, k))), argnums=(0, 1))(x, kernel)
+  """One jitted program, traced afresh (jit caches traces by function, not by path)."""
+  return jax.jit(lambda x, k: jax.value_and_grad(lambda x, k: jnp.sum(jnp.sin(f(x, k))),
+                                                 argnums=(0, 1))(x, k))(x, kernel)
 
 
 def _inputs(shape, features):
@@ -44,9 +46,9 @@ def test_cpu_kernels_equal_flax_layers_with_the_same_kernel(layers, shape, featu
   x, kernel = _inputs(shape, features)
   reference = make_reference(features)
   flax_fn = lambda x, k: reference.apply({'params': {'kernel': k}}, x)
-  y = kernel_fn(x, kernel)
+  y = jax.jit(kernel_fn)(x, kernel)
   assert y.shape == (shape[0], int(scale * shape[1]), int(scale * shape[2]), features)
-  np.testing.assert_allclose(y, flax_fn(x, kernel), atol=2e-6)
+  np.testing.assert_allclose(y, jax.jit(flax_fn)(x, kernel), atol=2e-6)
   # The hand-written backward passes give autodiff's gradients for the input and the kernel.
   for a, b in zip(_value_and_grads(kernel_fn, x, kernel)[1],
                   _value_and_grads(flax_fn, x, kernel)[1]):

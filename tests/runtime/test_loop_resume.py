@@ -1,8 +1,8 @@
-"""The loop's resume promises, for every job of tests/runtime/test_loop.py (`JOBS`), against one
-uninterrupted run each: kill -9 and SIGTERM at random moments and a disk that fills up
-mid-run all end bit-identical; a signal before the first step saves nothing; a second run on
-a held workdir stops at once. A module of its own so that pytest-xdist (--dist loadscope)
-runs it beside test_loop.py."""
+"""The loop's resume promises, for every job of tests/runtime/test_loop.py (`JOBS`: hashnet in
+`pytest -q`, the others in `pytest -m slow`), against one uninterrupted run each: kill -9 and
+SIGTERM at random moments and a disk that fills up mid-run all end bit-identical; a signal
+before the first step saves nothing; a second run on a held workdir stops at once. A module
+of its own so that pytest-xdist (--dist loadscope) runs it beside test_loop.py."""
 
 import json
 import os
@@ -16,12 +16,13 @@ import pytest
 from hashjax.runtime import checkpoint as ckpt_lib
 from hashjax.runtime import plumbing as training
 from hashjax.runtime.errors import CheckpointError, WorkdirError
-from tests.runtime.test_loop import JOBS, _assert_same_state, _cli, _config, _steps, _strict_rows
+from tests.runtime.test_loop import (JOBS, JOBS_HASHNET_FIRST, _assert_same_state, _cli,
+                                     _config, _steps, _strict_rows)
 
 LONG = {'num_steps': 240, 'checkpoint_every': 3}
 
 
-@pytest.fixture(scope='module', params=sorted(JOBS))
+@pytest.fixture(scope='module', params=JOBS_HASHNET_FIRST)
 def uninterrupted(request, tmp_path_factory):
   spec = JOBS[request.param]
   workdir = str(tmp_path_factory.mktemp(f'straight_{request.param}'))
@@ -141,7 +142,7 @@ def _wait_for(proc, pattern, seconds=120):
   raise AssertionError(f'{pattern!r} never appeared: {"".join(lines)[-2000:]}')
 
 
-@pytest.mark.parametrize('name', sorted(JOBS))
+@pytest.mark.parametrize('name', JOBS_HASHNET_FIRST)
 def test_sigterm_before_the_first_step_exits_0_and_saves_nothing(tmp_path, name):
   spec = JOBS[name]
   proc = _cli(spec, tmp_path, num_steps=240)
@@ -153,7 +154,7 @@ def test_sigterm_before_the_first_step_exits_0_and_saves_nothing(tmp_path, name)
   assert _steps(tmp_path) == []
 
 
-@pytest.mark.parametrize('name', sorted(JOBS))
+@pytest.mark.parametrize('name', JOBS_HASHNET_FIRST)
 def test_a_second_run_on_a_held_workdir_stops_at_once_naming_the_first(tmp_path, name):
   spec = JOBS[name]
   proc = _cli(spec, tmp_path, num_steps=100000, checkpoint_every=1000)

@@ -119,6 +119,7 @@ def single_device_run(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_train_py_on_8_devices_matches_1_device(tmp_path, single_device_run):
   proc = _train(tmp_path, EIGHT)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -132,6 +133,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_agree_with_one(tmp_path, single_device_run):
   port = _free_port()
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')

@@ -5,7 +5,11 @@ import numpy as np
 import pytest
 
 from hashjax import dhn_loss, hashnet_loss
-from hashjax.hashing.losses import quantization_penalty, similarity_matrix, soft_similarity_matrix
+from hashjax.hashing.losses import (
+  quantization_penalty,
+  similarity_matrix,
+  soft_similarity_matrix,
+)
 
 
 def _pair_terms(h, s, alpha):

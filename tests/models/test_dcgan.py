@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from hashjax import ops
-from hashjax.models.dcgan import Discriminator, Generator, StridedConv, StridedConvTranspose
+from hashjax.models.dcgan import (
+  Discriminator,
+  Generator,
+  StridedConv,
+  StridedConvTranspose,
+)
 from tests.ops.paths import on_path
 
 UP = (lambda f: nn.ConvTranspose(f, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2))),

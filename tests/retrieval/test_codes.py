@@ -1,3 +1,4 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -30,8 +31,9 @@ def test_hamming_packed_equals_pm1_equals_bruteforce(bits):
   q = np.where(rng.random((5, bits)) > 0.5, 1, -1)
   db = np.where(rng.random((9, bits)) > 0.5, 1, -1)
   brute = (q[:, None, :] != db[None, :, :]).sum(-1)
-  np.testing.assert_array_equal(hamming_distance(q, db), brute)
-  np.testing.assert_array_equal(hamming_distance(pack_codes(q), pack_codes(db)), brute)
+  distance = jax.jit(hamming_distance)  # as a jitted program uses it
+  np.testing.assert_array_equal(distance(q, db), brute)
+  np.testing.assert_array_equal(distance(pack_codes(q), pack_codes(db)), brute)
 
 
 def test_bad_inputs_are_clear_errors():
@@ -51,6 +53,6 @@ def test_code_words_keep_hamming_distances():
   db = np.where(rng.random((64, 21)) > 0.5, 1, -1)
   words_q, words_db = code_words(q), code_words(pack_codes(db))
   assert words_q.dtype == np.uint32 and words_q.shape == (6, 1)
-  dist = np.asarray(word_distances(words_q, words_db, num_valid=60, bits=32))
+  dist = np.asarray(jax.jit(word_distances, static_argnums=(2, 3))(words_q, words_db, 60, 32))
   np.testing.assert_array_equal(dist[:, :60], (q[:, None] != db[None, :60]).sum(-1))
   assert np.all(dist[:, 60:] == 255)  # padding rows get the sentinel

@@ -1,7 +1,12 @@
 import numpy as np
 import pytest
 
-from hashjax import average_precision, mean_average_precision, precision_at_radius, recall_at_radius
+from hashjax import (
+  average_precision,
+  mean_average_precision,
+  precision_at_radius,
+  recall_at_radius,
+)
 from tests import ROOT
 
 

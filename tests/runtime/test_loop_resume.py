@@ -16,10 +16,18 @@ import pytest
 from hashjax.runtime import checkpoint as ckpt_lib
 from hashjax.runtime import plumbing as training
 from hashjax.runtime.errors import CheckpointError, WorkdirError
-from tests.runtime.test_loop import (JOBS, JOBS_HASHNET_FIRST, _assert_same_state, _cli,
-                                     _config, _steps, _strict_rows)
+from tests.runtime.test_loop import (
+  JOBS,
+  JOBS_HASHNET_FIRST,
+  _assert_same_state,
+  _cli,
+  _config,
+  _steps,
+  _strict_rows,
+)
 
-LONG = {'num_steps': 240, 'checkpoint_every': 3}
+STEPS, FULL_AT = 120, 60  # a run's length; the step from which the disk is full
+LONG = {'num_steps': STEPS, 'checkpoint_every': 6}
 
 
 @pytest.fixture(scope='module', params=JOBS_HASHNET_FIRST)
@@ -57,15 +65,15 @@ def test_kill_9_at_random_moments_always_resumes_bit_identically(tmp_path, unint
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-2000:]
   assert json.load(open(os.path.join(workdir, 'eval.json'))) == {
-      **straight_results, **({'samples': os.path.join(workdir, 'samples', 'step_000240.png')}
+      **straight_results, **({'samples': os.path.join(workdir, 'samples', f'step_{STEPS:06d}.png')}
                              if 'samples' in straight_results else {})}
-  _assert_same_state(spec, cfg, straight, workdir, 240)
+  _assert_same_state(spec, cfg, straight, workdir, STEPS)
 
 
 def test_sigterm_saves_exits_0_and_resumes_bit_identically(tmp_path, uninterrupted):
   spec, cfg, straight, _ = uninterrupted
   workdir = str(tmp_path / 'term')
-  proc = _cli(spec, workdir, num_steps=240, checkpoint_every=1000)
+  proc = _cli(spec, workdir, num_steps=STEPS, checkpoint_every=1000)
   _wait_for_rows(proc, os.path.join(workdir, 'metrics.jsonl'), 0)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
@@ -73,9 +81,9 @@ def test_sigterm_saves_exits_0_and_resumes_bit_identically(tmp_path, uninterrupt
   saved = re.search(r'SIGTERM received: saved step (\d+)', err)
   assert saved, err[-2000:]
   step = int(saved.group(1))
-  assert 0 < step < 240 and _steps(workdir) == [step]
+  assert 0 < step < STEPS and _steps(workdir) == [step]
   spec.train(cfg, workdir)
-  _assert_same_state(spec, cfg, straight, workdir, 240)
+  _assert_same_state(spec, cfg, straight, workdir, STEPS)
   logged = lambda d: [r['step'] for r in _strict_rows(os.path.join(d, 'metrics.jsonl'))]
   assert logged(workdir) == logged(straight)  # every row once, the stopped step's too
 
@@ -103,30 +111,31 @@ def test_disk_full_mid_run_skips_saves_and_still_writes_the_final_checkpoint(
     tmp_path, uninterrupted, monkeypatch):
   spec, cfg, straight, straight_results = uninterrupted
   workdir = str(tmp_path / 'full')
-  reporter, _ = _fill_disk_at(100, monkeypatch, writes_fail=False)
+  reporter, _ = _fill_disk_at(FULL_AT, monkeypatch, writes_fail=False)
   results = spec.train(cfg, workdir, reporter=reporter)
   rows = _strict_rows(os.path.join(workdir, 'metrics.jsonl'))
-  assert rows[-1]['step'] == 240 and rows[-1]['checkpoint_skipped'] > 0
+  assert rows[-1]['step'] == STEPS and rows[-1]['checkpoint_skipped'] > 0
   steps = _steps(workdir)
-  assert steps[-1] == 240 and 96 <= steps[-2] < 240  # only the estimate said no at the end
-  assert results['step'] == 240
-  _assert_same_state(spec, cfg, straight, workdir, 240)
+  # only the estimate said no at the end
+  assert steps[-1] == STEPS and FULL_AT - LONG['checkpoint_every'] - 1 <= steps[-2] < STEPS
+  assert results['step'] == STEPS
+  _assert_same_state(spec, cfg, straight, workdir, STEPS)
 
 
 def test_final_write_that_fails_keeps_the_results_and_a_rerun_ends_bit_identically(
     tmp_path, uninterrupted, monkeypatch):
   spec, cfg, straight, straight_results = uninterrupted
   workdir = str(tmp_path / 'full')
-  reporter, full = _fill_disk_at(100, monkeypatch, writes_fail=True)
-  with pytest.raises(CheckpointError, match=r'the final checkpoint \(step 240\) could not be '
-                                            r'written .*The results files are written'):
+  reporter, full = _fill_disk_at(FULL_AT, monkeypatch, writes_fail=True)
+  with pytest.raises(CheckpointError, match=rf'the final checkpoint \(step {STEPS}\) could not '
+                                            r'be written .*The results files are written'):
     spec.train(cfg, workdir, reporter=reporter)
   results = json.load(open(os.path.join(workdir, 'eval.json')))  # written before the save
-  assert results['step'] == 240
+  assert results['step'] == STEPS
   full['on'] = False
   spec.train(cfg, workdir)
   assert json.load(open(os.path.join(workdir, 'eval.json'))) == results
-  _assert_same_state(spec, cfg, straight, workdir, 240)
+  _assert_same_state(spec, cfg, straight, workdir, STEPS)
 
 
 def _wait_for(proc, pattern, seconds=120):
@@ -145,7 +154,7 @@ def _wait_for(proc, pattern, seconds=120):
 @pytest.mark.parametrize('name', JOBS_HASHNET_FIRST)
 def test_sigterm_before_the_first_step_exits_0_and_saves_nothing(tmp_path, name):
   spec = JOBS[name]
-  proc = _cli(spec, tmp_path, num_steps=240)
+  proc = _cli(spec, tmp_path, num_steps=STEPS)
   _wait_for(proc, r'checkpoints in ')  # the loop holds the workdir: the step is compiling
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)

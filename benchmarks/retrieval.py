@@ -65,14 +65,14 @@ def timed(fn, *args, **kwargs):
   return value, time.perf_counter() - start
 
 
-def run_map(args, num_query, num_db, baseline=True):
+def run_map(args, num_query, num_database, baseline=True):
   from hashjax.retrieval import metrics  # pylint: disable=g-import-not-at-top
   qc, ql = clustered_codes(num_query, args.bits, 10, args.flip, 1)
-  dc, dl = clustered_codes(num_db, args.bits, 10, args.flip, 2)
+  dc, dl = clustered_codes(num_database, args.bits, 10, args.flip, 2)
   qp, dp = np.packbits(qc > 0, 1), np.packbits(dc > 0, 1)
   metrics.mean_average_precision(qp[:8], dp, ql[:8], dl, topk=args.topk)  # compile
   ours, t_ours = timed(metrics.mean_average_precision, qp, dp, ql, dl, topk=args.topk)
-  line = f'Q={num_query} N={num_db} bits={args.bits} topk={args.topk}: hashjax {t_ours:.2f}s'
+  line = f'Q={num_query} N={num_database} bits={args.bits} topk={args.topk}: hashjax {t_ours:.2f}s'
   line += f' mAP={ours:.6f}'
   if baseline:
     nb = min(args.baseline_queries or num_query, num_query)
@@ -86,13 +86,13 @@ def run_map(args, num_query, num_db, baseline=True):
   return t_ours
 
 
-def run_paths(args, num_query, num_db, only_map=False):
+def run_paths(args, num_query, num_database, only_map=False):
   """ns per query-item pair of every metric path (only mAP@k with `only_map`), and the argsort
   baselines of the two index-tie ones (timed on --baseline_queries queries and scaled, when
   set). Each path is timed twice after compiling; the ratio uses the second call."""
   from hashjax.retrieval import metrics  # pylint: disable=g-import-not-at-top
   qc, ql = clustered_codes(num_query, args.bits, 10, args.flip, 1)
-  dc, dl = clustered_codes(num_db, args.bits, 10, args.flip, 2)
+  dc, dl = clustered_codes(num_database, args.bits, 10, args.flip, 2)
   qp, dp = np.packbits(qc > 0, 1), np.packbits(dc > 0, 1)
   k = args.topk
   paths = {
@@ -108,8 +108,8 @@ def run_paths(args, num_query, num_db, only_map=False):
   if only_map:
     paths = dict(list(paths.items())[:1])
   baselines = {f'mAP@{k}, ties by index': k, 'mAP over the whole database, ties by index': None}
-  pairs = num_query * num_db
-  print(f'metric paths, Q={num_query} N={num_db} bits={args.bits}:', flush=True)
+  pairs = num_query * num_database
+  print(f'metric paths, Q={num_query} N={num_database} bits={args.bits}:', flush=True)
   for name, fn in paths.items():
     fn(qp[:8], ql[:8])  # compile
     first, t_first = timed(fn, qp, ql)

@@ -58,14 +58,15 @@ def _harmonic(n: int) -> np.ndarray:
   return ranking.harmonic(n)
 
 
-def _check_targets(targets, num_query: int, num_db: int) -> np.ndarray:
+def _check_targets(targets, num_query: int, num_database: int) -> np.ndarray:
   targets = np.asarray(targets)
   if targets.shape != (num_query,) or not np.issubdtype(targets.dtype, np.integer):
     raise ValueError(f'targets must be one database index per query, int [{num_query}]; got '
                      f'{targets.dtype} {targets.shape}')
-  bad = (targets < 0) | (targets >= num_db)
+  bad = (targets < 0) | (targets >= num_database)
   if np.any(bad):
-    raise ValueError(f'target {int(targets[bad][0])} is outside the database (0..{num_db - 1})')
+    raise ValueError(f'target {int(targets[bad][0])} is outside the database '
+                     f'(0..{num_database - 1})')
   return targets.astype(np.int32)
 
 

@@ -229,14 +229,14 @@ def average_precision_of_sets(query_codes, db_codes, relevant_sets, *, topk=None
   check_cutoff(topk, 'topk')
   query_codes, db_codes = check_codes(query_codes, db_codes)
   sets = np.asarray(relevant_sets)
-  num_db = len(db_codes)
+  num_database = len(db_codes)
   if (sets.ndim != 2 or len(sets) != len(np.asarray(query_codes))
       or not np.issubdtype(sets.dtype, np.integer)):
     raise ValueError(f'relevant_sets must be int [Q, R] (database indices per query); got '
                      f'{sets.dtype} {sets.shape}')
-  if np.any((sets < -1) | (sets >= num_db)):
-    raise ValueError(f'relevant index {int(sets[(sets < -1) | (sets >= num_db)][0])} is '
-                     f'outside the database (0..{num_db - 1}, or -1 for none)')
+  if np.any((sets < -1) | (sets >= num_database)):
+    raise ValueError(f'relevant index {int(sets[(sets < -1) | (sets >= num_database)][0])} is '
+                     f'outside the database (0..{num_database - 1}, or -1 for none)')
   name = 'all' if topk is None else int(topk)
   return _per_query(query_codes, db_codes, IndexSets(sets), map_topks=(topk,), ties=(ties,),
                     chunk_size=chunk_size)[f'ap@{name}:{ties}']

@@ -21,9 +21,9 @@ from hashjax.runtime.errors import UNREADABLE_NPZ_ERRORS, BackendError, SearchEr
 CODES_FILE = 'codes.npz'
 
 
-def _check_topk(topk, num_db: int) -> None:
-  if not isinstance(topk, (int, np.integer)) or not 1 <= topk <= num_db:
-    raise SearchError(f'topk={topk!r} must be an integer in 1..{num_db} (the database size)')
+def _check_topk(topk, num_database: int) -> None:
+  if not isinstance(topk, (int, np.integer)) or not 1 <= topk <= num_database:
+    raise SearchError(f'topk={topk!r} must be an integer in 1..{num_database} (the database size)')
 
 
 def _search(query_codes, database: engine.Database, topk: int,

@@ -1,4 +1,4 @@
-"""Fault injection through the real CLIs: nothing lost, no traceback (issue 22; run as root).
+"""Fault injection through the real CLIs: nothing lost, no traceback (run as root).
 
   python benchmarks/fault_injection.py [--runs=150] [--seed=0] [--jobs=hashnet,dcgan]
       [--faults=kill,term,diskfull,damage,concurrent] [--keep] [--tmpfs_size=64m]

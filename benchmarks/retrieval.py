@@ -1,6 +1,6 @@
 """Retrieval at scale: hashjax's metric paths and top-k against argsort baselines and faiss.
 
-Not part of the test suite. Every table of the retrieval issue in one run (~15 minutes on a
+Not part of the test suite. Every table of docs/retrieval.md in one run (~15 minutes on a
 2-core CPU; RUN is a trained 64-bit run whose codes.npz seeds the learned-like databases):
 
   python benchmarks/retrieval.py --mode=all --codes=RUN/codes.npz
@@ -237,7 +237,7 @@ def run_mih(args):
 
 
 def run_all(args):
-  """Every table of the issue in one run, at its sizes."""
+  """Every table of docs/retrieval.md in one run, at its sizes."""
   sized = lambda **kw: argparse.Namespace(**{**vars(args), **kw})
   run_paths(sized(topk=1000), 2000, 50_000)
   run_paths(sized(topk=1000), 5000, 100_000, only_map=True)

@@ -33,7 +33,7 @@ import numpy as np
 
 from hashjax.retrieval import codes as codes_lib
 from hashjax.retrieval import ranking, selection
-from hashjax.retrieval.relevance import Relevance, levels_of
+from hashjax.retrieval.relevance import Relevance, has_db_part, levels_of
 from hashjax.runtime import parallel
 
 ALIGN = 256  # database rows are padded to a multiple of this (word packing, uint8 block sums)
@@ -194,7 +194,7 @@ def _first_relevant(dist_QxN, relevant_QxN):
 def _stats_fn(bits: int, nearest: int, asks: tuple[tuple[tuple, Tallies], ...]):
   """The second program's body: (dist, sample, query parts..., num_valid, db parts...) →
   {name: [Q, ...]} (see `Chunk` for the names)."""
-  with_db = [key[0] != 'sets' for key, _ in asks]
+  with_db = [has_db_part(key) for key, _ in asks]
 
   def stats(dist_QxN, sample_QxS, *args):
     query_parts, num_valid = args[:len(asks)], args[len(asks)]
@@ -229,16 +229,23 @@ def _stats_fn(bits: int, nearest: int, asks: tuple[tuple[tuple, Tallies], ...]):
 
 
 @functools.lru_cache(maxsize=None)
-def program(bits: int, nearest: int, asks: tuple[tuple[tuple, Tallies], ...]):
-  """Chunk function (query words, query parts..., db words, num_valid, db parts...) → the
-  tallies {name: [Q, ...]}, as two jitted programs (query arguments split over the local
-  devices, database ones replicated): the first writes the distances and their sample, the
-  second reads them in every pass (in one program XLA fuses their computation into each pass
-  and computes them again there)."""
-  distances = parallel.local_query_jit(
+def distance_program(bits: int):
+  """The one distance program of `bits`-bit words: (query words [Q, U], db words [N, U],
+  num_valid) → (`distances_and_sample`), query arguments split over the local devices,
+  database ones replicated. Every pass of every tally set uses it."""
+  return parallel.local_query_jit(
       lambda query_QxU, db_NxU, num_valid: distances_and_sample(query_QxU, db_NxU, num_valid,
                                                                 bits), 1, 2)
-  num_db_parts = sum(key[0] != 'sets' for key, _ in asks)
+
+
+@functools.lru_cache(maxsize=None)
+def program(bits: int, nearest: int, asks: tuple[tuple[tuple, Tallies], ...]):
+  """Chunk function (query words, query parts..., db words, num_valid, db parts...) → the
+  tallies {name: [Q, ...]}, as two jitted programs: `distance_program` writes the distances
+  and their sample, the second reads them in every pass (in one program XLA fuses their
+  computation into each pass and computes them again there)."""
+  distances = distance_program(bits)
+  num_db_parts = sum(has_db_part(key) for key, _ in asks)
   stats = parallel.local_query_jit(_stats_fn(bits, nearest, asks), 2 + len(asks),
                                    1 + num_db_parts)
 

@@ -16,8 +16,6 @@ relevant (a grade). Its arrays come in two parts: `query_part` travels with the 
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,7 +23,6 @@ import numpy as np
 
 class Relevance:
   """The interface the engine uses (see the module docstring)."""
-  kind: ClassVar[str]
   max_level: int
 
   def query_part(self) -> np.ndarray:
@@ -38,7 +35,8 @@ class Relevance:
 
   @property
   def key(self) -> tuple:
-    """What the engine compiles its program for (static; `levels_of` reads it)."""
+    """What the engine compiles its program for, static: (kind, max_level, a detail of the
+    kind); `levels_of` and `has_db_part` read it."""
     raise NotImplementedError
 
 
@@ -51,10 +49,6 @@ class Labels(Relevance):
     multi_hot = self.db_labels.ndim == 2
     self.max_level = self.db_labels.shape[1] if graded and multi_hot else 1
 
-  @property
-  def kind(self) -> str:
-    return 'grades' if self.graded else 'labels'
-
   def query_part(self) -> np.ndarray:
     return self.query_labels
 
@@ -66,7 +60,7 @@ class Labels(Relevance):
 
   @property
   def key(self) -> tuple:
-    return (self.kind, self.max_level, self.db_labels.ndim)
+    return ('grades' if self.graded else 'labels', self.max_level, self.db_labels.ndim)
 
 
 def _same_class(query_Q, db_N, valid_N):
@@ -85,7 +79,6 @@ def _shared_count(query_QxL, db_NxL, valid_N):
 
 class IndexSets(Relevance):
   """Each query's relevant database items as indices, int [Q, R]; −1 lists nothing."""
-  kind = 'sets'
   max_level = 1
 
   def __init__(self, sets_QxR):
@@ -99,7 +92,7 @@ class IndexSets(Relevance):
 
   @property
   def key(self) -> tuple:
-    return (self.kind, self.max_level, self.sets_QxR.shape[1] == 1)
+    return ('sets', self.max_level, self.sets_QxR.shape[1] == 1)
 
 
 def _listed(sets_QxR, valid_N):
@@ -114,6 +107,11 @@ def _listed(sets_QxR, valid_N):
   mask = jnp.zeros((sets_QxR.shape[0], n), jnp.uint8).at[rows_QxR, cols_QxR].set(
       1, mode='drop')
   return mask * valid_N[None, :].astype(jnp.uint8)
+
+
+def has_db_part(key: tuple) -> bool:
+  """Whether the strategy of `key` has a database side (`Relevance.db_part`)."""
+  return key[0] != 'sets'
 
 
 def levels_of(key: tuple, query_part, db_part, valid_N: jax.Array) -> jax.Array:

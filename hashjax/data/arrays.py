@@ -47,6 +47,7 @@ def pair_source(base: Source, num_items: int | None = None, seed: int = 0) -> Ar
   labels = (int(base.labels.max()) + 1) * base.labels[left] + base.labels[right]
   return ArraySource(images, labels.astype(np.int64))
 
+
 def mosaic_source(base: Source, num_items: int | None = None, seed: int = 0) -> ArraySource:
   """A multi-label set: 2×2 mosaics of four items of `base`, for graded relevance.
 
@@ -78,13 +79,16 @@ def mosaic_source(base: Source, num_items: int | None = None, seed: int = 0) -> 
     labels[np.arange(num_items), base.labels[quarter]] = 1
   return ArraySource(np.concatenate([top, bottom], axis=1), labels)
 
+
 def _array_source(images, labels, image_size):
   if image_size is not None and images.shape[1:3] != (image_size, image_size):
     images = np.stack([resize(im, image_size) for im in images])
   return ArraySource(images, labels)
 
+
 NPZ_CONTENT = ('image uint8 [N,H,W(,C)] and label int [N] or multi-hot [N,L] '
                '(np.savez(path, image=..., label=...))')
+
 
 def _read_npz(path: str) -> dict[str, np.ndarray]:
   """The arrays of an npz archive; a `DataError` for a .npy array or an unreadable file."""
@@ -99,6 +103,7 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
                     f'{NPZ_CONTENT}') from None
   raise DataError(f'{path!r} is a .npy array, not an .npz archive; an npz must hold '
                   f'{NPZ_CONTENT}')
+
 
 def load_npz(path: str, image_size: int | None) -> ArraySource:
   if os.path.isdir(path):

@@ -25,6 +25,7 @@ class Source(Protocol):
   def images(self, indices: np.ndarray) -> np.ndarray:
     """uint8 [len(indices), H, W, C]."""
 
+
 @dataclasses.dataclass
 class ArraySource:
   """A source held in memory: uint8 images [N, H, W, C] and labels."""
@@ -36,6 +37,7 @@ class ArraySource:
 
   def images(self, indices: np.ndarray) -> np.ndarray:
     return self.images_NxHxWxC[indices]
+
 
 @dataclasses.dataclass
 class SubsetSource:
@@ -52,6 +54,7 @@ class SubsetSource:
   def images(self, indices: np.ndarray) -> np.ndarray:
     return self.base.images(self.keep[indices])
 
+
 def warn_unlabelled(labels: np.ndarray, where: str) -> None:
   """One warning with the count of multi-hot rows [N, L] that are all zero: such an item is
   similar to nothing, so as a query it scores AP 0 and in training it only adds dissimilar
@@ -63,6 +66,7 @@ def warn_unlabelled(labels: np.ndarray, where: str) -> None:
     log.warning('%d of %d items of %s have no label (all-zero multi-hot rows): they are '
                 'similar to no item, score AP 0 as queries and add only dissimilar pairs in '
                 'training; give them a label or leave them out', unlabelled, len(labels), where)
+
 
 def read_class_list(path: str) -> np.ndarray:
   """Class ids, one integer per line ('#' starts a comment), as a 1-D int64 array."""
@@ -82,6 +86,7 @@ def read_class_list(path: str) -> np.ndarray:
     raise DataError(f'class list {path!r} names no class')
   return np.asarray(ids, np.int64)
 
+
 def restrict_classes(source: Source, class_ids: np.ndarray) -> SubsetSource:
   """Keeps the single-label items whose class is in `class_ids`."""
   if source.labels.ndim != 1:
@@ -92,6 +97,7 @@ def restrict_classes(source: Source, class_ids: np.ndarray) -> SubsetSource:
     raise DataError(f'class list names class {missing[0]}, which has no item in the data')
   return SubsetSource(source, keep)
 
+
 def resize(image_HxWxC: np.ndarray, size: int | None) -> np.ndarray:
   """One uint8 image [H, W, C] resized (bilinear) to size × size; None or its size: as it is."""
   if size is None or image_HxWxC.shape[:2] == (size, size):
@@ -101,6 +107,7 @@ def resize(image_HxWxC: np.ndarray, size: int | None) -> np.ndarray:
   pil = Image.fromarray(image_HxWxC[..., 0] if channels == 1 else image_HxWxC)
   out = np.asarray(pil.resize((size, size), Image.BILINEAR))
   return out[..., None] if out.ndim == 2 else out
+
 
 def fit_to_size(images_NxHxWxC: np.ndarray, size: int) -> np.ndarray:
   """Makes images size × size: smaller ones are padded with black around (28 → 32 keeps
@@ -114,9 +121,11 @@ def fit_to_size(images_NxHxWxC: np.ndarray, size: int) -> np.ndarray:
                                    (0, 0)))
   return np.stack([resize(im, size) for im in images_NxHxWxC])
 
+
 def to_float(images_uint8) -> np.ndarray:
   """uint8 images → float32 in [−1, 1] (the network's input scale)."""
   return np.asarray(images_uint8, np.float32) * (2.0 / 255.0) - 1.0
+
 
 def flat_pixels(source: Source, indices: np.ndarray) -> np.ndarray:
   """Items of `source` as float32 pixel vectors [len(indices), H·W·C] in [−1, 1] (the raw

@@ -12,6 +12,7 @@ from hashjax.runtime.errors import DataError
 SOURCES = ('digits, npz:PATH, tfds:NAME[:SPLIT], folder:PATH, list:PATH, pairs:SPEC, '
            'mosaic:SPEC')
 
+
 def load_source(spec: str, *, image_size: int | None = None,
                 cache_dir: str | None = None) -> Source:
   """Opens the data source named by `spec`.

@@ -17,6 +17,7 @@ class Split:
   database: np.ndarray
   train: np.ndarray
 
+
 def _pick(rng, pool: np.ndarray, labels: np.ndarray, per_class: int | None,
           total: int | None, what: str) -> np.ndarray:
   if (per_class is None) == (total is None):
@@ -39,6 +40,7 @@ def _pick(rng, pool: np.ndarray, labels: np.ndarray, per_class: int | None,
                       f'{len(members)} items available; accepted: 1..{len(members)}')
     chosen.append(rng.choice(members, size=per_class, replace=False))
   return np.sort(np.concatenate(chosen))
+
 
 def protocol_split(labels: np.ndarray, *, seed: int, query_per_class: int | None = None,
                    num_query: int | None = None, train_per_class: int | None = None,

@@ -24,6 +24,7 @@ class TfdsSource:
     return np.stack([resize(np.asarray(self._records[int(i)]['image']), self._image_size)
                      for i in indices])
 
+
 def load_tfds(name_split: str, image_size: int | None) -> TfdsSource:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   name, _, split = name_split.partition(':')

@@ -36,6 +36,7 @@ class GANState(struct.PyTreeNode):
   g_tx: optax.GradientTransformation = struct.field(pytree_node=False)
   d_tx: optax.GradientTransformation = struct.field(pytree_node=False)
 
+
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
   """What the models need to know about the data: classes (sub-folders, digits) or the
@@ -49,6 +50,7 @@ class DataSpec:
   def attribute_sizes(self) -> tuple[int, ...]:
     return tuple(len(v) for v in self.attribute_values)
 
+
 def make_models(cfg: GanConfig, spec: DataSpec):
   """(generator, discriminator) flax modules for `cfg.model`."""
   if cfg.model == 'mlp':
@@ -59,6 +61,7 @@ def make_models(cfg: GanConfig, spec: DataSpec):
                     num_classes=classes, attribute_sizes=sizes),
           Discriminator(image_size=cfg.image_size, ndf=cfg.ndf, num_classes=classes,
                         attribute_sizes=sizes))
+
 
 def init_state(cfg: GanConfig, spec: DataSpec, rng: jax.Array) -> GANState:
   """A fresh state on one device (jit-traceable; `create_state` replicates it)."""
@@ -76,10 +79,12 @@ def init_state(cfg: GanConfig, spec: DataSpec, rng: jax.Array) -> GANState:
                   d_opt=tx.init(d_vars['params']), ema_params=g_vars['params'],
                   g_apply=generator.apply, d_apply=discriminator.apply, g_tx=tx, d_tx=tx)
 
+
 def create_state(cfg: GanConfig, spec: DataSpec, rng, mesh: Mesh | None = None) -> GANState:
   """Initialises both networks, replicated over the mesh (jitted init with out shardings)."""
   return loop.init_replicated(functools.partial(init_state, cfg, spec), rng,
                               mesh or parallel.make_mesh())
+
 
 def discriminator_update(state: GANState, d_params, d_stats, d_opt, real, real_labels, fake,
                          fake_labels, *, label_smoothing: float):
@@ -103,6 +108,7 @@ def discriminator_update(state: GANState, d_params, d_stats, d_opt, real, real_l
   updates, d_opt = state.d_tx.update(grads, d_opt, d_params)
   return (optax.apply_updates(d_params, updates), new_stats, d_opt, loss, logits_real,
           logits_fake)
+
 
 def train_step(state: GANState, batch: dict[str, jax.Array], rng: jax.Array, *,
                cfg: GanConfig, num_classes: int, attributes: bool = False
@@ -177,9 +183,11 @@ def train_step(state: GANState, batch: dict[str, jax.Array], rng: jax.Array, *,
              'jsd_lower_bound': jsd_lower_bound(logits_real, logits_fake).nats}
   return new_state, metrics
 
+
 def bound_train_step(cfg: GanConfig, num_classes: int, attributes: bool = False):
   """`train_step` with the settings bound (unjitted; the loop jits it)."""
   return functools.partial(train_step, cfg=cfg, num_classes=num_classes, attributes=attributes)
+
 
 def make_train_step(cfg: GanConfig, num_classes: int, mesh: Mesh | None = None,
                     attributes: bool = False):

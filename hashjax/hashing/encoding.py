@@ -22,6 +22,7 @@ def _encode_fn(mesh: Mesh):
   return jax.jit(encode_batch, in_shardings=(repl, parallel.data_sharding(mesh)),
                  out_shardings=repl)
 
+
 def encode(state, source: Source, indices: np.ndarray, batch_size: int,
            mesh: Mesh | None = None) -> np.ndarray:
   """Hash-layer outputs z [len(indices), bits] (float32) for source items.

@@ -42,6 +42,7 @@ class TrainState(struct.PyTreeNode):
       out['batch_stats'] = self.batch_stats
     return out
 
+
 def learning_rate_schedule(cfg: HashConfig) -> optax.Schedule:
   """Step decay: learning_rate × lr_decay_factor every lr_decay_every steps (0 = constant)."""
   if cfg.lr_decay_every == 0:
@@ -49,9 +50,11 @@ def learning_rate_schedule(cfg: HashConfig) -> optax.Schedule:
   return optax.exponential_decay(cfg.learning_rate, transition_steps=cfg.lr_decay_every,
                                  decay_rate=cfg.lr_decay_factor, staircase=True)
 
+
 def _param_groups(params) -> Any:
   return jax.tree_util.tree_map_with_path(
       lambda path, _: 'hash' if path[0].key == 'hash_layer' else 'backbone', params)
+
 
 def make_optimizer(cfg: HashConfig) -> optax.GradientTransformation:
   """SGD with momentum (the paper) or Adam, weight decay, and `hash_lr_mult` × the learning
@@ -68,8 +71,10 @@ def make_optimizer(cfg: HashConfig) -> optax.GradientTransformation:
   return optax.multi_transform({'backbone': one(base), 'hash': one(hash_schedule)},
                                _param_groups)
 
+
 def make_model(cfg: HashConfig) -> HashNet:
   return HashNet(bits=cfg.bits, backbone=cfg.backbone, dtype=jnp.dtype(cfg.compute_dtype))
+
 
 def init_state(cfg: HashConfig, image_shape: tuple[int, ...], rng: jax.Array) -> TrainState:
   """A fresh TrainState on one device (jit-traceable; `create_train_state` replicates it).
@@ -84,6 +89,7 @@ def init_state(cfg: HashConfig, image_shape: tuple[int, ...], rng: jax.Array) ->
                     batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params),
                     apply_fn=model.apply, tx=tx)
 
+
 def create_train_state(cfg: HashConfig, image_shape: tuple[int, ...], rng: jax.Array,
                        mesh: Mesh | None = None) -> TrainState:
   """Initialises parameters, BatchNorm statistics and optimizer state, replicated over the
@@ -96,6 +102,7 @@ def create_train_state(cfg: HashConfig, image_shape: tuple[int, ...], rng: jax.A
   return loop.init_replicated(functools.partial(init_state, cfg, image_shape), rng,
                               mesh or parallel.make_mesh())
 
+
 def make_loss_fn(cfg: HashConfig) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """(h_BxK, labels) → scalar loss, with the configured loss and its settings bound."""
   if cfg.loss.name == 'dhn':
@@ -104,6 +111,7 @@ def make_loss_fn(cfg: HashConfig) -> Callable[[jax.Array, jax.Array], jax.Array]
   similarity = 'hard' if cfg.loss.similarity == 'views' else cfg.loss.similarity  # view ids
   return functools.partial(losses.hashnet_loss, alpha=cfg.alpha, weighting=cfg.loss.weighting,
                            class_num=cfg.loss.class_num, similarity=similarity)
+
 
 def make_beta_fn(cfg: HashConfig) -> schedules.BetaSchedule:
   b = cfg.beta

@@ -25,6 +25,7 @@ import numpy as np
 from hashjax.retrieval import engine, metrics, ranking
 from hashjax.retrieval.relevance import IndexSets, Relevance
 
+
 @dataclasses.dataclass(eq=False)
 class FirstHit:
   """A measure of `engine.measure`: the rank of each query's first relevant item under a tie

@@ -30,6 +30,7 @@ import numpy as np
 from hashjax.retrieval import engine, metrics, ranking, weighted_ap
 from hashjax.retrieval.relevance import Labels, Relevance
 
+
 @dataclasses.dataclass(eq=False)
 class Graded:
   """A measure of `engine.measure`: NDCG@topk, ACG@topk and WAP@topk of a graded relevance

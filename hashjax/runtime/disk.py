@@ -12,6 +12,7 @@ log = logging.getLogger(__name__)
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
+
 class OutputNotWritten(OSError):
   """A job's output file that a full disk kept out (`str()`: its path); `results` holds what
   the job would have returned."""
@@ -41,7 +42,6 @@ def is_disk_full_error(error: BaseException) -> bool:
   return False
 
 
-
 def directory_bytes(path: str) -> int:
   """Bytes of all files under `path` (0 if it does not exist)."""
   total = 0
@@ -52,7 +52,6 @@ def directory_bytes(path: str) -> int:
       except FileNotFoundError:
         pass  # deleted while we walked (a background delete)
   return total
-
 
 
 def free_bytes(path: str) -> int:
@@ -76,7 +75,6 @@ def write_or_warn(path: str, write) -> bool:
       os.remove(tmp)
     log.warning('could not write %s: %s; training continues', path, short_error(e))
     return False
-
 
 
 def append_or_warn(path: str, text: str) -> bool:

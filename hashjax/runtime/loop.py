@@ -350,7 +350,6 @@ class _Session:
     latest = self.ckpt.latest_step()
     return None if latest is None else f'step {latest} in {self.ckpt.directory}'
 
-
   def evaluate(self, state, step: int) -> dict[str, Any] | None:
     row = self.job.evaluate(state, step)
     if row is not None and self.main:

@@ -252,16 +252,16 @@ class _Session:
       plumbing.write_json(os.path.join(self.workdir, 'config.json'), self.job.config_dict())
     state, rng, first_step = self.restore_or_init()
     self.reporter.start(self.cfg.num_steps, first_step)
+    if first_step < self.cfg.num_steps and self.guard.should_stop(first_step):
+      log.warning('%s received before step %d: nothing new to save; rerun to resume',
+                  self.guard.signal_name, first_step)  # and no evaluation at the start
+      return {'preempted_at_step': first_step, 'signal': self.guard.signal_name}
     if first_step == 0 and self.job.eval_at_start:
       self.evaluate(state, 0)
     state, step_metrics, stopped_by = self.train(state, rng, first_step)
     if stopped_by is not None:
-      if step_metrics is None:
-        log.warning('%s received before step %d: nothing new to save; rerun to resume',
-                    stopped_by, first_step)
-      else:
-        log.warning('%s received: saved step %d in %s; rerun to resume', stopped_by,
-                    int(state.step), self.ckpt.directory)
+      log.warning('%s received: saved step %d in %s; rerun to resume', stopped_by,
+                  int(state.step), self.ckpt.directory)
       return {'preempted_at_step': int(state.step), 'signal': stopped_by}
     return self.finish(state, rng, step_metrics)
 
@@ -301,8 +301,6 @@ class _Session:
     """Steps first_step .. num_steps − 1; returns (state, last step's metrics, the signal
     that stopped the run or None)."""
     cfg, guard = self.cfg, self.guard
-    if first_step < cfg.num_steps and guard.should_stop(first_step):  # before any step
-      return state, None, guard.signal_name
     step_fn = jit_train_step(self.job.train_step, self.mesh)
     batches = plumbing.prefetch(
         lambda t: global_batch(self.job.examples, self.job.num_examples, cfg.batch_size,

@@ -123,6 +123,16 @@ class CheckpointStats:
     return {f'checkpoint_{k}': v for k, v in dataclasses.asdict(self).items()}
 
 
+def _key_name(key: Any) -> str:
+  return str(getattr(key, 'name', getattr(key, 'key', getattr(key, 'idx', key))))
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """{'params/Dense_0/kernel': shape} of a tree's arrays (attribute, key or index paths)."""
+  return {'/'.join(map(_key_name, path)): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree) if hasattr(leaf, 'shape')}
+
+
 def complete_steps(directory: str) -> list[int]:
   """Steps of the complete checkpoints in `directory`, ascending; [] when it does not exist
   (orbax renames a step's temporary folder to the bare step number only once it is complete)."""
@@ -171,7 +181,8 @@ class Checkpointer:
         # Stale temporary folders were removed above; orbax's own cleanup runs in a thread
         # that can outlive a short-lived manager and fail at interpreter exit.
         cleanup_tmp_directories=False)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_handlers=ocp.StandardCheckpointHandler())
     found = self.all_steps()
     removed = (f'; removed {len(self.stale_removed)} unfinished save(s)'
                if self.stale_removed else '')
@@ -190,6 +201,12 @@ class Checkpointer:
   def restore(self, step: int, abstract_tree: Any) -> Any:
     """Restores `step` into the structure, dtypes and shardings of `abstract_tree`."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_tree)
+    metadata = self._manager.item_metadata(step)  # None without _METADATA: orbax's error
+    stored = _shapes(metadata.tree) if metadata is not None else {}
+    for path, shape in _shapes(abstract).items():  # checked before any array is read
+      if stored.get(path, shape) != shape:  # a missing leaf: orbax's own error below
+        raise ValueError(f'checkpoint {step} stores {path} with shape {stored[path]}; the '
+                         f'model wants {shape}')
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
   def note_metrics(self, step: int, metrics: dict[str, Any]) -> None:

@@ -125,7 +125,9 @@ def test_sample_takes_the_model_settings_from_the_runs_config_json(tmp_path):
   os.remove(tmp_path / 'config.json')  # a run without one: the config given must fit
   with pytest.raises(ConfigError, match=r'the newest checkpoint in .* does not fit the model '
                                         r'settings of the config given \(nz=100, ngf=8, '
-                                        r'ndf=8, .*\): Requested shape.*; sample with the '
+                                        r'ndf=8, .*\): checkpoint 2 stores state/g_params/'
+                                        r'ConvTranspose_0/kernel with shape \(4, 4, 16, 32\); '
+                                        r'the model wants \(4, 4, 100, 32\); sample with the '
                                         'config the run was trained with$'):
     gan_sampling.sample(_get_test_config(nz=100), str(tmp_path), num_samples=4)
 

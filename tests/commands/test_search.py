@@ -30,17 +30,28 @@ def test_search_cli_prints_neighbours_and_writes_grid(tmp_path, capsys):
     (['--workdir={run}', '--query_index=0', '--k=3'], 'unrecognized arguments: --k=3'),
     (['--workdir={run}'], 'required'),
 ])
-def test_search_cli_errors_are_one_line(tmp_path, args, message):
+def test_search_cli_errors_are_one_line(tmp_path, args, message, capsys):
   (tmp_path / 'run').mkdir()
   (tmp_path / 'empty').mkdir()
   _write_codes_npz(tmp_path / 'run' / 'codes.npz')
   args = [a.format(missing=tmp_path / 'nope', empty=tmp_path / 'empty', run=tmp_path / 'run')
           for a in args]
-  result = subprocess.run([sys.executable, '-m', 'hashjax.commands.search', *args], cwd=ROOT,
+  try:  # in this process; the shell's view: the test below
+    code = search.main(args)
+  except SystemExit as e:
+    code = e.code
+  assert code == 2
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and err.startswith('search: error: ')
+  assert message in err and 'Traceback' not in err
+
+
+def test_the_shell_sees_exit_2_and_one_line(tmp_path):
+  result = subprocess.run([sys.executable, '-m', 'hashjax.commands.search',
+                           f'--workdir={tmp_path / "nope"}', '--query_index=0'], cwd=ROOT,
                           capture_output=True, text=True)
   assert result.returncode == 2
-  assert result.stderr.count('\n') == 1 and result.stderr.startswith('search: error: ')
-  assert message in result.stderr and 'Traceback' not in result.stderr
+  assert result.stderr == f"search: error: workdir '{tmp_path / 'nope'}' does not exist\n"
 
 
 def test_search_cli_truncated_codes_file_is_one_line(tmp_path, capsys):

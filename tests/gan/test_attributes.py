@@ -182,7 +182,7 @@ def test_classifier_scores_a_faithful_generator_high_and_one_that_ignores_its_in
   cfg = gan_config(_config(faces))
   images, labels, spec = gan_trainer.load_images(cfg, None)
   classifier, real = attribute_classifier.train(images, labels, spec.attribute_names,
-                                                spec.attribute_sizes, str(tmp_path), 150, 0)
+                                                spec.attribute_sizes, str(tmp_path), 40, 0)
   assert real['held_out'] == 3 and real['hair_accuracy_real'] == 1.0
   assert (tmp_path / 'attribute_classifier' / 'eval.json').exists()
   hair, eye = spec.attribute_values

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from hashjax import HashNet, hash_activation, ops
+from tests.models import random_variables
 
 
 @pytest.mark.parametrize('size', [8, 28, 32])
@@ -32,7 +33,7 @@ def test_large_backbones_shapes(backbone, size, features):
 def test_resnet18_runs_and_updates_batch_stats():
   model = HashNet(bits=16, backbone='resnet18')
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
-  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)  # one program, not op by op
+  variables = random_variables(model, x)
   z, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(
       variables, x)
   assert z.shape == (2, 16)
@@ -43,7 +44,7 @@ def test_resnet18_runs_and_updates_batch_stats():
 def test_alexnet_dropout_needs_rng_only_in_training():
   model = HashNet(bits=16, backbone='alexnet')
   x = jnp.ones((1, 64, 64, 3))
-  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+  variables = random_variables(model, x)
   train = jax.jit(lambda v, x, key: model.apply(v, x, train=True, rngs={'dropout': key}))
   a = train(variables, x, jax.random.PRNGKey(1))
   b = train(variables, x, jax.random.PRNGKey(2))

@@ -66,23 +66,30 @@ def test_generator_and_discriminator_shapes(size, classes):
   assert 'BatchNorm_0' in d_vars['batch_stats'] and 'StridedConv_0' in d_vars['params']
 
 
-def test_generator_output_is_in_range_and_discriminator_gives_logits():
+@pytest.fixture(scope='module')
+def conditional_g():
+  """A conditional generator, its variables and its jitted apply: one compilation each for
+  the tests below."""
   g = Generator(image_size=32, nz=16, ngf=8, channels=3, num_classes=10)
+  v = jax.jit(g.init)(jax.random.PRNGKey(1), jnp.zeros((4, 16)), jnp.arange(4))
+  return g, v, jax.jit(g.apply)
+
+
+def test_generator_output_is_in_range_and_discriminator_gives_logits(conditional_g):
+  _, v, apply = conditional_g
   d = Discriminator(image_size=32, ndf=8, num_classes=10)
   z, labels = jax.random.normal(jax.random.PRNGKey(0), (4, 16)), jnp.arange(4)
-  images = jax.jit(lambda z, l: g.apply(g.init(jax.random.PRNGKey(1), z, l), z, l))(z, labels)
+  images = apply(v, z, labels)
   assert images.shape == (4, 32, 32, 3) and float(jnp.abs(images).max()) <= 1.0
   logits = jax.jit(lambda x, l: d.apply(d.init(jax.random.PRNGKey(2), x, l), x, l))(images,
                                                                                    labels)
   assert logits.shape == (4,) and bool(jnp.all(jnp.isfinite(logits)))
 
 
-def test_conditional_generator_depends_on_the_class():
-  g = Generator(image_size=32, nz=8, ngf=8, channels=1, num_classes=3)
-  z = jnp.ones((1, 8))
-  v = jax.jit(g.init)(jax.random.PRNGKey(0), z, jnp.array([0]))
-  apply = jax.jit(g.apply)
-  assert not np.allclose(apply(v, z, jnp.array([0])), apply(v, z, jnp.array([2])))
+def test_conditional_generator_depends_on_the_class(conditional_g):
+  _, v, apply = conditional_g
+  z = jnp.ones((4, 16))
+  assert not np.allclose(apply(v, z, jnp.array([0, 0, 0, 0])), apply(v, z, jnp.array([2] * 4)))
 
 
 def test_initialisation_scales():

@@ -129,7 +129,7 @@ class Recorder(training.SilentReporter):
     self.evals.append(results)
 
 
-@pytest.mark.parametrize('name', sorted(JOBS))
+@pytest.mark.parametrize('name', JOBS_HASHNET_FIRST)
 def test_nan_stop_names_the_step_and_the_last_good_checkpoint(tmp_path, name):
   spec = JOBS[name]
   cfg = _config(spec, num_steps=40, checkpoint_every=2, log_every=1, **spec.diverge)
@@ -260,7 +260,7 @@ def test_num_steps_below_the_checkpoint_trains_nothing_and_says_so(tmp_path):
 
 
 @pytest.mark.parametrize('fits_after_pruning', [True, False])
-@pytest.mark.parametrize('name', sorted(JOBS))
+@pytest.mark.parametrize('name', JOBS_HASHNET_FIRST)
 def test_results_a_full_disk_keeps_out_get_the_older_checkpoints_space(
     tmp_path, name, fits_after_pruning, monkeypatch):
   spec = JOBS[name]

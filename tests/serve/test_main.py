@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hashjax.serve import __main__ as serve_command
 from hashjax.serve import uploads
 from tests import ROOT
 
@@ -62,13 +63,22 @@ def post_image(port, body: bytes, label=None, timeout=30):
     (['--workdir=.', '--token='], '--token must be printable ASCII without spaces'),
     (['--workdir=.', '--token=sé same'], '--token must be printable ASCII without spaces'),
 ])
-def test_bad_arguments_are_one_line_errors(args, message, tmp_path):
+def test_bad_arguments_are_one_line_errors(args, message, tmp_path, capsys):
   args = [a.replace('--workdir=.', f'--workdir={tmp_path}') for a in args]
-  proc = subprocess.run([sys.executable, '-m', 'hashjax.serve', *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 2
-  lines = proc.stderr.strip().splitlines()
+  try:  # in this process; the shell's view: the test below
+    code = serve_command.run(args)
+  except SystemExit as e:
+    code = e.code
+  assert code == 2
+  lines = capsys.readouterr().err.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('serve: error: ') and message in lines[0]
+
+
+def test_the_shell_sees_exit_2_and_one_line():
+  proc = subprocess.run([sys.executable, '-m', 'hashjax.serve', '--workdir=/nonexistent/run'],
+                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr == "serve: error: --workdir='/nonexistent/run' does not exist\n"
 
 
 def test_kill_9_during_adds_keeps_every_acknowledged_add(served_run, tmp_path):

@@ -77,17 +77,23 @@ def test_hand_computed_ap():
   assert average_precision(q, db, np.array([1]), np.array([0, 1, 0, 1]), topk=2)[0] == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize('radius', [0, 1, 2, 4])
-def test_radius_precision_and_recall_match_bruteforce(radius):
-  qc, dc, ql, dl = _random_problem(3, bits=8)
+def _bruteforce_radius(qc, dc, ql, dl, radius):
+  """Mean precision and recall within Hamming radius `radius`, one query at a time."""
   precisions, recalls = [], []
   for c, l in zip(qc, ql):
     ball = (c[None, :] != dc).sum(1) <= radius
     rel = dl == l
     precisions.append((ball & rel).sum() / ball.sum() if ball.sum() else 0.0)
     recalls.append((ball & rel).sum() / rel.sum() if rel.sum() else 0.0)
-  assert precision_at_radius(qc, dc, ql, dl, radius=radius) == pytest.approx(np.mean(precisions))
-  assert recall_at_radius(qc, dc, ql, dl, radius=radius) == pytest.approx(np.mean(recalls))
+  return np.mean(precisions), np.mean(recalls)
+
+
+@pytest.mark.parametrize('radius', [0, 1, 2, 4])
+def test_radius_precision_and_recall_match_bruteforce(radius):
+  qc, dc, ql, dl = _random_problem(3, bits=8)
+  precision, recall = _bruteforce_radius(qc, dc, ql, dl, radius)
+  assert precision_at_radius(qc, dc, ql, dl, radius=radius) == pytest.approx(precision)
+  assert recall_at_radius(qc, dc, ql, dl, radius=radius) == pytest.approx(recall)
 
 
 def test_empty_ball_counts_as_zero_precision():
@@ -210,14 +216,9 @@ def test_pr_curve_matches_bruteforce_at_every_radius():
   precision, recall = metrics.precision_recall_curve(qc, dc, ql, dl, chunk_size=8)
   assert precision.shape == recall.shape == (9,)
   for radius in range(9):
-    precisions, recalls = [], []
-    for c, l in zip(qc, ql):
-      ball = (c[None, :] != dc).sum(1) <= radius
-      rel = dl == l
-      precisions.append((ball & rel).sum() / ball.sum() if ball.sum() else 0.0)
-      recalls.append((ball & rel).sum() / rel.sum() if rel.sum() else 0.0)
-    assert precision[radius] == pytest.approx(np.mean(precisions))
-    assert recall[radius] == pytest.approx(np.mean(recalls))
+    expected_precision, expected_recall = _bruteforce_radius(qc, dc, ql, dl, radius)
+    assert precision[radius] == pytest.approx(expected_precision)
+    assert recall[radius] == pytest.approx(expected_recall)
 
 
 @pytest.mark.parametrize('ties', ['index', 'best', 'worst', 'expected'])

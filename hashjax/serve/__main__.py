@@ -2,6 +2,8 @@
 
 Serves a finished train.py run's database: the page at http://HOST:PORT/ and the JSON API
 under /api (see `hashjax.serve.app`). Needs the `serve` extra (pip install -e ".[serve]").
+`--recover_store` instead copies every add of a damaged `RUN/served/added.bin` that still
+checks out into a new store and exits (`hashjax.serve.recovery`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ def _parse(argv):
   parser.add_argument('--max_upload_mb', type=float, default=8.0,
                       help='largest request body in MiB (default 8)')
   parser.add_argument('--max_batch', type=int, default=64, help='images per model call')
+  parser.add_argument('--recover_store', action='store_true',
+                      help='copy every add of a damaged served/added.bin that still checks out '
+                      'into a new store (the old file is kept as added.bin.damaged), then exit')
 
   def one_line_error(message):
     print(f'serve: error: {message}', file=sys.stderr)
@@ -54,6 +59,7 @@ def run(argv=None) -> int:
   args = _parse(argv)
   try:
     import uvicorn  # pylint: disable=g-import-not-at-top
+
     from hashjax.serve.app import create_app  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     print(f'serve: error: {e.name} is missing; install the serve extra: pip install -e '
@@ -63,6 +69,8 @@ def run(argv=None) -> int:
   if not os.path.isdir(args.workdir):
     print(f'serve: error: --workdir={args.workdir!r} does not exist', file=sys.stderr)
     return EXIT_BAD_INPUT
+  if args.recover_store:
+    return _recover_store(args.workdir)
   try:
     service = SearchService(args.workdir, max_topk=args.max_topk, max_batch=args.max_batch)
   except (ValueError, OSError) as e:  # ConfigError, SearchError, StoreError, DataError
@@ -82,6 +90,19 @@ def run(argv=None) -> int:
     uvicorn.run(app, host=args.host, port=args.port, log_level='warning')
   finally:
     service.close()
+  return 0
+
+
+def _recover_store(workdir: str) -> int:
+  from hashjax.serve import recovery, service, store  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, store.FILE)
+  try:
+    done = recovery.recover(path, service.store_layout(workdir))
+  except (ValueError, OSError) as e:  # StoreError, ConfigError, SearchError, DataError
+    print(f'serve: error: {" ".join(str(e).split())}', file=sys.stderr)
+    return EXIT_BAD_INPUT
+  print(f'recovered {done.items} added items ({done.records} records) into {path}; '
+        f'{done.skipped_bytes} damaged bytes skipped; the old file is kept at {done.damaged}')
   return 0
 
 

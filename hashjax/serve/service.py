@@ -65,6 +65,26 @@ def _layout(index: search_lib.HammingIndex, image_shape, step: int) -> store_lib
                               model=f'step {step}, codes.npz {digest}')
 
 
+def _open_run(workdir: str):
+  """(source, image shape [H, W, C], config, final state, its step, the HammingIndex of
+  codes.npz) of a finished train.py run."""
+  cfg, _ = update.base_config(workdir)
+  source, _ = job.load_data(cfg)
+  image_shape = tuple(np.asarray(source.images(np.zeros(1, np.int64))).shape[1:])
+  cfg, state, step = update.load_base(workdir, image_shape)
+  index = search_lib.HammingIndex.load(os.path.join(workdir, search_lib.CODES_FILE))
+  for name in ('db_indices', 'query_codes', 'query_indices'):
+    if name not in index.extras:
+      raise ServeError(f'{workdir}/codes.npz lacks {name}; rerun the run\'s train.py command')
+  return source, image_shape, cfg, state, step, index
+
+
+def store_layout(workdir: str) -> store_lib.ItemLayout:
+  """The layout the service of run `workdir` stores its added items in."""
+  _, image_shape, _, _, step, index = _open_run(workdir)
+  return _layout(index, image_shape, step)
+
+
 class SearchService:
   """A finished run's database, searchable and growing; see the module docstring.
 
@@ -75,14 +95,8 @@ class SearchService:
   """
 
   def __init__(self, workdir: str, *, max_topk: int = 1000, max_batch: int = 64):
-    cfg, _ = update.base_config(workdir)
-    self.source, _ = job.load_data(cfg)
-    self.image_shape = tuple(np.asarray(self.source.images(np.zeros(1, np.int64))).shape[1:])
-    self.cfg, state, self.step = update.load_base(workdir, self.image_shape)
-    self.index = search_lib.HammingIndex.load(os.path.join(workdir, search_lib.CODES_FILE))
-    for name in ('db_indices', 'query_codes', 'query_indices'):
-      if name not in self.index.extras:
-        raise ServeError(f'{workdir}/codes.npz lacks {name}; rerun the run\'s train.py command')
+    (self.source, self.image_shape, self.cfg, state, self.step,
+     self.index) = _open_run(workdir)
     self.num_original = len(self.index)
     labels = self.index.db_labels  # an added item's class must be one the run knows
     self._max_class = int(np.max(labels)) if labels is not None and labels.ndim == 1 else None

@@ -11,7 +11,11 @@ an uploaded image can pass for a record.
 A record is written with one `pwrite` (unbuffered) and fsynced before the add is acknowledged;
 the file and its folder are created, and fsynced, with the first add. After a crash an
 incomplete or corrupt *last* record (a write that was never acknowledged) is cut off when the
-store is opened; damage followed by intact records is reported and the file left as it is. (A
+store is opened, and so is a file that ends inside a header of this layout (a torn first add).
+A header that fails its check, and damage followed by intact records, are refused with one
+line naming the file and the offset, and the file is left as it is; `hashjax.serve.recovery`
+copies out every record that still checks out (`python -m hashjax.serve --workdir=RUN
+--recover_store`). (A
 last acknowledged record damaged later, e.g. by bit rot, cannot be told from a torn write: it
 is cut off with a warning.) A write the disk refuses (full, quota) is cut off again at once, so
 the store stays valid and searches go on; so does a store that cannot even be created. One
@@ -35,10 +39,34 @@ from hashjax.runtime import disk
 log = logging.getLogger(__name__)
 
 FILE = os.path.join('served', 'added.bin')
-_MAGIC = b'HJSTORE2'
-_BATCH = struct.Struct('<4sII')  # magic, item count, CRC-32 of (salt, offset, count, payload)
-_BATCH_MAGIC = b'HJB2'
+MAGIC = b'HJSTORE2'
+BATCH = struct.Struct('<4sII')  # magic, item count, CRC-32 of (salt, offset, count, payload)
+BATCH_MAGIC = b'HJB2'
 LABEL_KINDS = ('none', 'class', 'multi-hot')
+
+
+def recovery_hint(path: str) -> str:
+  """What to run for a damaged store at `path` (WORKDIR/served/added.bin)."""
+  workdir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+  return ('the file is left as it is; copy out every add that still checks out with: python -m '
+          f'hashjax.serve --workdir={workdir} --recover_store')
+
+
+def checksum(salt: bytes, offset: int, count: int, payload) -> int:
+  """CRC-32 of a record: (salt, its offset, item count, payload)."""
+  return zlib.crc32(payload, zlib.crc32(salt + struct.pack('<QI', offset, count)))
+
+
+def intact_record_end(data: bytes, offset: int, salt: bytes, item_bytes: int) -> int | None:
+  """The end of a whole record at `offset` of `data` that passes its checksum, else None."""
+  if len(data) - offset < BATCH.size:
+    return None
+  magic, count, crc = BATCH.unpack_from(data, offset)
+  end = offset + BATCH.size + count * item_bytes
+  if magic != BATCH_MAGIC or count < 1 or end > len(data):
+    return None
+  payload = memoryview(data)[offset + BATCH.size:end]
+  return end if checksum(salt, offset, count, payload) == crc else None
 
 
 class StoreError(ValueError):
@@ -139,8 +167,8 @@ class AddedStore:
       end = self._record_end(data, offset)
       if end is None:
         break
-      batches.append(np.frombuffer(data, np.uint8, end - offset - _BATCH.size,
-                                   offset + _BATCH.size))
+      batches.append(np.frombuffer(data, np.uint8, end - offset - BATCH.size,
+                                   offset + BATCH.size))
       offset = end
     if offset < len(data):
       log.warning('%s: cut off %d bytes of an add that was never acknowledged (a crash '
@@ -161,26 +189,33 @@ class AddedStore:
       done += self._pwrite(self._fd, view[done:], offset + done)
     os.fsync(self._fd)
 
+  def _meta(self, salt: bytes) -> bytes:
+    return json.dumps({'layout': json.loads(self.layout.describe()), 'salt': salt.hex()},
+                      sort_keys=True).encode()
+
   def _header(self) -> bytes:
     """A new header with a fresh salt (written with the first add)."""
     self._salt = os.urandom(16)
-    meta = json.dumps({'layout': json.loads(self.layout.describe()),
-                       'salt': self._salt.hex()}, sort_keys=True).encode()
-    return _MAGIC + struct.pack('<I', len(meta)) + meta + struct.pack('<I', zlib.crc32(meta))
+    meta = self._meta(self._salt)
+    return MAGIC + struct.pack('<I', len(meta)) + meta + struct.pack('<I', zlib.crc32(meta))
 
   def _check_header(self, data: bytes) -> int | None:
-    """The offset of the first record; None for an empty file or a torn first write."""
-    size = len(_MAGIC) + 4
-    if not _MAGIC.startswith(data[:len(_MAGIC)]):
+    """The offset of the first record; None for an empty file or a torn first write (a file
+    that ends inside a header of this layout: the first add writes header and record at once).
+    A header that fails its check is damage, whatever follows it."""
+    size = len(MAGIC) + 4
+    if not MAGIC.startswith(data[:len(MAGIC)]):
       raise StoreError(f'{self.path} is not an added-items store; move it away to start empty')
     if len(data) < size:
       return None
-    (length,) = struct.unpack_from('<I', data, len(_MAGIC))
-    if len(data) < size + length + 4:
+    (length,) = struct.unpack_from('<I', data, len(MAGIC))
+    if len(data) < size + length + 4 and length == len(self._meta(b'\0' * 16)):
       return None
     meta = data[size:size + length]
-    if struct.unpack_from('<I', data, size + length)[0] != zlib.crc32(meta):
-      raise StoreError(f'{self.path} has a damaged header; move it away to start empty')
+    if len(data) < size + length + 4 or struct.unpack_from(
+        '<I', data, size + length)[0] != zlib.crc32(meta):
+      raise StoreError(f'{self.path} is damaged at byte {len(MAGIC)} (its header fails its '
+                       f'check); {recovery_hint(self.path)}')
     meta = json.loads(meta)
     if meta['layout'] != json.loads(self.layout.describe()):
       raise StoreError(f'{self.path} holds items of another model or data '
@@ -191,18 +226,10 @@ class AddedStore:
     return size + length + 4
 
   def _checksum(self, offset: int, count: int, payload) -> int:
-    return zlib.crc32(payload, zlib.crc32(self._salt + struct.pack('<QI', offset, count)))
+    return checksum(self._salt, offset, count, payload)
 
   def _valid_end(self, data: bytes, offset: int) -> int | None:
-    """The end of a whole, intact record at `offset`, else None."""
-    if len(data) - offset < _BATCH.size:
-      return None
-    magic, count, crc = _BATCH.unpack_from(data, offset)
-    end = offset + _BATCH.size + count * self.layout.item_bytes
-    if magic != _BATCH_MAGIC or count < 1 or end > len(data):
-      return None
-    payload = memoryview(data)[offset + _BATCH.size:end]
-    return end if self._checksum(offset, count, payload) == crc else None
+    return intact_record_end(data, offset, self._salt, self.layout.item_bytes)
 
   def _record_end(self, data: bytes, offset: int) -> int | None:
     """The end of the record at `offset`; None when it is a torn last write (no intact record
@@ -211,12 +238,12 @@ class AddedStore:
     end = self._valid_end(data, offset)
     if end is not None:
       return end
-    later = data.find(_BATCH_MAGIC, offset + 1)
+    later = data.find(BATCH_MAGIC, offset + 1)
     while later != -1:
       if self._valid_end(data, later) is not None:
         raise StoreError(f'{self.path} is damaged at byte {offset} (not a torn last write); '
-                         'move it away or restore it from a backup')
-      later = data.find(_BATCH_MAGIC, later + 1)
+                         f'{recovery_hint(self.path)}')
+      later = data.find(BATCH_MAGIC, later + 1)
     return None
 
   def _set_rows(self, rows: np.ndarray) -> None:
@@ -274,16 +301,19 @@ class AddedStore:
   def append(self, images_MxHxWxC: np.ndarray, codes_MxP: np.ndarray, labels=None) -> None:
     """Writes one record (M ≥ 1 items) and fsyncs it; when this returns, the items survive a
     crash. A disk that refuses the write raises `StoreFull` and the store stays as it was."""
+    self.append_rows(self._rows(images_MxHxWxC, codes_MxP, labels))
+
+  def append_rows(self, rows: np.ndarray) -> None:
+    """`append` of items already laid out as stored: uint8 [M, item_bytes], M ≥ 1."""
     if self._unavailable:
       raise StoreFull(f'the add was not stored: {self._unavailable}; free space and restart')
-    rows = self._rows(images_MxHxWxC, codes_MxP, labels)
     try:
       if self._fd is None:
         self._create()
       header = self._header() if self._size == 0 else b''  # the first add writes it
       offset = self._size + len(header)
       payload = rows.tobytes()
-      self._write_at(header + _BATCH.pack(_BATCH_MAGIC, len(rows), self._checksum(
+      self._write_at(header + BATCH.pack(BATCH_MAGIC, len(rows), self._checksum(
           offset, len(rows), payload)) + payload, self._size)
     except OSError as e:
       try:
@@ -293,5 +323,5 @@ class AddedStore:
         pass  # the torn record is cut off when the store is next opened
       raise StoreFull(f'the add was not stored ({e.strerror or disk.short_error(e)}); free '
                       f'space on {os.path.dirname(self.path)} and add again') from None
-    self._size = offset + _BATCH.size + len(payload)
+    self._size = offset + BATCH.size + len(payload)
     self._set_rows(rows)

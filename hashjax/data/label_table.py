@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import os
 
 import numpy as np
@@ -114,6 +115,24 @@ def _parse_row(fields: list[str], columns, names: list[str], where: str) -> dict
   return {a: v[0] for a, v in chosen.items() if v}
 
 
+def _nonblank_rows(path: str) -> list[tuple[int, list[str]]]:
+  """[(row number, fields)] of the CSV's rows that are not blank. UTF-8, with or without a
+  byte-order mark; other bytes, or a field over the csv module's limit, are a DataError."""
+  with open(path, 'rb') as f:
+    data = f.read()
+  try:
+    text = data.decode('utf-8-sig')
+  except UnicodeDecodeError as e:
+    line = data.count(b'\n', 0, e.start) + 1
+    raise DataError(f'label table {path}:{line}: byte {e.start} ({data[e.start:e.start + 1]!r}) '
+                    'is not UTF-8; save the table as UTF-8 text') from None
+  reader = csv.reader(io.StringIO(text, newline=''))
+  try:
+    return [(n, row) for n, row in enumerate(reader, 1) if any(c.strip() for c in row)]
+  except csv.Error as e:
+    raise DataError(f'label table {path}:{reader.line_num}: {e}') from None
+
+
 def read_label_table(path: str) -> LabelTable:
   """Parses a label table (see the module docstring).
 
@@ -123,8 +142,7 @@ def read_label_table(path: str) -> LabelTable:
   """
   if not os.path.isfile(path):
     raise DataError(f'label table {path!r} does not exist')
-  with open(path, newline='') as f:
-    lines = [(n, row) for n, row in enumerate(csv.reader(f), 1) if any(c.strip() for c in row)]
+  lines = _nonblank_rows(path)
   if not lines:
     raise DataError(f'label table {path!r} is empty')
   key, columns = _columns(lines[0][1], path)

@@ -2,8 +2,13 @@
 (`image_files.load_folder(..., labels=)`): both formats, the errors, and what happens to
 images without a row and rows without an image."""
 
+import os
+import tempfile
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from hashjax.data import files as image_files
@@ -57,6 +62,52 @@ def test_malformed_tables_are_one_line_errors(tmp_path, text, message):
   with pytest.raises(DataError, match='^[^\n]*$') as e:
     label_table.read_label_table(_write(tmp_path, text))
   assert message in str(e.value)
+
+
+@pytest.mark.parametrize('data,message', [
+    (b'file,hair\nx.jpg,bl\xe9\n', r"labels.csv:2: byte 18 \(b'\\xe9'\) is not UTF-8; save "
+                                   r"the table as UTF-8 text$"),
+    (b'file,hair\nx.jpg,"' + b'a' * 200_000 + b'"\n',
+     r'labels.csv:2: field larger than field limit \(131072\)$'),
+])
+def test_bytes_that_are_not_utf8_or_csv_are_one_line_errors(tmp_path, data, message):
+  (tmp_path / 'labels.csv').write_bytes(data)
+  with pytest.raises(DataError, match=message):
+    label_table.read_label_table(str(tmp_path / 'labels.csv'))
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path):
+  (tmp_path / 'labels.csv').write_bytes('file,hair\nx.jpg,blue\n'.encode('utf-8-sig'))
+  table = label_table.read_label_table(str(tmp_path / 'labels.csv'))
+  assert (table.key, table.names, table.values) == ('file', ('hair',), (('blue',),))
+
+
+# Bytes near a label table: its words, separators, quotes, a BOM, a NUL, non-UTF-8 bytes.
+_PIECES = st.sampled_from([b'file', b'id', b'hair', b'eye', b'=', b'blue', b'1', b'0', b',',
+                           b'\n', b'\r\n', b'"', b' ', b'x.jpg', b'\xef\xbb\xbf', b'\x00',
+                           b'\xe9', b'\xff\xfe'])
+_TABLES = st.one_of(st.binary(max_size=300), st.lists(_PIECES, max_size=40).map(b''.join))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(data=_TABLES)
+def test_any_bytes_parse_the_same_way_twice_or_give_one_line(data):
+  with tempfile.TemporaryDirectory() as folder:
+    path = os.path.join(folder, 'labels.csv')
+    with open(path, 'wb') as f:
+      f.write(data)
+    try:
+      table = label_table.read_label_table(path)
+    except DataError as e:
+      assert '\n' not in str(e) and str(e)
+      return
+    again = label_table.read_label_table(path)
+    assert (again.key, again.names, again.values) == (table.key, table.names, table.values)
+    assert again.rows.keys() == table.rows.keys()
+    for key, ids in table.rows.items():
+      np.testing.assert_array_equal(again.rows[key], ids)
+      assert ids.shape == (len(table.names),) and ids.dtype == np.int32
+      assert all(-1 <= i < len(v) for i, v in zip(ids, table.values))
 
 
 def test_a_missing_table_is_an_error(tmp_path):

@@ -1,10 +1,13 @@
 import errno
 import os
+import tempfile
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from hashjax.serve.store import AddedStore, ItemLayout, StoreError, StoreFull
+from hashjax.serve.store import BATCH, AddedStore, ItemLayout, StoreError, StoreFull
 
 LAYOUTS = [ItemLayout((4, 4, 1), 2, 'class'), ItemLayout((3, 3, 3), 1, 'multi-hot', 5),
            ItemLayout((2, 2, 1), 3, 'none')]
@@ -181,3 +184,77 @@ def test_codes_of_another_model_are_refused(tmp_path):
   store.close()
   with pytest.raises(StoreError, match=r'holds items of another model .*"step 100".* move'):
     AddedStore(path, ItemLayout((4, 4, 1), 2, 'class', model='step 200'))
+
+
+def _valid_store_bytes():
+  """A store of three adds (2, 1, 3 items) as bytes, and the items."""
+  layout = LAYOUTS[0]
+  with tempfile.TemporaryDirectory() as folder:
+    path = os.path.join(folder, 'added.bin')
+    store = AddedStore(path, layout)
+    batches = [_items(layout, n, seed) for seed, n in enumerate([2, 1, 3])]
+    for batch in batches:
+      store.append(*batch)
+    store.close()
+    with open(path, 'rb') as f:
+      return f.read(), batches
+
+
+
+_VALID, _BATCHES = _valid_store_bytes()
+_SIZES = [BATCH.size + len(b[1]) * LAYOUTS[0].item_bytes for b in _BATCHES]
+_HEADER_END = len(_VALID) - sum(_SIZES)
+_EDITS = st.tuples(st.sampled_from(['flip', 'cut', 'insert']),
+                   st.integers(0, len(_VALID) - 1), st.binary(min_size=1, max_size=8))
+
+
+def _edited(edit) -> bytes:
+  kind, at, chunk = edit
+  if kind == 'flip':
+    return _VALID[:at] + bytes([_VALID[at] ^ (chunk[0] or 1)]) + _VALID[at + 1:]
+  return _VALID[:at] if kind == 'cut' else _VALID[:at] + chunk + _VALID[at:]
+
+
+def _open_twice(data: bytes):
+  """The images a store of `data` opens to (the same on a second opening), or the one-line
+  StoreError it gives, leaving the file as it was."""
+  with tempfile.TemporaryDirectory() as folder:
+    path = os.path.join(folder, 'added.bin')
+    with open(path, 'wb') as f:
+      f.write(data)
+    try:
+      store = AddedStore(path, LAYOUTS[0])
+    except StoreError as e:
+      assert '\n' not in str(e) and str(e)
+      with open(path, 'rb') as f:
+        assert f.read() == data  # refused: left as it was
+      return e
+    opened = store.images.copy()
+    store.close()
+    store = AddedStore(path, LAYOUTS[0])
+    np.testing.assert_array_equal(store.images, opened)
+    store.close()
+    return opened
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(data=st.binary(max_size=300))
+def test_any_bytes_open_the_same_way_twice_or_give_one_line(data):
+  _open_twice(data)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(edit=_EDITS)
+def test_a_changed_store_keeps_every_add_before_the_change_or_refuses(edit):
+  kind, at, _ = edit
+  result = _open_twice(_edited(edit))
+  if at < _HEADER_END and kind != 'cut':  # a header that fails its check
+    assert isinstance(result, StoreError)
+    return
+  if isinstance(result, StoreError):
+    return
+  images = np.concatenate([b[0] for b in _BATCHES])
+  np.testing.assert_array_equal(result, images[:len(result)])  # original adds, in order
+  ends = _HEADER_END + np.cumsum(_SIZES)
+  before = sum(len(b[1]) for b, end in zip(_BATCHES, ends) if end <= at)
+  assert len(result) >= before  # every add before the change is kept

@@ -36,7 +36,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from hashjax.runtime.disk import directory_bytes, free_bytes, is_disk_full_error, short_error
+from hashjax.runtime import integrity
+from hashjax.runtime.disk import (
+  directory_bytes,
+  free_bytes,
+  is_disk_full_error,
+  short_error,
+)
 from hashjax.runtime.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -123,16 +129,6 @@ class CheckpointStats:
     return {f'checkpoint_{k}': v for k, v in dataclasses.asdict(self).items()}
 
 
-def _key_name(key: Any) -> str:
-  return str(getattr(key, 'name', getattr(key, 'key', getattr(key, 'idx', key))))
-
-
-def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-  """{'params/Dense_0/kernel': shape} of a tree's arrays (attribute, key or index paths)."""
-  return {'/'.join(map(_key_name, path)): tuple(leaf.shape)
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree) if hasattr(leaf, 'shape')}
-
-
 def complete_steps(directory: str) -> list[int]:
   """Steps of the complete checkpoints in `directory`, ascending; [] when it does not exist
   (orbax renames a step's temporary folder to the bare step number only once it is complete)."""
@@ -201,12 +197,8 @@ class Checkpointer:
   def restore(self, step: int, abstract_tree: Any) -> Any:
     """Restores `step` into the structure, dtypes and shardings of `abstract_tree`."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_tree)
-    metadata = self._manager.item_metadata(step)  # None without _METADATA: orbax's error
-    stored = _shapes(metadata.tree) if metadata is not None else {}
-    for path, shape in _shapes(abstract).items():  # checked before any array is read
-      if stored.get(path, shape) != shape:  # a missing leaf: orbax's own error below
-        raise ValueError(f'checkpoint {step} stores {path} with shape {stored[path]}; the '
-                         f'model wants {shape}')
+    integrity.verify(self._step_dir(step))  # before any array is read
+    integrity.check_shapes(step, self._manager.item_metadata(step), abstract)
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
   def note_metrics(self, step: int, metrics: dict[str, Any]) -> None:
@@ -344,6 +336,8 @@ class Checkpointer:
     if self._pending is not None:
       step, _, metrics = self._pending
       self._pending = None
+      if jax.process_index() == 0:
+        integrity.record(self._step_dir(step))
       self.stats.saved += 1
       self._record_best(step, metrics)
       self._apply_retention()

@@ -200,11 +200,17 @@ def test_resume_with_changed_settings_is_one_line_and_keeps_config_json(tmp_path
 
 
 def _damage(step_dir, how):
-  if how == 'truncate':  # the largest data file, cut to half
+  if how in ('truncate', 'flip'):  # the largest data file, cut to half or one byte flipped
     files = [os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs]
     path = max(files, key=os.path.getsize)
     with open(path, 'r+b') as f:
-      f.truncate(os.path.getsize(path) // 2)
+      if how == 'truncate':
+        f.truncate(os.path.getsize(path) // 2)
+      else:  # a byte in the middle of the array data: orbax alone restores it silently
+        f.seek(os.path.getsize(path) // 2)
+        byte = f.read(1)[0]
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte ^ 0x10]))
     return
   paths = [os.path.join(d, how) for d, _, fs in os.walk(step_dir) if how in fs]
   assert paths, f'no {how} under {step_dir}'
@@ -212,7 +218,7 @@ def _damage(step_dir, how):
     os.remove(path)
 
 
-@pytest.mark.parametrize('how', ['truncate', 'manifest.ocdbt', '_METADATA'])
+@pytest.mark.parametrize('how', ['truncate', 'manifest.ocdbt', '_METADATA', 'flip'])
 @pytest.mark.parametrize('name', JOBS_HASHNET_FIRST)
 def test_a_damaged_newest_checkpoint_is_set_aside_and_the_one_before_resumes(
     tmp_path, name, how):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 
 EXIT_BAD_INPUT = 2
@@ -85,12 +86,32 @@ def run(argv=None) -> int:
     app = create_app(service, token=args.token,
                      max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
                      allowed_hosts=LOOPBACK if loopback else None)
+    try:
+      sock = _bind(args.host, args.port)
+    except OSError as e:
+      print(f'serve: error: cannot listen on {args.host}:{args.port} ({e.strerror or e}); '
+            'choose another --port or stop what uses it', file=sys.stderr)
+      return EXIT_BAD_INPUT
     print(f'serving {service.stats()["database"]} items of {args.workdir} at '
-          f'http://{args.host}:{args.port}/', flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level='warning')
+          f'http://{args.host}:{sock.getsockname()[1]}/', flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level='warning')).run(sockets=[sock])
   finally:
     service.close()
   return 0
+
+
+def _bind(host: str, port: int) -> socket.socket:
+  """A TCP socket bound to (host, port), as uvicorn would bind it; OSError when it cannot be
+  (the port in use, an address not of this machine)."""
+  family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+  sock = socket.socket(family, socket.SOCK_STREAM)
+  try:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+  except OSError:
+    sock.close()
+    raise
+  return sock
 
 
 def _recover_store(workdir: str) -> int:

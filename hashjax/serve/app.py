@@ -102,12 +102,13 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 
 def _authorized(request: Request, token: str | None) -> bool:
-  """No token set, or `Authorization: Bearer <token>` (compared in constant time, as bytes:
-  headers arrive as latin-1 text)."""
+  """No token set, or `Authorization: Bearer <token>`, the scheme in any case (RFC 9110) and
+  the token compared in constant time, as bytes: headers arrive as latin-1 text."""
   if token is None:
     return True
-  sent = request.headers.get('authorization', '').encode('latin-1', 'replace')
-  return hmac.compare_digest(sent, f'Bearer {token}'.encode())
+  scheme, _, sent = request.headers.get('authorization', '').partition(' ')
+  return scheme.lower() == 'bearer' and hmac.compare_digest(
+      sent.encode('latin-1', 'replace'), token.encode())
 
 
 def _cross_site(request: Request) -> bool:
@@ -213,6 +214,7 @@ def create_app(service: SearchService, *, token: str | None = None,
       raise ServeError(f'{len(bodies)} images but {len(labels)} labels; give one label per '
                        'image, or none')
     parsed = [service.parse_label(text) for text in labels]
+    await run_in_threadpool(uploads.count_pixels, bodies)
     images = [await run_in_threadpool(uploads.decode_image, body, service.image_shape,
                                       f'image {i}') for i, body in enumerate(bodies)]
     ids = await run_in_threadpool(service.add, np.stack(images),

@@ -65,17 +65,27 @@ def _layout(index: search_lib.HammingIndex, image_shape, step: int) -> store_lib
                               model=f'step {step}, codes.npz {digest}')
 
 
+SERVABLE_CHANNELS = (1, 3)
+
+
 def _open_run(workdir: str):
   """(source, image shape [H, W, C], config, final state, its step, the HammingIndex of
   codes.npz) of a finished train.py run."""
   cfg, _ = update.base_config(workdir)
   source, _ = job.load_data(cfg)
   image_shape = tuple(np.asarray(source.images(np.zeros(1, np.int64))).shape[1:])
+  if image_shape[-1] not in SERVABLE_CHANNELS:
+    raise ServeError(f'the run in {workdir} was trained on images of {image_shape[-1]} '
+                     'channels; the service takes uploads and shows pictures of 1 (grey) or 3 '
+                     '(RGB)')
   cfg, state, step = update.load_base(workdir, image_shape)
   index = search_lib.HammingIndex.load(os.path.join(workdir, search_lib.CODES_FILE))
   for name in ('db_indices', 'query_codes', 'query_indices'):
     if name not in index.extras:
       raise ServeError(f'{workdir}/codes.npz lacks {name}; rerun the run\'s train.py command')
+  if index.bits != cfg.bits:
+    raise ServeError(f'{workdir}/codes.npz holds {index.bits}-bit codes; the run\'s model gives '
+                     f'{cfg.bits}: it is not this run\'s codes.npz (rerun its train.py command)')
   return source, image_shape, cfg, state, step, index
 
 
@@ -195,6 +205,9 @@ class SearchService:
       dist_T, index_T = dist_T[keep], index_T[keep]
     labels = snapshot.db_labels
     relevant, ap = None, None
+    if label is not None and not np.any(np.asarray(label) >= 0 if np.ndim(label) == 0
+                                        else np.asarray(label)):
+      label = None  # an item added without a label (−1, or no flag set): no AP
     if label is not None and labels is not None:
       relevant = relevance(label, labels)
       dist_N = codes_lib.host_distances(np.asarray(code_P), snapshot.db_codes)
@@ -233,7 +246,8 @@ class SearchService:
 
   def add(self, images_MxHxWxC: np.ndarray, labels=None) -> list[int]:
     """Encodes the images, stores them (fsynced) and appends them to the index; returns their
-    database indices. A full disk raises `ServeError` 507 and nothing is added."""
+    database indices. A full disk raises `ServeError` 507, a store folder that cannot be
+    written 503; nothing is added then."""
     images = np.asarray(images_MxHxWxC, np.uint8)
     if images.ndim != 4 or images.shape[1:] != self.image_shape or not len(images):
       raise ServeError(f'images must be uint8 [M, {", ".join(map(str, self.image_shape))}] '
@@ -246,6 +260,8 @@ class SearchService:
     with self._add_lock:
       try:
         self.store.append(images, codes, labels)
+      except store_lib.StoreReadOnly as e:
+        raise ServeError(str(e), 503) from None
       except store_lib.StoreFull as e:
         raise ServeError(str(e), 507) from None
       start = len(self.index)

@@ -25,6 +25,7 @@ server at a time: the `served` folder is locked (`flock`) while the store is ope
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import json
 import logging
@@ -77,6 +78,14 @@ class StoreFull(OSError):
   """The disk refused an add; nothing of it was kept and the store is unchanged."""
 
 
+class StoreReadOnly(StoreFull):
+  """The store's folder cannot be written (read-only, no permission): adds are refused,
+  searches go on."""
+
+
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
 @dataclasses.dataclass(frozen=True)
 class ItemLayout:
   """What one stored item holds: image uint8 [H, W, C], packed code uint8 [code_bytes] and a
@@ -122,6 +131,9 @@ class AddedStore:
       self._unavailable = f'{os.path.dirname(path)} cannot be created ({e.strerror or e})'
       log.warning('%s: adds are refused until it can be; searches go on', self._unavailable)
       return
+    if not os.access(os.path.dirname(path), os.W_OK):
+      self._unavailable = f'{os.path.dirname(path)} is not writable'
+      log.warning('%s: adds will be refused; searches go on', self._unavailable)
     try:
       fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -131,7 +143,7 @@ class AddedStore:
     try:
       if os.path.exists(path):
         # Unbuffered: a write the disk refused must not linger in a buffer and reach the file.
-        self._fd = os.open(path, os.O_RDWR)
+        self._fd = os.open(path, os.O_RDONLY if self._unavailable else os.O_RDWR)
         self._load()
       opened = True
     finally:
@@ -279,6 +291,8 @@ class AddedStore:
     return None if self.layout.label_kind == 'none' else self._labels[:self._count]
 
   def _truncate(self, size: int) -> None:
+    if self._unavailable:  # read-only: the torn bytes stay on disk, unread
+      return
     os.ftruncate(self._fd, size)
     os.fsync(self._fd)
 
@@ -306,7 +320,8 @@ class AddedStore:
   def append_rows(self, rows: np.ndarray) -> None:
     """`append` of items already laid out as stored: uint8 [M, item_bytes], M ≥ 1."""
     if self._unavailable:
-      raise StoreFull(f'the add was not stored: {self._unavailable}; free space and restart')
+      raise StoreReadOnly(f'the add was not stored: {self._unavailable}; make it writable and '
+                          'restart the server')
     try:
       if self._fd is None:
         self._create()
@@ -321,6 +336,9 @@ class AddedStore:
           self._truncate(self._size)
       except OSError:
         pass  # the torn record is cut off when the store is next opened
+      if e.errno in _NOT_WRITABLE:
+        raise StoreReadOnly(f'the add was not stored: {os.path.dirname(self.path)} is not '
+                            f'writable ({e.strerror}); make it writable and add again') from None
       raise StoreFull(f'the add was not stored ({e.strerror or disk.short_error(e)}); free '
                       f'space on {os.path.dirname(self.path)} and add again') from None
     self._size = offset + BATCH.size + len(payload)

@@ -7,11 +7,19 @@ a side outside MIN_SIDE..MAX_SIDE pixels or more than MAX_PIXELS pixels; the siz
 from the header, before any pixel is decoded, so a decompression bomb costs nothing. The image
 is converted to grey or RGB (the run's channels), centre-cropped to a square and resized to the
 run's H × W by `image_files.fit_square`, as the `folder:` data source does.
+
+Memory and CPU under load: decoding reserves an estimate of its memory (pixels × bytes per
+pixel of the decoded and the converted image) from one process-wide budget,
+MAX_DECODING_BYTES, and waits while other decodes hold it, so concurrent uploads cannot add up
+past it; a request's images together have at most MAX_REQUEST_PIXELS pixels (`count_pixels`,
+from their headers, before any is decoded).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
 
 import numpy as np
 
@@ -20,6 +28,30 @@ from hashjax.data import files as image_files
 FORMATS = ('PNG', 'JPEG', 'GIF', 'BMP', 'WEBP', 'TIFF')
 MIN_SIDE, MAX_SIDE = 4, 8192
 MAX_PIXELS = 40_000_000
+MAX_REQUEST_PIXELS = 120_000_000  # all images of one request together
+MAX_DECODING_BYTES = 1 << 30  # decoded pixels in flight, all requests together
+
+
+class _Budget:
+  """Bytes that decodes in flight may hold together; `reserve` waits for room."""
+
+  def __init__(self, limit: int):
+    self.limit, self.used, self._room = limit, 0, threading.Condition()
+
+  @contextlib.contextmanager
+  def reserve(self, nbytes: int):
+    with self._room:
+      self._room.wait_for(lambda: self.used + nbytes <= self.limit)
+      self.used += nbytes
+    try:
+      yield
+    finally:
+      with self._room:
+        self.used -= nbytes
+        self._room.notify_all()
+
+
+DECODING = _Budget(MAX_DECODING_BYTES)
 
 
 class BadImage(ValueError):
@@ -57,14 +89,38 @@ def decode_image(data: bytes, image_shape, name: str = 'upload') -> np.ndarray:
     if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
       raise BadImage(f'{name} is {width}×{height} pixels; each side must be '
                      f'{MIN_SIDE}..{MAX_SIDE}', 422)
+    sample_bytes = 2 if im.mode.startswith('I;16') or im.mode in ('I', 'F') else 1
+    need = width * height * (len(im.getbands()) * sample_bytes + 4)  # decoded + converted
+    if need > DECODING.limit:
+      raise BadImage(f'{name} is {width}×{height} pixels of mode {im.mode}: too large to '
+                     'decode here', 413)
     try:
-      im.load()
-      return image_files.fit_square(im, image_shape)
+      with DECODING.reserve(need):
+        im.load()
+        return image_files.fit_square(im, image_shape)
     except MemoryError:
       raise BadImage(f'{name} is too large to decode', 413) from None
     except Exception as e:  # pylint: disable=broad-except  # any decoder failure is the upload's
       raise BadImage(f'{name} cannot be decoded ({type(e).__name__}: '
                      f'{" ".join(str(e).split())[:80]})') from None
+
+
+def count_pixels(bodies: list[bytes]) -> int:
+  """Width × height summed over the images in `bodies`, read from their headers (an
+  unreadable one counts 0: decoding it gives its error); BadImage 413 above
+  MAX_REQUEST_PIXELS."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  total = 0
+  for data in bodies:
+    try:
+      with Image.open(io.BytesIO(data), formats=FORMATS) as im:
+        total += im.size[0] * im.size[1]
+    except Exception:  # pylint: disable=broad-except  # decode_image reports it
+      continue
+  if total > MAX_REQUEST_PIXELS:
+    raise BadImage(f'the images of this request have {total:,} pixels in all; at most '
+                   f'{MAX_REQUEST_PIXELS:,} are accepted per request', 413)
+  return total
 
 
 def encode_png(image_HxWxC: np.ndarray, scale: int = 1) -> bytes:

@@ -84,6 +84,15 @@ def test_adding_needs_the_token_and_returns_the_new_indices(served):
   assert {'item': num, 'distance': 0, 'label': 3, 'relevant': True, 'added': True} in hits
 
 
+def test_the_auth_scheme_is_case_insensitive_and_must_be_bearer(served):
+  service, client = served
+  body = _png(service, 12)
+  for scheme, status in (('bearer', 200), ('BEARER', 200), ('Basic', 401), ('', 401)):
+    answer = client.post('/api/items', content=body,
+                         headers={'Authorization': f'{scheme} {TOKEN}'.strip()})
+    assert answer.status_code == status, scheme
+
+
 @pytest.mark.parametrize('method, url, kwargs, status, message', [
     ('get', '/api/search?query=50', {}, 404, 'query 50 does not exist; accepted: 0..49'),
     ('get', '/api/search?item=1&topk=1001', {}, 422, 'topk=1001 is out of range; accepted: 1..1000'),

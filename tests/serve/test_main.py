@@ -81,6 +81,20 @@ def test_the_shell_sees_exit_2_and_one_line():
   assert proc.stderr == "serve: error: --workdir='/nonexistent/run' does not exist\n"
 
 
+def test_a_port_in_use_is_one_line_before_serving(served_run, tmp_path, capsys):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(served_run, workdir)
+  with socket.socket() as taken:
+    taken.bind(('127.0.0.1', 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    assert serve_command.run([f'--workdir={workdir}', f'--port={port}']) == 2
+  out, err = capsys.readouterr()
+  assert out == ''  # no "serving at ..." first
+  assert err == (f'serve: error: cannot listen on 127.0.0.1:{port} (Address already in use); '
+                 'choose another --port or stop what uses it\n')
+
+
 def test_kill_9_during_adds_keeps_every_acknowledged_add(served_run, tmp_path):
   workdir = str(tmp_path / 'run')
   shutil.copytree(served_run, workdir)

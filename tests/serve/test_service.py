@@ -82,6 +82,9 @@ def test_added_images_are_searchable_and_survive_a_restart_without_re_encoding(s
   service.max_topk = num + 3
   hit = service.search_item(ids[0], topk=num + 3)['results']
   assert {'item': ids[0], 'distance': 0, 'label': 2, 'relevant': True, 'added': True} in hit
+  unlabelled = service.search_item(ids[1], topk=5)  # added without a label: no AP, no relevance
+  assert unlabelled['ap'] is None and unlabelled['label'] is None
+  assert all(r['relevant'] is None for r in unlabelled['results'])
   service.close()
   again = SearchService(run)
   try:
@@ -144,3 +147,30 @@ def test_bad_requests_are_one_line_errors_with_a_status(service, call, message):
 def test_a_run_that_is_not_finished_is_refused(tmp_path):
   with pytest.raises(ValueError, match='must be a finished train.py run'):
     SearchService(str(tmp_path))
+
+
+def test_codes_of_another_width_are_refused_at_start(run):
+  index = HammingIndex.load(os.path.join(run, 'codes.npz'))  # 16 bits
+  wider = HammingIndex(np.concatenate([index.db_codes] * 2, axis=1), 32, index.db_labels,
+                       extras=index.extras)
+  wider.save(os.path.join(run, 'codes.npz'))  # as if copied from a 32-bit run
+  with pytest.raises(ServeError, match=r"codes.npz holds 32-bit codes; the run's model gives "
+                                       r"16: it is not this run's codes.npz"):
+    SearchService(run)
+
+
+def test_a_run_on_images_of_5_channels_is_refused_at_start(run, monkeypatch):
+  load_data = service_lib.job.load_data
+
+  class FiveChannels:
+    def __init__(self, source):
+      self.source = source
+
+    def images(self, indices):
+      return np.repeat(self.source.images(indices)[..., :1], 5, axis=-1)
+
+  monkeypatch.setattr(service_lib.job, 'load_data',
+                      lambda cfg: (FiveChannels(load_data(cfg)[0]), load_data(cfg)[1]))
+  with pytest.raises(ServeError, match=r'trained on images of 5 channels; the service takes '
+                                       r'uploads and shows pictures of 1 \(grey\) or 3 \(RGB\)$'):
+    SearchService(run)

@@ -7,7 +7,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hashjax.serve.store import BATCH, AddedStore, ItemLayout, StoreError, StoreFull
+from hashjax.serve import store as store_lib
+from hashjax.serve.store import (
+  BATCH,
+  AddedStore,
+  ItemLayout,
+  StoreError,
+  StoreFull,
+  StoreReadOnly,
+)
 
 LAYOUTS = [ItemLayout((4, 4, 1), 2, 'class'), ItemLayout((3, 3, 3), 1, 'multi-hot', 5),
            ItemLayout((2, 2, 1), 3, 'none')]
@@ -174,6 +182,36 @@ def test_a_store_that_cannot_be_created_refuses_adds_and_nothing_else(tmp_path):
   assert len(store) == 0
   with pytest.raises(StoreFull, match='the add was not stored: .*served cannot be created'):
     store.append(*_items(LAYOUTS[0], 1, 0))
+  store.close()
+
+
+def test_a_read_only_folder_keeps_its_adds_readable_and_refuses_new_ones_saying_why(
+    tmp_path, monkeypatch, caplog):
+  layout, path = LAYOUTS[0], str(tmp_path / 'added.bin')
+  store = AddedStore(path, layout)
+  kept = [_items(layout, 2, 0)]
+  store.append(*kept[0])
+  store.close()
+  before = open(path, 'rb').read()
+  monkeypatch.setattr(store_lib.os, 'access', lambda p, mode: False)  # as on a read-only mount
+  store = AddedStore(path, layout)
+  assert 'is not writable: adds will be refused; searches go on' in caplog.text
+  _assert_holds(store, kept)
+  with pytest.raises(StoreReadOnly, match=r'is not writable; make it writable and restart'):
+    store.append(*_items(layout, 1, 1))
+  store.close()
+  assert open(path, 'rb').read() == before
+
+
+def test_a_write_refused_as_read_only_is_not_called_a_full_disk(tmp_path):
+  layout, path = LAYOUTS[0], str(tmp_path / 'added.bin')
+  store = AddedStore(path, layout)
+  def read_only(*_):
+    raise OSError(errno.EROFS, 'Read-only file system')
+  store._pwrite = read_only  # pylint: disable=protected-access
+  with pytest.raises(StoreReadOnly, match=r'is not writable \(Read-only file system\); make '
+                                          r'it writable and add again'):
+    store.append(*_items(layout, 1, 0))
   store.close()
 
 

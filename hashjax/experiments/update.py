@@ -104,7 +104,7 @@ def _score_state(config, run_dir: str, base_dir: str) -> dict[str, Any]:
   source, split = job.load_data(cfg)
   _, state, _ = update.load_base(run_dir, source.images(split.train[:1]).shape[1:])
   results, _ = evaluation.evaluate_update(state, cfg, source, split, update.load_indexed_codes(
-      base_dir), increments.parse_classes(cfg.split.new_classes))
+      base_dir, cfg.bits), increments.parse_classes(cfg.split.new_classes))
   return results
 
 

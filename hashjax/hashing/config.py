@@ -7,6 +7,7 @@ raises `ConfigError` with one line naming the bad value and what is accepted.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 from hashjax.hashing.augment import Strengths as AugmentConfig
@@ -16,7 +17,13 @@ from hashjax.hashing.pretrained import BACKBONES as PRETRAINED_BACKBONES
 from hashjax.hashing.schedules import SCHEDULES
 from hashjax.models.backbones import BACKBONES
 from hashjax.runtime.errors import ConfigError
-from hashjax.runtime.settings import CheckpointConfig, build, one_of, positive_int, require
+from hashjax.runtime.settings import (
+  CheckpointConfig,
+  build,
+  one_of,
+  positive_int,
+  require,
+)
 
 OPTIMIZERS = ('sgd', 'adam')
 LOSSES = ('hashnet', 'dhn')
@@ -210,8 +217,8 @@ def _check_increments(cfg: HashConfig) -> None:
   one_of('updating.database_codes', u.database_codes, DATABASE_CODES)
   for name in ('prior_weight', 'code_anchor_weight'):
     value = getattr(u, name)
-    require(isinstance(value, (int, float)) and value >= 0,
-             f'updating.{name}={value!r} must be a number ≥ 0')
+    require(isinstance(value, (int, float)) and 0 <= value < math.inf,
+             f'updating.{name}={value!r} must be a finite number ≥ 0')
   positive_int('updating.replay_per_class', u.replay_per_class, 0)
   if u.from_workdir is not None:
     require(s.stage != 'old', "an update trains on split.stage='new' or 'all', not 'old'")

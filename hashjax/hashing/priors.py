@@ -134,8 +134,9 @@ def save_fisher(path: str, fisher: Any, *, step: int, beta: float, write) -> boo
 
 
 def load_fisher(path: str, like: Any) -> tuple[Any, int]:
-  """(F shaped like the pytree `like`, the step it was computed at) from `save_fisher`'s file;
-  a missing parameter is a ValueError naming it."""
+  """(F shaped like the pytree `like`, the step it was computed at) from `save_fisher`'s file.
+  ValueError (one line): a missing parameter or step, or an entry that is not finite and ≥ 0;
+  `UNREADABLE_NPZ_ERRORS` for a file that is not a readable npz."""
   with np.load(path) as f:
     stored = {k: f[k] for k in f.files}
   leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
@@ -144,5 +145,9 @@ def load_fisher(path: str, like: Any) -> tuple[Any, int]:
     name = jax.tree_util.keystr(key)
     if name not in stored or stored[name].shape != np.shape(leaf):
       raise ValueError(f'{path} has no Fisher entry {name} of shape {np.shape(leaf)}')
+    if not (np.all(np.isfinite(stored[name])) and np.all(stored[name] >= 0)):
+      raise ValueError(f'{path}: Fisher entry {name} is not finite and ≥ 0 everywhere')
     out.append(stored[name])
+  if '__step__' not in stored or stored['__step__'].shape != ():
+    raise ValueError(f'{path} names no step')
   return jax.tree_util.tree_unflatten(treedef, out), int(stored['__step__'])

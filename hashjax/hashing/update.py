@@ -121,7 +121,10 @@ def base_config(workdir: str) -> tuple[HashConfig, int]:
   """(the finished run's settings, its final step) from its config.json and eval.json; a
   workdir that is not a finished HashNet run is a one-line `ConfigError`."""
   what = f'updating.from_workdir={workdir!r} must be a finished train.py run'
-  cfg = hash_config(_read_json(os.path.join(workdir, 'config.json'), what))
+  recorded = _read_json(os.path.join(workdir, 'config.json'), what)
+  if isinstance(recorded, dict) and {'nz', 'ngf', 'ndf'} <= set(recorded):
+    raise ConfigError(f'{workdir} is a gan.py run: {what}')
+  cfg = hash_config(recorded)
   step = _read_json(os.path.join(workdir, 'eval.json'), what).get('step')
   if not isinstance(step, int):
     raise ConfigError(f'{os.path.join(workdir, "eval.json")} names no final step: {what}')
@@ -144,24 +147,35 @@ def load_base(workdir: str, image_shape) -> tuple[HashConfig, step_lib.TrainStat
   if step not in steps:
     raise ConfigError(f'{workdir} has no final checkpoint (step {step}; found: '
                       f'{", ".join(map(str, steps)) or "none"}); finish that run first')
-  state, _ = loop.load_checkpoint(_Shape(base, image_shape), workdir, step)
+  try:
+    state, _ = loop.load_checkpoint(_Shape(base, image_shape), workdir, step)
+  except Exception as e:  # pylint: disable=broad-except  # orbax raises a plain Exception
+    if not loop.is_damaged_checkpoint_error(e):
+      raise
+    raise ConfigError(f'the final checkpoint (step {step}) in {workdir} does not restore '
+                      f'({disk.short_error(e)}); run its train.py command again: it sets the '
+                      'damaged checkpoint aside and trains the last steps again') from None
   return base, state, step
 
 
-def load_indexed_codes(workdir: str) -> dict[str, np.ndarray]:
-  """The run's codes.npz: db_indices int [N], db_codes ±1 int8 [N, K]."""
+def load_indexed_codes(workdir: str, bits: int) -> dict[str, np.ndarray]:
+  """The run's codes.npz: db_indices int [N], db_codes ±1 int8 [N, K]; codes of other than
+  the model's `bits` (a codes.npz copied from another run) are a one-line `ConfigError`."""
   path = os.path.join(workdir, 'codes.npz')
   try:
     with np.load(path) as f:
-      bits = int(f['bits'])
-      return {'db_indices': np.asarray(f['db_indices']),
-              'db_codes': codes_lib.unpack_codes(f['db_codes'], bits)}
+      stored, indices, packed = int(f['bits']), np.asarray(f['db_indices']), f['db_codes']
+    codes = codes_lib.unpack_codes(packed, stored)
   except FileNotFoundError:
     raise ConfigError(f'{path} does not exist: updating.from_workdir must be a finished '
                       'run') from None
   except UNREADABLE_NPZ_ERRORS + (KeyError,) as e:
     raise ConfigError(f'{path} cannot be read ({disk.short_error(e)}); rerun the finished '
                       'run to write it again') from None
+  if stored != bits:
+    raise ConfigError(f'{path} holds {stored}-bit codes; the model of the run in {workdir} '
+                      f'gives {bits}: it is not that run\'s codes.npz')
+  return {'db_indices': indices, 'db_codes': codes}
 
 
 # -- the job ---------------------------------------------------------------------------------
@@ -179,7 +193,7 @@ class UpdateJob(job.HashJob):
     image_shape = self.source.images(self.split.train[:1]).shape[1:]
     self.base_cfg, self.base_step = base_config(u.from_workdir)
     check_compatible(self.cfg, self.base_cfg, u.from_workdir)
-    self.indexed = load_indexed_codes(u.from_workdir)
+    self.indexed = load_indexed_codes(u.from_workdir, self.base_cfg.bits)
     missing = np.setdiff1d(self.indexed['db_indices'], self.split.database)
     if len(missing):
       raise ConfigError(f'item {missing[0]} indexed by the run in {u.from_workdir} is not in '
@@ -203,7 +217,12 @@ class UpdateJob(job.HashJob):
       if not os.path.exists(path):
         raise ConfigError(f"updating.prior='laplace' needs {path}; write it with: python -m "
                           f'hashjax.commands.fisher --workdir={u.from_workdir}')
-      fisher, at = priors.load_fisher(path, base.params)
+      try:
+        fisher, at = priors.load_fisher(path, base.params)
+      except UNREADABLE_NPZ_ERRORS + (KeyError,) as e:
+        raise ConfigError(f'{path} is not a Fisher file of this run ({disk.short_error(e)}); '
+                          'write it again: python -m hashjax.commands.fisher '
+                          f'--workdir={u.from_workdir}') from None
       if at != self.base_step:
         raise ConfigError(f'{path} is of step {at}, the run ended at {self.base_step}; write '
                           f'it again: python -m hashjax.commands.fisher --workdir={u.from_workdir}')

@@ -1,5 +1,7 @@
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -146,6 +148,93 @@ def test_update_errors_are_one_line(base, tmp_path):
     os.replace(tmp_path / 'f.npz', fisher)
 
 
+def _not_fisher(kind, good):
+  """Bytes of a fisher.npz that is truncated, garbage, another file's or all NaN."""
+  if kind == 'truncated':
+    return good[:len(good) // 2]
+  if kind == 'garbage':
+    return b'PK\x03\x04' + bytes(range(256)) * 4
+  buffer = io.BytesIO()
+  with np.load(io.BytesIO(good)) as f:
+    arrays = {k: f[k] for k in f.files}
+  if kind == 'foreign':
+    arrays = {'weights': np.ones(3), '__step__': arrays['__step__']}
+  else:
+    arrays = {k: v if k == '__step__' else np.full_like(v, np.nan) for k, v in arrays.items()}
+  np.savez(buffer, **arrays)
+  return buffer.getvalue()
+
+
+@pytest.mark.parametrize('kind, message', [
+    ('truncated', r'is not a Fisher file of this run \(.*\); write it again: python -m '
+                  r'hashjax.commands.fisher --workdir='),
+    ('garbage', r'is not a Fisher file of this run'),
+    ('foreign', r'is not a Fisher file of this run \(.*has no Fisher entry'),
+    ('nan', r'is not a Fisher file of this run \(.*is not finite and ≥ 0 everywhere'),
+])
+def test_a_bad_fisher_file_is_one_line_before_step_0(base, tmp_path, kind, message):
+  fisher = os.path.join(base, 'fisher.npz')
+  good = open(fisher, 'rb').read()
+  try:
+    with open(fisher, 'wb') as f:
+      f.write(_not_fisher(kind, good))
+    with pytest.raises(ConfigError, match='^[^\n]*$') as e:
+      hash_trainer.train_and_evaluate(_update(base), str(tmp_path / 'u'))
+    assert re.search(message, str(e.value)), str(e.value)
+  finally:
+    with open(fisher, 'wb') as f:
+      f.write(good)
+  assert not os.path.exists(tmp_path / 'u' / 'checkpoints' / '1')
+
+
+def test_codes_of_another_width_are_refused_before_step_0(base, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  copy = tmp_path / 'copy'
+  shutil.copytree(base, copy)
+  with np.load(copy / 'codes.npz') as f:
+    arrays = {k: f[k] for k in f.files}
+  arrays.update(bits=np.int64(32), db_codes=np.concatenate([arrays['db_codes']] * 2, axis=1))
+  np.savez(copy / 'codes.npz', **arrays)  # as if copied from a 32-bit run
+  with pytest.raises(ConfigError, match=r"codes.npz holds 32-bit codes; the model of the run "
+                                        r"in .* gives 16: it is not that run's codes.npz$"):
+    hash_trainer.train_and_evaluate(_update(str(copy), **{'updating.database_codes': 'keep'}),
+                                    str(tmp_path / 'u'))
+  assert not os.path.exists(tmp_path / 'u' / 'checkpoints')
+
+
+@pytest.mark.parametrize('damage', ['_METADATA', 'truncate'])
+def test_a_damaged_final_checkpoint_is_one_line_for_update_and_fisher(base, tmp_path, damage,
+                                                                      capsys):
+  import shutil  # pylint: disable=g-import-not-at-top
+  copy = tmp_path / 'copy'
+  shutil.copytree(base, copy)
+  final = copy / 'checkpoints' / '20' / 'default'
+  if damage == '_METADATA':
+    os.remove(final / '_METADATA')
+  else:
+    for folder, _, files in os.walk(final / 'd'):
+      for name in files:
+        with open(os.path.join(folder, name), 'r+b') as f:
+          f.truncate(os.path.getsize(os.path.join(folder, name)) // 2)
+  message = (r'the final checkpoint \(step 20\) in .*copy does not restore \(.*\); run its '
+             r'train.py command again: it sets the damaged checkpoint aside')
+  with pytest.raises(ConfigError, match=f'^{message}[^\n]*$'):
+    hash_trainer.train_and_evaluate(_update(str(copy)), str(tmp_path / 'u'))
+  assert fisher.main([f'--workdir={copy}']) == 2
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and re.search(message, err), err
+
+
+def test_a_gan_run_is_named_as_one(tmp_path):
+  gan_run = tmp_path / 'gan'
+  gan_run.mkdir()
+  (gan_run / 'config.json').write_text(json.dumps({'nz': 100, 'ngf': 64, 'ndf': 64,
+                                                   'beta1': 0.5}))
+  with pytest.raises(ConfigError, match=r'gan is a gan.py run: updating.from_workdir=.* must '
+                                        r'be a finished train.py run$'):
+    update.base_config(str(gan_run))
+
+
 def test_a_finished_run_without_its_final_checkpoint_is_refused(base, tmp_path):
   import shutil  # pylint: disable=g-import-not-at-top
   copy = tmp_path / 'copy'
@@ -161,7 +250,9 @@ def test_a_finished_run_without_its_final_checkpoint_is_refused(base, tmp_path):
     ({'split.new_classes': None, 'split.stage': 'new'}, "split.stage='new' needs"),
     ({'updating.prior': 'ewc'}, "updating.prior='ewc' is not accepted; use one of: none, l2, "
                                 'laplace'),
-    ({'updating.prior_weight': -1.0}, r'updating.prior_weight=-1.0 must be a number ≥ 0'),
+    ({'updating.prior_weight': -1.0}, r'updating.prior_weight=-1.0 must be a finite number ≥ 0'),
+    ({'updating.prior_weight': float('inf')}, r'updating.prior_weight=inf must be a finite'),
+    ({'updating.code_anchor_weight': float('nan')}, r'updating.code_anchor_weight=nan must'),
     ({'updating.database_codes': 'all'}, "updating.database_codes='all' is not accepted"),
 ])
 def test_bad_update_settings_are_config_errors(overrides, match):

@@ -17,7 +17,7 @@ from hashjax.gan import evaluation as gan_eval
 from hashjax.gan.config import GanConfig, gan_config
 from hashjax.gan.job import GanJob
 from hashjax.gan.step import DataSpec
-from hashjax.runtime import loop
+from hashjax.runtime import checkpoint, loop
 from hashjax.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,9 @@ def run_config(config: ml_collections.ConfigDict | GanConfig, workdir: str
     raise ConfigError(f'{path} is no GAN run\'s config: {e}') from None
 
 
+MAX_SAMPLES = 4096  # a 64 × 64 grid: the largest sample image gan.py writes
+
+
 def sample(config: ml_collections.ConfigDict | GanConfig, workdir: str, num_samples: int,
            out: str | None = None, attributes: str | None = None) -> str:
   """Writes a grid of `num_samples` EMA-generator samples from the newest checkpoint;
@@ -72,8 +75,17 @@ def sample(config: ml_collections.ConfigDict | GanConfig, workdir: str, num_samp
   when it exists; `config` is used only for a run without one (then its model settings must
   be those the run was trained with: a ConfigError says so otherwise).
   """
-  if num_samples < 1:
-    raise ConfigError(f'num_samples={num_samples} must be ≥ 1')
+  if not 1 <= num_samples <= MAX_SAMPLES:
+    raise ConfigError(f'num_samples={num_samples} is out of range; accepted: 1..{MAX_SAMPLES} '
+                      '(one grid image)')
+  if out is not None and (out.endswith(os.sep) or os.path.isdir(out)):
+    raise ConfigError(f'out={out!r} is a folder; give the path of a PNG file')
+  if not os.path.isdir(workdir):
+    raise ConfigError(f'workdir {workdir!r} does not exist; train first with the same --workdir')
+  checkpoints = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+  if not checkpoint.complete_steps(checkpoints):  # before the job makes any folder
+    raise ConfigError(f'no checkpoint in {checkpoints} (found: none); train first with the '
+                      'same --workdir')
   cfg, recorded = run_config(config, workdir)
   if recorded:
     log.info('sampling with the settings of %s', recorded)
@@ -82,7 +94,10 @@ def sample(config: ml_collections.ConfigDict | GanConfig, workdir: str, num_samp
   state = _newest_state(job, workdir, recorded)
   z = np.asarray(jax.random.normal(jax.random.PRNGKey(cfg.seed + 104729), (num_samples, cfg.nz)))
   path = out or os.path.join(workdir, 'samples', f'sample_{int(state.step):06d}.png')
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  try:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  except OSError as e:
+    raise ConfigError(f'out={path!r}: its folder cannot be made ({e.strerror})') from None
   if not gan_eval.write_sample_image(path, state, cfg, job.spec.num_classes, z, labels):
     raise ConfigError(f'could not write {path}: the disk is full (or, for a 2-D scatter '
                       'plot, matplotlib is missing)')

@@ -417,7 +417,11 @@ class _Session:
 def load_checkpoint(job: Job, workdir: str, step: int | None = None) -> tuple[Any, jax.Array]:
   """(state, step RNG key) of checkpoint `step` (None: the newest) of the run in `workdir`;
   `ConfigError` when there is none."""
-  ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'))
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):  # Checkpointer would make it
+    raise ConfigError(f'no checkpoint in {os.path.abspath(directory)} (found: none); train '
+                      'first with the same --workdir')
+  ckpt = Checkpointer(directory)
   try:
     steps = ckpt.all_steps()
     step = steps[-1] if step is None and steps else step

@@ -43,7 +43,10 @@ def _make(workdir: str) -> None:
 def hold(workdir: str) -> Iterator[None]:
   """Creates `workdir` if needed and holds its lock while the block runs (process 0 only:
   the processes of one job share it). Raises WorkdirError (one line) for a workdir that is
-  a file, lies under a file, cannot be written, or is held by another live run."""
+  a file, lies under a file, cannot be written, or is held by another live run. A workdir
+  this call created is removed again when the block fails before writing anything in it (a
+  run refused for its settings leaves no trace)."""
+  created = not os.path.exists(workdir)
   _make(workdir)
   if not parallel.is_main_process():
     yield
@@ -62,7 +65,13 @@ def hold(workdir: str) -> Iterator[None]:
       raise WorkdirError(f'--workdir {workdir!r} is in use by {holder}; wait for that run to '
                          'end, or pass another --workdir') from None
     _record_holder(handle)
-    yield  # closing the handle releases the lock
+    try:
+      yield  # closing the handle releases the lock
+    except BaseException:
+      if created and os.listdir(workdir) == [LOCK_NAME]:
+        os.remove(path)
+        os.rmdir(workdir)
+      raise
 
 
 def _record_holder(handle) -> None:

@@ -132,6 +132,40 @@ def test_sample_takes_the_model_settings_from_the_runs_config_json(tmp_path):
     gan_sampling.sample(_get_test_config(nz=100), str(tmp_path), num_samples=4)
 
 
+@pytest.fixture(scope='module')
+def one_step_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('gan') / 'run'
+  gan_trainer.train_and_evaluate(_get_test_config(num_steps=1), str(workdir))
+  return workdir
+
+
+@pytest.mark.parametrize('num_samples, out, message', [
+    (0, None, r'num_samples=0 is out of range; accepted: 1\.\.4096 \(one grid image\)'),
+    (100_000_000, None, r'num_samples=100000000 is out of range; accepted: 1\.\.4096'),
+    (4, 'folder/', r"out='.*folder/' is a folder; give the path of a PNG file"),
+    (4, 'file/grid.png', r"out='.*file/grid.png': its folder cannot be made"),
+])
+def test_sample_arguments_are_one_line_and_write_nothing(one_step_run, tmp_path, num_samples,
+                                                        out, message):
+  workdir = one_step_run
+  (tmp_path / 'file').write_text('a file where a folder should be')
+  before = sorted(os.listdir(workdir / 'samples'))
+  with pytest.raises(ConfigError, match=f'^{message}'):
+    gan_sampling.sample(_get_test_config(), str(workdir), num_samples,
+                        None if out is None else f'{tmp_path}/{out}')  # a '/' at its end kept
+  assert sorted(os.listdir(workdir / 'samples')) == before
+  assert not any(name.endswith('.tmp') for name in os.listdir(tmp_path))
+
+
+def test_sample_from_a_missing_workdir_creates_nothing(tmp_path):
+  with pytest.raises(ConfigError, match=r"workdir '.*nope' does not exist; train first"):
+    gan_sampling.sample(_get_test_config(), str(tmp_path / 'nope'), 4)
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(ConfigError, match=r'no checkpoint in .*empty/checkpoints \(found: none\)'):
+    gan_sampling.sample(_get_test_config(), str(tmp_path / 'empty'), 4)
+  assert not (tmp_path / 'nope').exists() and os.listdir(tmp_path / 'empty') == []
+
+
 def test_jsd_eval_is_logged_and_written(tmp_path, monkeypatch):
   plotted = []  # the evaluated steps each losses.png shows
   plot = gan_trainer.gan_pictures.save_loss_plot

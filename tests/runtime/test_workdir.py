@@ -22,6 +22,23 @@ def test_a_file_or_a_path_under_a_file_is_one_line(tmp_path):
       pass
 
 
+def test_a_run_refused_before_writing_anything_leaves_no_workdir_behind(tmp_path):
+  new, old = tmp_path / 'new', tmp_path / 'old'
+  old.mkdir()
+  (old / 'notes.txt').write_text('mine')
+  for workdir in (new, old):
+    with pytest.raises(ValueError, match='bad settings'):
+      with workdir_lib.hold(str(workdir)):
+        raise ValueError('bad settings')
+  assert not new.exists()  # made by the refused run: removed with its lock
+  assert sorted(os.listdir(old)) == ['notes.txt', 'run.lock']  # not made by it: left alone
+  with pytest.raises(ValueError):
+    with workdir_lib.hold(str(new)):
+      (new / 'metrics.jsonl').write_text('{}')
+      raise ValueError('after writing')
+  assert sorted(os.listdir(new)) == ['metrics.jsonl', 'run.lock']  # something written: kept
+
+
 def test_a_held_workdir_refuses_a_second_run_naming_the_holder(tmp_path):
   with workdir_lib.hold(str(tmp_path)):
     with pytest.raises(WorkdirError, match=rf"is in use by process {os.getpid()} on "):

@@ -104,8 +104,7 @@ class GanJob(loop.Job):
   def __init__(self, config: ml_collections.ConfigDict | GanConfig, workdir: str):
     self.cfg = config if isinstance(config, GanConfig) else gan_config(config)
     self.config, self.workdir = config, workdir
-    self.samples_dir = os.path.join(workdir, 'samples')
-    os.makedirs(self.samples_dir, exist_ok=True)
+    self.samples_dir = os.path.join(workdir, 'samples')  # made by the first picture
     (self.images, self.labels, self.holdout, self.holdout_labels,
      self.spec) = load_data(self.cfg, cache_dir=os.path.join(workdir, 'data_cache'))
     self.num_examples = len(self.images)
@@ -132,6 +131,7 @@ class GanJob(loop.Job):
     strip."""
     if not parallel.is_main_process():
       return
+    os.makedirs(self.samples_dir, exist_ok=True)  # also if deleted during the run
     last, images = step == self.cfg.num_steps, self.cfg.model != 'mlp'
     if step % self.cfg.sample_every == 0 or last:
       gan_eval.write_sample_image(self.sample_path(step), state, self.cfg,

@@ -17,7 +17,7 @@ from hashjax.gan import evaluation as gan_eval
 from hashjax.gan.config import GanConfig, gan_config
 from hashjax.gan.job import GanJob
 from hashjax.gan.step import DataSpec
-from hashjax.runtime import checkpoint, loop
+from hashjax.runtime import loop
 from hashjax.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -82,10 +82,6 @@ def sample(config: ml_collections.ConfigDict | GanConfig, workdir: str, num_samp
     raise ConfigError(f'out={out!r} is a folder; give the path of a PNG file')
   if not os.path.isdir(workdir):
     raise ConfigError(f'workdir {workdir!r} does not exist; train first with the same --workdir')
-  checkpoints = os.path.abspath(os.path.join(workdir, 'checkpoints'))
-  if not checkpoint.complete_steps(checkpoints):  # before the job makes any folder
-    raise ConfigError(f'no checkpoint in {checkpoints} (found: none); train first with the '
-                      'same --workdir')
   cfg, recorded = run_config(config, workdir)
   if recorded:
     log.info('sampling with the settings of %s', recorded)

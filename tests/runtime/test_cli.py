@@ -190,7 +190,7 @@ def test_malformed_npz_exit_2(tmp_path, capsys, bad_npz):
 
 @pytest.mark.parametrize('args,message', [
     (['--mode=sample'], 'no checkpoint in '),
-    (['--mode=sample', '--num_samples=0'], 'num_samples=0 must be ≥ 1'),
+    (['--mode=sample', '--num_samples=0'], 'num_samples=0 is out of range; accepted: 1..4096'),
     (['--mode=bogus'], 'flag --mode=bogus: value should be one of <train|sample>'),
     (['--num_samples=many'], 'flag --num_samples=many'),
     (['--config.bits=32'], "unknown config key 'bits'"),

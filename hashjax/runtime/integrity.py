@@ -90,7 +90,8 @@ def check_shapes(step: int, metadata: Any, abstract: Any) -> None:
   """Raises ValueError naming the first array whose stored shape (orbax's item metadata of
   checkpoint `step`) differs from the one `abstract` wants. Without metadata (None), or for
   an array the checkpoint lacks, nothing is raised here: orbax's restore says it."""
-  stored = _shapes(metadata.tree) if metadata is not None else {}
+  tree = getattr(metadata, 'tree', metadata)  # orbax's TreeMetadata, or a plain tree
+  stored = _shapes(tree) if tree is not None else {}
   for path, shape in _shapes(abstract).items():
     if stored.get(path, shape) != shape:
       raise ValueError(f'checkpoint {step} stores {path} with shape {stored[path]}; the '

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 from typing import Any
 
 import jax
 
-log = logging.getLogger(__name__)
+from hashjax.runtime import disk
 
 FILE = 'checksums.json'
 
@@ -32,7 +31,7 @@ def digests(step_dir: str) -> dict[str, str]:
     for name in names:
       path = os.path.join(folder, name)
       relative = os.path.relpath(path, step_dir)
-      if relative in (FILE, FILE + '.tmp'):
+      if relative.startswith(FILE):  # the record, or what is left of one being written
         continue
       digest = hashlib.sha256()
       with open(path, 'rb') as f:
@@ -43,20 +42,16 @@ def digests(step_dir: str) -> dict[str, str]:
 
 
 def record(step_dir: str) -> bool:
-  """Writes step_dir/checksums.json (atomically); False, with a warning, when the disk
-  refuses it: the checkpoint stays, unchecked."""
-  temporary = os.path.join(step_dir, FILE + '.tmp')
-  try:
-    recorded = digests(step_dir)
-    with open(temporary, 'w') as f:
+  """Writes step_dir/checksums.json; False when the disk is full (with a warning: the
+  checkpoint stays, unchecked) or the step is gone (deleted or set aside meanwhile)."""
+  recorded = digests(step_dir)
+
+  def write(tmp):
+    with open(tmp, 'w') as f:
       json.dump(recorded, f, sort_keys=True)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(temporary, os.path.join(step_dir, FILE))
-    return True
-  except OSError as e:
-    log.warning('no checksums for %s (%s); it will be restored unchecked', step_dir,
-                e.strerror or e)
+  try:
+    return disk.write_or_warn(os.path.join(step_dir, FILE), write)
+  except FileNotFoundError:
     return False
 
 

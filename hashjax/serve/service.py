@@ -68,17 +68,16 @@ def _layout(index: search_lib.HammingIndex, image_shape, step: int) -> store_lib
 SERVABLE_CHANNELS = (1, 3)
 
 
-def _open_run(workdir: str):
-  """(source, image shape [H, W, C], config, final state, its step, the HammingIndex of
-  codes.npz) of a finished train.py run."""
-  cfg, _ = update.base_config(workdir)
+def _indexed_run(workdir: str):
+  """(config, final step, source, image shape [H, W, C], the HammingIndex of codes.npz) of a
+  finished train.py run, checked against each other; the model is not loaded."""
+  cfg, step = update.base_config(workdir)
   source, _ = job.load_data(cfg)
   image_shape = tuple(np.asarray(source.images(np.zeros(1, np.int64))).shape[1:])
   if image_shape[-1] not in SERVABLE_CHANNELS:
     raise ServeError(f'the run in {workdir} was trained on images of {image_shape[-1]} '
                      'channels; the service takes uploads and shows pictures of 1 (grey) or 3 '
                      '(RGB)')
-  cfg, state, step = update.load_base(workdir, image_shape)
   index = search_lib.HammingIndex.load(os.path.join(workdir, search_lib.CODES_FILE))
   for name in ('db_indices', 'query_codes', 'query_indices'):
     if name not in index.extras:
@@ -86,12 +85,13 @@ def _open_run(workdir: str):
   if index.bits != cfg.bits:
     raise ServeError(f'{workdir}/codes.npz holds {index.bits}-bit codes; the run\'s model gives '
                      f'{cfg.bits}: it is not this run\'s codes.npz (rerun its train.py command)')
-  return source, image_shape, cfg, state, step, index
+  return cfg, step, source, image_shape, index
 
 
 def store_layout(workdir: str) -> store_lib.ItemLayout:
-  """The layout the service of run `workdir` stores its added items in."""
-  _, image_shape, _, _, step, index = _open_run(workdir)
+  """The layout the service of run `workdir` stores its added items in (no model loaded: a
+  store can be recovered whatever state the checkpoint is in)."""
+  _, step, _, image_shape, index = _indexed_run(workdir)
   return _layout(index, image_shape, step)
 
 
@@ -105,8 +105,8 @@ class SearchService:
   """
 
   def __init__(self, workdir: str, *, max_topk: int = 1000, max_batch: int = 64):
-    (self.source, self.image_shape, self.cfg, state, self.step,
-     self.index) = _open_run(workdir)
+    self.cfg, self.step, self.source, self.image_shape, self.index = _indexed_run(workdir)
+    _, state, _ = update.load_base(workdir, self.image_shape)
     self.num_original = len(self.index)
     labels = self.index.db_labels  # an added item's class must be one the run knows
     self._max_class = int(np.max(labels)) if labels is not None and labels.ndim == 1 else None

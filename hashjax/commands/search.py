@@ -13,7 +13,9 @@ import sys
 
 import numpy as np
 
-from hashjax.data import sources
+from hashjax.data import manifest, sources
+from hashjax.hashing import job as hashing_job
+from hashjax.hashing import update
 from hashjax.retrieval.search import CODES_FILE, HammingIndex
 from hashjax.runtime import cli, pictures
 from hashjax.runtime.errors import SearchError
@@ -26,12 +28,22 @@ def _label_text(label) -> str:
   return str(int(label)) if label.ndim == 0 else ','.join(map(str, np.flatnonzero(label)))
 
 
-def _write_grid(index: HammingIndex, query_index: int, neighbours_T: np.ndarray,
+def _run_source(workdir: str, index: HammingIndex):
+  """The run's data numbered as its codes are: read through its config.json (image size,
+  class list) and checked against its data.json; codes.npz alone names only its dataset."""
+  if not os.path.exists(os.path.join(workdir, 'config.json')):
+    return sources.load_source(str(index.extras['dataset']))
+  cfg, _ = update.base_config(workdir)
+  manifest.check(workdir, cfg.dataset, manifest.files_of(cfg.dataset), 'draw its neighbours')
+  return hashing_job.load_data(cfg)[0]
+
+
+def _write_grid(workdir: str, index: HammingIndex, query_index: int, neighbours_T: np.ndarray,
                 out: str) -> None:
   for name in ('dataset', 'db_indices', 'query_indices'):
     if name not in index.extras:
       raise SearchError(f'codes.npz lacks {name!r}, needed to find the images for --out')
-  source = sources.load_source(str(index.extras['dataset']))
+  source = _run_source(workdir, index)
   ids = np.concatenate([index.extras['query_indices'][[query_index]],
                         index.extras['db_indices'][neighbours_T]])
   images = np.asarray(source.images(ids))
@@ -92,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
       print(f'{rank:4d}  {i:5d}  {d:8d}  {label}')
     if args.out:
       out = _out_path(args.out, args.query_index, topk)
-      _write_grid(index, args.query_index, index_1xT[0], out)
+      _write_grid(args.workdir, index, args.query_index, index_1xT[0], out)
       print(f'wrote {out}')
   except (SearchError, ValueError, OSError) as e:  # errors.DataError is a ValueError
     return cli.fail(PROG, str(e))

@@ -21,7 +21,7 @@ from hashjax.runtime.errors import UNREADABLE_NPZ_ERRORS, DataError
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp')
 
 
-def _list_images(root: str) -> tuple[list[str], np.ndarray, list[str]]:
+def list_images(root: str) -> tuple[list[str], np.ndarray, list[str]]:
   """Image files under root (sorted) and class ids from their top-level subfolder."""
   paths = []
   for folder, dirs, files in os.walk(root):
@@ -148,7 +148,7 @@ def load_folder(root: str, image_size: int | None, cache_dir: str | None,
     raise DataError('a folder: source needs image_size (the model resolution)')
   if unlabelled not in UNLABELLED:
     raise DataError(f'unlabelled={unlabelled!r}; accepted: {", ".join(UNLABELLED)}')
-  paths, classes, _ = _list_images(root)
+  paths, classes, _ = list_images(root)
   if not paths:
     raise DataError(f'image folder {root!r} holds no image file '
                     f'({", ".join(IMAGE_EXTENSIONS)})')

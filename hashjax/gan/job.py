@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from hashjax.data import base as data_base
-from hashjax.data import files, sources
+from hashjax.data import files, manifest, sources
 from hashjax.gan import attribute_classifier, toy2d
 from hashjax.gan import evaluation as gan_eval
 from hashjax.gan import pictures as gan_pictures
@@ -118,6 +118,10 @@ class GanJob(loop.Job):
     if self.cfg.conditional and self.spec.attribute_sizes:  # rows of the data's attributes
       self.grid_noise = (self.grid_noise[0], gan_eval.attribute_rows(
           self.labels, {}, self.cfg.num_samples, self.cfg.seed + 7919))
+
+  def check_data(self, resuming: bool) -> None:
+    manifest.check_or_record(self.workdir, self.cfg.dataset, resuming=resuming,
+                             write=parallel.is_main_process(), labels=self.cfg.labels)
 
   def examples(self, positions: np.ndarray) -> dict[str, np.ndarray]:
     return {'image': gan_eval.as_float(self.images[positions]), 'label': self.labels[positions]}

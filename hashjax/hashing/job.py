@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from hashjax.data import base as data_base
-from hashjax.data import sources
+from hashjax.data import manifest, sources
 from hashjax.data.base import Source
 from hashjax.data.split import Split
 from hashjax.hashing import augment, evaluation, increments, pretrained, priors
@@ -140,6 +140,10 @@ class HashJob(loop.Job):
     results, self.codes = evaluation.evaluate(state, self.cfg, self.source, self.split,
                                               extra_cache=self.extra_cache)
     return results
+
+  def check_data(self, resuming: bool) -> None:
+    manifest.check_or_record(self.workdir, self.cfg.dataset, resuming=resuming,
+                             write=parallel.is_main_process())
 
   def upgrade_row(self, row: dict[str, Any]) -> dict[str, Any]:
     return evaluation.upgrade_row(row)

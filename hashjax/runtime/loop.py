@@ -95,6 +95,12 @@ class Job:
   def upgrade_row(self, row: dict[str, Any]) -> dict[str, Any]:
     return row
 
+  def check_data(self, resuming: bool) -> None:
+    """Called before config.json is written: a resumed run (`resuming`) checks that its data
+    set is what it was trained on, a fresh one records it (`data.manifest`); default: no
+    record."""
+    del resuming
+
   def finish(self, state: Any, eval_row: dict[str, Any] | None,
              last_log_row: dict[str, Any] | None) -> dict[str, Any]:
     raise NotImplementedError
@@ -248,6 +254,7 @@ class _Session:
     if self.ckpt.all_steps():
       workdir_lib.check_resume(self.workdir, self.job.config_dict(),
                                RESUMABLE | type(self.job).resumable, self.job.added_settings)
+    self.job.check_data(resuming=bool(self.ckpt.all_steps()))
     if self.main:
       plumbing.write_json(os.path.join(self.workdir, 'config.json'), self.job.config_dict())
     state, rng, first_step = self.restore_or_init()

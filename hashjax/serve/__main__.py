@@ -33,6 +33,11 @@ def _parse(argv):
   parser.add_argument('--max_upload_mb', type=float, default=8.0,
                       help='largest request body in MiB (default 8)')
   parser.add_argument('--max_batch', type=int, default=64, help='images per model call')
+  parser.add_argument('--header_timeout', type=float, default=10.0,
+                      help="seconds a request's headers may take to arrive (default 10)")
+  parser.add_argument('--request_timeout', type=float, default=60.0,
+                      help='seconds a whole request, headers and body, may take to arrive '
+                      '(default 60: an 8 MiB upload at 140 KB/s)')
   parser.add_argument('--recover_store', action='store_true',
                       help='copy every add of a damaged served/added.bin that still checks out '
                       'into a new store (the old file is kept as added.bin.damaged), then exit')
@@ -50,6 +55,10 @@ def _parse(argv):
   if args.token is not None and (not args.token or not args.token.isascii() or
                                  not args.token.isprintable() or ' ' in args.token):
     one_line_error('--token must be printable ASCII without spaces, and not empty')
+  if not 0 < args.header_timeout <= args.request_timeout <= 3600:
+    one_line_error(f'--header_timeout={args.header_timeout} and --request_timeout='
+                   f'{args.request_timeout}: accepted 0 < header_timeout ≤ request_timeout '
+                   '≤ 3600 (seconds)')
   if not 0 < args.max_upload_mb <= 1024:
     one_line_error(f'--max_upload_mb={args.max_upload_mb} is out of range; accepted: (0, 1024]')
   return args
@@ -61,6 +70,7 @@ def run(argv=None) -> int:
   try:
     import uvicorn  # pylint: disable=g-import-not-at-top
 
+    from hashjax.serve import slow_clients  # pylint: disable=g-import-not-at-top
     from hashjax.serve.app import create_app  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     print(f'serve: error: {e.name} is missing; install the serve extra: pip install -e '
@@ -94,7 +104,8 @@ def run(argv=None) -> int:
       return EXIT_BAD_INPUT
     print(f'serving {service.stats()["database"]} items of {args.workdir} at '
           f'http://{args.host}:{sock.getsockname()[1]}/', flush=True)
-    uvicorn.Server(uvicorn.Config(app, log_level='warning')).run(sockets=[sock])
+    http = slow_clients.protocol(args.header_timeout, args.request_timeout)
+    uvicorn.Server(uvicorn.Config(app, http=http, log_level='warning')).run(sockets=[sock])
   finally:
     service.close()
   return 0

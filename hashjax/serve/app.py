@@ -32,6 +32,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from hashjax.serve import uploads
 from hashjax.serve.service import SearchService, ServeError
@@ -133,6 +134,11 @@ def _add_handlers(app: FastAPI) -> None:
   app.add_exception_handler(
       HTTPException, lambda r, e: _error(e.status_code, f'no such endpoint: {r.url.path}'
                                          if e.status_code == 404 else e.detail))
+
+  def gone(request, _):  # the answer goes nowhere; nothing was added
+    log.info('the client of %s left before its request arrived', request.url.path)
+    return _error(400, 'the client disconnected before its request arrived')
+  app.add_exception_handler(ClientDisconnect, gone)
 
   async def internal(_, exc):
     log.exception('unexpected error')

@@ -138,3 +138,33 @@ def test_kill_9_during_adds_keeps_every_acknowledged_add(served_run, tmp_path):
   finally:
     server.terminate()
     server.wait(timeout=60)
+
+
+def test_half_sent_requests_are_closed_and_leave_no_traceback(served_run, tmp_path):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(served_run, workdir)
+  port = _free_port()
+  server = start_server(workdir, port, '--header_timeout=1', '--request_timeout=2')
+  try:
+    heads = [socket.create_connection(('127.0.0.1', port), timeout=20) for _ in range(4)]
+    bodies = [socket.create_connection(('127.0.0.1', port), timeout=20) for _ in range(4)]
+    start = time.monotonic()
+    for client in heads:
+      client.sendall(b'POST /api/items HTTP/1.1\r\nHost: 127.0.0.1\r\n')
+    for client in bodies:
+      client.sendall(b'POST /api/items HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png'
+                     b'\r\nContent-Length: 1000\r\n\r\n' + b'\x89PNG' * 4)
+    for client in heads + bodies:
+      answer = b''
+      while chunk := client.recv(65536):
+        answer += chunk
+      assert answer.startswith(b'HTTP/1.1 408 '), answer[:200]
+      client.close()
+    assert time.monotonic() - start < 2 + 2
+    with urllib.request.urlopen(f'http://127.0.0.1:{port}/api/stats', timeout=20) as response:
+      assert json.loads(response.read())['added'] == 0
+  finally:
+    server.terminate()
+    server.wait(timeout=60)
+  log = open(tmp_path / 'server.log').read()
+  assert 'Traceback' not in log and 'Exception' not in log, log[-3000:]

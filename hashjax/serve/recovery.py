@@ -3,7 +3,8 @@
 
 The server refuses to open a store whose header fails its check, or whose damage is followed
 by intact records, and leaves the file as it is. `recover` reads that file, finds the header's
-salt in its JSON text (also when the header's length or CRC field is what was damaged), walks
+salt in its JSON text (also when the header's length or CRC field is what was damaged, and
+when one byte of the salt itself is: the records' checksums tell the right one), walks
 the records, skipping damaged bytes to the next record that passes its checksum, and writes
 every record that checks out into a new store, which then takes the old file's place. The old
 file is kept beside it (`added.bin.damaged`, `added.bin.damaged-1`, ...): nothing is deleted.
@@ -40,23 +41,66 @@ class Recovery:
   damaged: str
 
 
-def read_header(data: bytes) -> tuple[bytes, dict | None, int]:
-  """(salt, the header's JSON where it passes its CRC else None, the offset where records may
-  start) of a store file's bytes. StoreError when no salt can be read: without it no record's
-  checksum can be checked."""
+_SALT_TEXTS = (re.compile(rb'"salt": "([0-9a-f]{32})"'), re.compile(rb'"salt": "(.{32})"', re.S))
+_TAIL = 2 + 4  # after the salt's text: '"}' ends the JSON (sorted keys: the salt is last), CRC
+_HEX = b'0123456789abcdef'
+_PROBES = 8  # record magics tried per candidate salt
+
+
+def read_header(data: bytes) -> tuple[dict | None, list[tuple[bytes, int]]]:
+  """(the header's JSON where it passes its CRC else None, [(salt, offset where records
+  start)] candidates). An intact header gives its own salt; a damaged one gives the salt
+  text found by its key or just before the first record's magic, and every text that differs
+  from one of those in one character (one damaged byte of the salt): `choose_salt` keeps the
+  one the records check out with."""
   text = data[_HEADER_START:_HEADER_START + (1 << 16)].decode('ascii', 'replace')
   try:
     meta, length = json.JSONDecoder().raw_decode(text)
     end = _HEADER_START + length
-    intact = data[end:end + 4] == struct.pack('<I', zlib.crc32(data[_HEADER_START:end]))
-    return bytes.fromhex(meta['salt']), meta if intact else None, end + 4
+    if data[end:end + 4] == struct.pack('<I', zlib.crc32(data[_HEADER_START:end])):
+      return meta, [(bytes.fromhex(meta['salt']), end + 4)]
   except (ValueError, KeyError, TypeError, AttributeError):
-    found = _SALT.search(data, 0, 1 << 16)
-    if found is None:
-      raise store_lib.StoreError('the header\'s salt is unreadable, so no record can be '
-                                 'checked; nothing was changed') from None
-    # The salt is the JSON's last key (sorted keys): '"}' and the CRC end the header.
-    return bytes.fromhex(found.group(1).decode()), None, found.end() + 2 + 4
+    pass
+  found = [(m.start(1), m.group(1)) for pattern in _SALT_TEXTS
+           for m in [pattern.search(data, 0, 1 << 16)] if m]
+  first = data.find(store_lib.BATCH_MAGIC, _HEADER_START)
+  if first >= 32 + _TAIL + _HEADER_START:
+    found.append((first - _TAIL - 32, data[first - _TAIL - 32:first - _TAIL]))
+  candidates = []
+  for position, salt_text in found:
+    for variant in _variants(salt_text):
+      if (variant, position + 32 + _TAIL) not in candidates:
+        candidates.append((variant, position + 32 + _TAIL))
+  return None, candidates
+
+
+def _variants(salt_text: bytes):
+  """The salts of `salt_text` (32 hex characters) and of each text one character away."""
+  texts = [salt_text] + [salt_text[:i] + bytes([c]) + salt_text[i + 1:]
+                         for i in range(len(salt_text)) for c in _HEX]
+  for text in texts:
+    try:
+      yield bytes.fromhex(text.decode('ascii'))
+    except (UnicodeDecodeError, ValueError):
+      continue
+
+
+def choose_salt(data: bytes, candidates: list[tuple[bytes, int]],
+                item_bytes: int) -> tuple[bytes, int]:
+  """The first (salt, start) of `candidates` with which a record checks out (among the first
+  record magics after its start); StoreError when none does: without the salt no record's
+  checksum can be checked."""
+  for salt, start in candidates:
+    offset = start
+    for _ in range(_PROBES):
+      if offset < 0 or offset >= len(data):
+        break
+      if store_lib.intact_record_end(data, offset, salt, item_bytes) is not None:
+        return salt, start
+      offset = data.find(store_lib.BATCH_MAGIC, offset + 1)
+  raise store_lib.StoreError('no record checks out with the header\'s salt, nor with any salt '
+                             'one damaged byte away (a store of another model, or its salt '
+                             'is unreadable); nothing was changed')
 
 
 def intact_records(data: bytes, salt: bytes, item_bytes: int,
@@ -99,13 +143,15 @@ def recover(path: str, layout: store_lib.ItemLayout) -> Recovery:
       raise store_lib.StoreError(f'{path} is in use by a server; stop it first') from None
     with open(path, 'rb') as f:
       data = f.read()
-    try:
-      salt, meta, start = read_header(data)
-    except store_lib.StoreError as e:
-      raise store_lib.StoreError(f'{path}: {e}') from None
+    meta, candidates = read_header(data)
     if meta is not None and meta.get('layout') != json.loads(layout.describe()):
       raise store_lib.StoreError(f'{path} holds items of another model or data; nothing was '
                                  'changed')
+    try:
+      salt, start = (candidates[0] if meta is not None else
+                     choose_salt(data, candidates, layout.item_bytes))
+    except store_lib.StoreError as e:
+      raise store_lib.StoreError(f'{path}: {e}') from None
     records, skipped = intact_records(data, salt, layout.item_bytes, start)
     if not records and skipped:
       raise store_lib.StoreError(f'{path}: no record checks out (a store of another model?); '

@@ -62,6 +62,35 @@ def test_a_damaged_header_is_refused_untouched_and_every_add_is_recovered(
   assert sorted(os.listdir(tmp_path / 'served')) == ['added.bin', 'added.bin.damaged']
 
 
+def test_every_single_bit_flip_of_the_header_is_refused_then_fully_recovered(tmp_path):
+  original = str(tmp_path / 'original.bin')
+  batches = _store_of_single_adds(original, 20)
+  header_end = os.path.getsize(original) - 20 * RECORD
+  clean = open(original, 'rb').read()
+  not_refused, lost = [], []
+  for offset in range(header_end):  # magic, length, every byte of the JSON (salt too), CRC
+    for bit in (0, 6):
+      folder = tmp_path / f'{offset}-{bit}'
+      folder.mkdir()
+      path = str(folder / 'added.bin')
+      damaged = bytearray(clean)
+      damaged[offset] ^= 1 << bit
+      open(path, 'wb').write(damaged)
+      try:
+        AddedStore(path, LAYOUT).close()
+        not_refused.append((offset, bit))
+        continue
+      except StoreError:
+        assert open(path, 'rb').read() == damaged
+      done = recovery.recover(path, LAYOUT)
+      if (done.items, done.skipped_bytes) != (20, 0):
+        lost.append((offset, bit, done.items))
+  assert not not_refused and not lost
+  store = AddedStore(path, LAYOUT)  # the last one, recovered, holds every add in order
+  _assert_holds(store, batches)
+  store.close()
+
+
 def test_damage_between_records_loses_only_the_damaged_record(tmp_path):
   path = str(tmp_path / 'added.bin')
   batches = _store_of_single_adds(path, 5)
@@ -96,9 +125,10 @@ def test_a_store_without_a_readable_salt_or_of_another_model_is_left_alone(tmp_p
     f.seek(salt_at)
     f.write(b'zz')
   damaged = open(path, 'rb').read()
-  with pytest.raises(StoreError, match="salt is unreadable, so no record can be checked; "
-                                       "nothing was changed$"):
-    recovery.recover(path, LAYOUT)
+  with pytest.raises(StoreError, match="no record checks out with the header's salt, nor with "
+                                       'any salt one damaged byte away .*; nothing was '
+                                       'changed$'):
+    recovery.recover(path, LAYOUT)  # two damaged bytes of the salt
   assert open(path, 'rb').read() == damaged and os.listdir(tmp_path) == ['added.bin']
   with pytest.raises(StoreError, match='does not exist: there is nothing to recover'):
     recovery.recover(str(tmp_path / 'none.bin'), LAYOUT)

@@ -1,10 +1,11 @@
 """Fault injection through the real CLIs: nothing lost, no traceback (run as root).
 
-  python benchmarks/fault_injection.py [--runs=150] [--seed=0] [--jobs=hashnet,dcgan]
-      [--faults=kill,term,diskfull,damage,concurrent] [--keep] [--tmpfs_size=64m]
-      [--max_minutes=20] [--quick]
+  python benchmarks/fault_injection.py [--runs=150] [--seed=0] [--jobs=hashnet,dcgan,folder]
+      [--faults=kill,term,diskfull,damage,concurrent,datachange,codes,header] [--keep]
+      [--tmpfs_size=64m] [--max_minutes=20] [--quick]
 
-Each run trains a tiny job (`python train.py` or `python gan.py` from the repository root,
+Each run trains a tiny job (`python train.py` on digits or on a folder of PNGs, or
+`python gan.py`, from the repository root,
 60 steps, a checkpoint every 5) in a workdir on a small tmpfs mounted here, as a sequence of
 attempts with the same command until one finishes the run (up to 6 attempts with a random
 fault each, then up to 2 without). A fault strikes at a random moment of the attempt: any
@@ -15,8 +16,13 @@ moment, or (more often) one after the job's first step, where it trains, saves a
   diskfull    a file takes the tmpfs's free space; removed   exit 0, or a one-line error
               after the attempt                              (e.g. the final checkpoint)
   damage      before an attempt: the newest checkpoint's     one warning, the folder moved
-              data file truncated, or its manifest.ocdbt or  to checkpoints/damaged-<step>
-              _METADATA deleted
+              data file truncated, its manifest.ocdbt or     to checkpoints/damaged-<step>
+              _METADATA deleted, or a bit of any file
+              flipped (once checksums.json is written)
+  datachange  (folder job) before an attempt that resumes:   exit 2, one line ('changed
+              an image deleted or added; undone after it     since the run')
+  codes,      on a finished train.py run, the service: see   (benchmarks/serve_faults.py)
+  header      benchmarks/serve_faults.py
   concurrent  a second process on the same workdir, within   one of the two exits 2 at
               a second of the first                          once ('in use by process ...')
 
@@ -47,6 +53,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import faults  # pylint: disable=g-import-not-at-top,wrong-import-position
+import serve_faults  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TINY = ['--config.num_steps=60', '--config.checkpoint_every=5', '--config.log_every=5']
 JOBS = {
@@ -54,13 +61,19 @@ JOBS = {
                              '--config.split.query_per_class=5',
                              '--config.split.train_per_class=20',
                              '--config.eval_every=100000'] + TINY),
+    'folder': ('train.py', ['--config.dataset=folder:{data}', '--config.image_size=8',
+                            '--config.bits=16', '--config.batch_size=32',
+                            '--config.split.query_per_class=5',
+                            '--config.split.train_per_class=20',
+                            '--config.eval_every=100000'] + TINY),
     'dcgan': ('gan.py', ['--config.nz=16', '--config.ngf=8', '--config.ndf=8',
                          '--config.batch_size=16', '--config.num_samples=8',
                          '--config.eval_holdout=0', '--config.sample_every=100000'] + TINY),
 }
 NUM_STEPS = 60
 IN_ATTEMPT = ('kill', 'term', 'diskfull', 'concurrent')
-KINDS = IN_ATTEMPT + ('damage',)
+SERVE = ('codes', 'header')
+KINDS = IN_ATTEMPT + ('damage', 'datachange') + SERVE
 OTHER = ('unexpected exit', 'hung', 'two runs on one workdir',
          'damaged checkpoint not set aside', 'final checkpoint missing', 'did not finish')
 FIRST_STEP = 'compiled and ran the first step'  # the loop's log line
@@ -75,9 +88,11 @@ class Job:
   duration: float = 0.0  # seconds of an uninterrupted run
   startup: float = 0.0  # seconds until its first step ran
   reference: dict | None = None
+  data: str = ''  # the folder job's image folder
 
   def command(self, workdir: str) -> list[str]:
-    return faults.python_command(self.script, self.args + [f'--workdir={workdir}'])
+    args = [a.replace('{data}', self.data) for a in self.args]
+    return faults.python_command(self.script, args + [f'--workdir={workdir}'])
 
 
 @dataclasses.dataclass
@@ -109,7 +124,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser.add_argument('--runs', type=int, default=None,
                       help='runs (default 150, --quick 4); a run takes a few attempts')
   parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--jobs', default='hashnet,dcgan', help=f'of {",".join(JOBS)}')
+  parser.add_argument('--jobs', default=','.join(JOBS), help=f'of {",".join(JOBS)}')
   parser.add_argument('--faults', default=','.join(KINDS), help=f'of {",".join(KINDS)}')
   parser.add_argument('--keep', action='store_true', help='keep the workdirs, stderr logs '
                       'and a list of every failure (their folder is printed)')
@@ -176,6 +191,11 @@ def expected(outcome: faults.Outcome, fault: str) -> bool:
   return False
 
 
+def expected_refusal(outcome: faults.Outcome, fault: str) -> bool:
+  """A resume on changed data must be refused (exit 2, one line), never run."""
+  return outcome.status == '2' and 'changed since the run' in outcome.stderr
+
+
 def judge(tally: Tally, outcomes: list, fault: str, where: str, label: str,
           timeout_s: float) -> None:
   """Records the attempt's failures: a traceback, a hang, an exit its fault does not
@@ -185,7 +205,7 @@ def judge(tally: Tally, outcomes: list, fault: str, where: str, label: str,
       tally.fail('hung', where, label, o, f'still running after {timeout_s:.0f} s; killed')
     elif o.traceback and not o.killed:
       tally.fail('traceback', where, label, o, f'exit {o.status} with a Python traceback')
-    elif not expected(o, fault):
+    elif not (expected_refusal(o, fault) if fault == 'datachange' else expected(o, fault)):
       tally.fail('unexpected exit', where, label, o, f'exit {o.status} under fault {fault}')
   if fault == 'concurrent' and len(outcomes) == 2:
     a, b = outcomes  # b ran after a only if it found a's final checkpoint
@@ -229,7 +249,13 @@ def run_one(index: int, job: Job, args, ctx: dict, tally: Tally) -> str:
   pending, history, finished = [], [], None
   for number in range(planned + 2):
     fault = rng.choice(kinds) if number < planned else 'none'
-    label, damaged = fault, None
+    undo = None
+    if (job.data and 'datachange' in args.faults and fault != 'none' and
+        os.path.exists(os.path.join(workdir, 'data.json')) and
+        faults.checkpoint_steps(workdir) and rng.random() < 0.3):
+      fault = 'datachange'  # the attempt runs without another fault
+      changed, undo = faults.change_folder(job.data, rng)
+    label, damaged = fault if undo is None else f'datachange ({changed})', None
     if 'damage' in args.faults and number and not pending and rng.random() < 0.6:
       damaged = faults.damage_newest(workdir, rng)
       if damaged:
@@ -240,8 +266,13 @@ def run_one(index: int, job: Job, args, ctx: dict, tally: Tally) -> str:
     label += '' if fault == 'none' else f' at {moment}'
     where = f'run {index} ({job.name}) attempt {number + 1}'
     log = os.path.join(ctx['logs'], f'run-{index:03d}-{number + 1}')
-    outcomes, injected, _ = faults.attempt(job.command(workdir), fault, moment, ctx['mnt'],
-                                           log, timeout_s, ctx['env'])
+    try:
+      outcomes, injected, _ = faults.attempt(job.command(workdir), fault, moment, ctx['mnt'],
+                                             log, timeout_s, ctx['env'])
+    finally:
+      if undo is not None:
+        undo()
+    injected |= undo is not None
     tally.attempts += 1
     tally.processes += len(outcomes)
     if fault != 'none':
@@ -258,7 +289,26 @@ def run_one(index: int, job: Job, args, ctx: dict, tally: Tally) -> str:
       break
   verdict = finish_run(tally, job, workdir, finished, f'run {index} ({job.name})',
                        ' '.join(history))
+  if verdict == 'finished, results equal' and job.script == 'train.py':
+    verdict += serve_checks(tally, workdir, args, ctx, rng, f'run {index} ({job.name})')
   return f'run {index} [{job.name}] {" ".join(history)} -> {verdict}'
+
+
+def serve_checks(tally: Tally, workdir: str, args, ctx: dict, rng: random.Random,
+                 where: str) -> str:
+  """The service's faults on a finished train.py run (each with probability 1/2); returns
+  their tokens for the run's line ('; serve codes:2 header:2/0/7of7')."""
+  tokens = []
+  for kind, check in (('codes', serve_faults.swapped_codes),
+                      ('header', serve_faults.damaged_header)):
+    if kind in args.faults and rng.random() < 0.5:
+      token, failures = check(workdir, rng, ctx['env'],
+                              os.path.join(ctx['logs'], f'{os.path.basename(workdir)}-serve'))
+      tally.injected[kind] += 1
+      tokens.append(token)
+      for failure, detail, outcome in failures:
+        tally.fail(failure, where, f'serve {kind}', outcome, detail)
+  return f'; serve {" ".join(tokens)}' if tokens else ''
 
 
 def finish_run(tally: Tally, job: Job, workdir: str, finished, where: str,
@@ -325,6 +375,9 @@ def summary(tally: Tally, seconds: float) -> list[str]:
 def run_all(args, mnt: str, scratch: str, tally: Tally) -> None:
   env = child_env()
   jobs = [Job(name, *JOBS[name]) for name in args.jobs]
+  for job in jobs:
+    if any('{data}' in a for a in job.args):
+      job.data = faults.make_image_folder(os.path.join(scratch, 'images'))
   for job in jobs:
     make_reference(job, scratch, env, twice=not args.quick)
   ctx = dict(mnt=mnt, logs=scratch, env=env)

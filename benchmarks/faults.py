@@ -92,7 +92,8 @@ def checkpoint_steps(workdir: str) -> list[int]:
 
 def damage_newest(workdir: str, rng: random.Random) -> tuple[int, str] | None:
   """Damages the newest checkpoint: cuts one of its data files (the largest of a `d/` folder)
-  to less than half its size, or deletes its item's `manifest.ocdbt` or `_METADATA`.
+  to less than half its size, deletes its item's `manifest.ocdbt` or `_METADATA`, or (once
+  its checksums.json is written) flips one bit of any of its files.
   Returns (step, what was done), or None when there is no checkpoint or nothing to damage.
 
   Only what a restore reads: an OCDBT folder also holds superseded files, a per-process
@@ -102,9 +103,13 @@ def damage_newest(workdir: str, rng: random.Random) -> tuple[int, str] | None:
   if not steps:
     return None
   folder = os.path.join(workdir, 'checkpoints', str(steps[-1]))
-  found = {'truncate': [], 'manifest.ocdbt': [], '_METADATA': []}
+  found = {'truncate': [], 'manifest.ocdbt': [], '_METADATA': [], 'flip': []}
+  checked = os.path.exists(os.path.join(folder, 'checksums.json'))
   for parent, _, names in os.walk(folder):
     base = os.path.basename(parent)
+    found['flip'] += [os.path.join(parent, n) for n in names
+                      if checked and n != 'checksums.json' and
+                      os.path.getsize(os.path.join(parent, n))]
     if base == 'd' and names:
       found['truncate'].append(max((os.path.join(parent, n) for n in names),
                                    key=os.path.getsize))
@@ -117,6 +122,8 @@ def damage_newest(workdir: str, rng: random.Random) -> tuple[int, str] | None:
   kind = rng.choice(kinds)
   path = rng.choice(sorted(found[kind]))
   shown = os.path.relpath(path, workdir)
+  if kind == 'flip':
+    return steps[-1], f'flipped {_flip_bit(path, rng)} of {shown}'
   if kind == 'truncate':
     size = os.path.getsize(path)
     keep = rng.randrange(max(1, size // 2))
@@ -124,6 +131,17 @@ def damage_newest(workdir: str, rng: random.Random) -> tuple[int, str] | None:
     return steps[-1], f'truncated {shown} ({size} -> {keep} B)'
   os.remove(path)
   return steps[-1], f'deleted {shown}'
+
+
+def _flip_bit(path: str, rng: random.Random) -> str:
+  """Flips one random bit of the file; says which."""
+  offset, bit = rng.randrange(os.path.getsize(path)), rng.randrange(8)
+  with open(path, 'r+b') as f:
+    f.seek(offset)
+    byte = f.read(1)[0]
+    f.seek(offset)
+    f.write(bytes([byte ^ (1 << bit)]))
+  return f'bit {bit} of byte {offset}'
 
 
 @dataclasses.dataclass
@@ -169,7 +187,7 @@ class Outcome:
     return rows[start:start + 1] + rows[max(start + 1, end - lines + 2):end + 1]
 
 
-class _Process:
+class Process:
   """A CLI process with its stderr in a file."""
 
   def __init__(self, command: list[str], log_path: str, env: dict[str, str]):
@@ -243,7 +261,7 @@ def attempt(command: list[str], fault: str, moment: Moment, mnt: str, log_prefix
   `moment` (for 'concurrent': a second process on the same workdir starts then).
   Returns the processes' outcomes, whether the fault was injected (False when the process
   had ended first), and when the moment's anchor appeared (seconds after the start)."""
-  first = _Process(command, f'{log_prefix}.a.log', env)
+  first = Process(command, f'{log_prefix}.a.log', env)
   deadline = first.started + timeout_s
   procs, injected, anchored = [first], False, None
   try:
@@ -255,7 +273,7 @@ def attempt(command: list[str], fault: str, moment: Moment, mnt: str, log_prefix
       except subprocess.TimeoutExpired:
         pass
     if fault == 'concurrent' and first.running():
-      procs.append(_Process(command, f'{log_prefix}.b.log', env))
+      procs.append(Process(command, f'{log_prefix}.b.log', env))
       injected = True
     elif fault in ('kill', 'term'):
       injected = first.signal(signal.SIGKILL if fault == 'kill' else signal.SIGTERM)
@@ -332,3 +350,31 @@ def compare(results: dict, reference: dict) -> None:
 
 def python_command(script: str, args: list[str]) -> list[str]:
   return [sys.executable, script] + args
+
+
+def make_image_folder(root: str, classes: int = 3, per_class: int = 40) -> str:
+  """scikit-learn's digits as PNG files under root/class<c>/ (the folder job's data)."""
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  digits = datasets.load_digits()
+  for c in range(classes):
+    os.makedirs(os.path.join(root, f'class{c}'), exist_ok=True)
+    for i, image in enumerate(digits.images[digits.target == c][:per_class]):
+      Image.fromarray((image * 255 / 16).astype(np.uint8)).save(
+          os.path.join(root, f'class{c}', f'{i:03d}.png'))
+  return root
+
+
+def change_folder(root: str, rng: random.Random) -> tuple[str, callable]:
+  """Deletes one image of the folder (moved out) or adds one (a copy under a new name);
+  returns (what was done, the function that undoes it)."""
+  paths = sorted(os.path.join(d, n) for d, _, names in os.walk(root) for n in names)
+  path = rng.choice(paths)
+  if rng.random() < 0.5:
+    aside = f'{root}.aside-{os.path.basename(path)}'
+    os.replace(path, aside)
+    return f'deleted {os.path.relpath(path, root)}', lambda: os.replace(aside, path)
+  added = os.path.join(os.path.dirname(path), 'zz-added.png')
+  with open(path, 'rb') as src, open(added, 'wb') as dst:
+    dst.write(src.read())
+  return f'added {os.path.relpath(added, root)}', lambda: os.remove(added)

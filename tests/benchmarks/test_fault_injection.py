@@ -11,7 +11,7 @@ import pytest
 from tests import ROOT
 
 SCRIPT = os.path.join(ROOT, 'benchmarks', 'fault_injection.py')
-KINDS = ('kill', 'term', 'diskfull', 'concurrent', 'damage')
+KINDS = ('kill', 'term', 'diskfull', 'concurrent', 'damage', 'datachange', 'codes', 'header')
 _RUN_LINE = re.compile(r'^run (\d+) \[(\w+)\] (.+) -> (.+)$')
 _ATTEMPT = re.compile(r'^(damage\+)?(\w+):([^()]+)(\(missed\))?$')
 
@@ -76,6 +76,9 @@ def check_summary(out: str, returncode: int, runs: int, jobs: dict[str, int]) ->
     seen['damage'] += bool(t.group(1))
     if t.group(2) != 'none' and not t.group(4):
       seen[t.group(2)] += 1
+  for m in lines:  # the service's faults, after a finished train.py run: '; serve codes:2 ...'
+    for token in m.group(4).partition('; serve ')[2].split():
+      seen[token.split(':')[0]] += 1
   assert seen == per_kind
   assert sum(bool(t.group(4)) for t in tokens) == missed
   assert sum(m.group(4).startswith('finished') or m.group(4) == 'RESULTS LOST'

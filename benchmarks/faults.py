@@ -354,8 +354,8 @@ def python_command(script: str, args: list[str]) -> list[str]:
 
 def make_image_folder(root: str, classes: int = 3, per_class: int = 40) -> str:
   """scikit-learn's digits as PNG files under root/class<c>/ (the folder job's data)."""
-  from sklearn import datasets  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
   digits = datasets.load_digits()
   for c in range(classes):
     os.makedirs(os.path.join(root, f'class{c}'), exist_ok=True)

@@ -24,10 +24,9 @@ import sys
 import time
 import urllib.request
 
+import faults
 import numpy as np
 from PIL import Image
-
-import faults
 
 STARTUP_S = 180.0
 

@@ -4,6 +4,7 @@ Not part of the test suite. Traffic goes to 127.0.0.1 only, bounded in time and 
 
   python benchmarks/serve_load.py                       # 16 clients, 60 s, 100,000 items
   python benchmarks/serve_load.py --clients=4 --seconds=10 --items=5000   # a quick look
+  python benchmarks/serve_load.py --large_fraction=0.25 --max_rss_mib=2048  # 4 upload 36 MP PNGs
 
 1. A finished run: --workdir (or a HashNet run trained here on MNIST's test set, or on the
    bundled digits when ../shared/data/mnist_t10k.npz is absent).
@@ -12,11 +13,15 @@ Not part of the test suite. Traffic goes to 127.0.0.1 only, bounded in time and 
 3. `python -m hashjax.serve` in a subprocess; --clients threads, each with a keep-alive
    connection, send searches (by gallery query or database item, topk = 10, some within a
    radius) and, with probability --add_fraction, adds of a new random image, for --seconds.
+   A --large_fraction of the clients instead add only large PNGs (--large_side² pixels, RGB,
+   ~36 M pixels by default: a ~110 MB decode each); their 413/503 answers (the service's
+   memory and pixel limits) are counted apart, not as errors.
 4. While the clients still run, the server gets SIGKILL. Restarted, it must hold every add
    that was acknowledged, each image byte for byte.
 
 Prints requests/s, p50/p99 latency per kind, errors (must be 0), adds acknowledged and found
-after the restart (must be all), the server's peak RSS, and `result: PASS` or `FAIL`.
+after the restart (must be all; large adds by their presence, small ones byte for byte), the
+server's peak RSS (must stay under --max_rss_mib when given), and `result: PASS` or `FAIL`.
 """
 
 from __future__ import annotations
@@ -77,12 +82,13 @@ def grow(workdir: str, items: int, seed: int) -> float:
 class Client(threading.Thread):
   """One keep-alive connection sending searches and adds until `stop` is set."""
 
-  def __init__(self, port, stop, kill_time, args, seed, shape, sizes):
+  def __init__(self, port, stop, kill_time, args, seed, shape, sizes, large=None):
     super().__init__(daemon=True)
     self.port, self.stop, self.kill_time = port, stop, kill_time
     self.args, self.rng, self.shape, self.sizes = args, np.random.default_rng(seed), shape, sizes
-    self.latencies = {'search': [], 'add': []}
-    self.errors, self.acked = [], {}
+    self.large = large  # PNG bytes: this client adds only that image
+    self.latencies = {'search': [], 'add': [], 'large add': []}
+    self.errors, self.acked, self.limited, self.acked_large = [], {}, 0, []
 
   def _request(self, conn, method, url, body=None, headers=None):
     conn.request(method, url, body=body, headers=headers or {})
@@ -93,8 +99,11 @@ class Client(threading.Thread):
     from hashjax.serve import uploads  # pylint: disable=g-import-not-at-top
     conn = http.client.HTTPConnection('127.0.0.1', self.port, timeout=60)
     while not self.stop.is_set():
-      adding = self.rng.random() < self.args.add_fraction
-      if adding:
+      adding = self.large is not None or self.rng.random() < self.args.add_fraction
+      if self.large is not None:
+        request = ('POST', '/api/items', self.large,
+                   {'Authorization': f'Bearer {TOKEN}', 'Content-Type': 'image/png'})
+      elif adding:
         image = self.rng.integers(0, 256, self.shape, dtype=np.uint8)
         request = ('POST', '/api/items', uploads.encode_png(image),
                    {'Authorization': f'Bearer {TOKEN}', 'Content-Type': 'image/png'})
@@ -111,17 +120,34 @@ class Client(threading.Thread):
           self.errors.append(f'{request[1]}: {type(e).__name__}: {e}')
         return  # the server is gone (killed): this request was never acknowledged
       elapsed = time.perf_counter() - start
+      if self.large is not None and status in (413, 503):
+        self.limited += 1  # the service's memory or pixel limits: a 4xx/503 by design
+        continue
       if status != 200:
         self.errors.append(f'{request[1]}: {status} {body[:200]!r}')
         continue
-      self.latencies['add' if adding else 'search'].append(elapsed)
-      if adding:
+      kind = 'large add' if self.large is not None else 'add' if adding else 'search'
+      self.latencies[kind].append(elapsed)
+      if self.large is not None:
+        self.acked_large += json.loads(body)['added']
+      elif adding:
         self.acked[json.loads(body)['added'][0]] = image
 
 
 def start(workdir, port):
-  from test_serve_cli import start_server  # pylint: disable=g-import-not-at-top
+  from tests.serve.test_main import start_server  # pylint: disable=g-import-not-at-top
   return start_server(workdir, port, f'--token={TOKEN}')
+
+
+def large_png(side: int) -> bytes:
+  """A smooth side × side RGB PNG (compresses to well under the upload limit)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  ramp = np.arange(side, dtype=np.uint32)
+  pixels = np.stack([np.add.outer(ramp, ramp) // 47, np.add.outer(ramp, 2 * ramp) // 71,
+                     np.add.outer(3 * ramp, ramp) // 97], -1) % 256
+  buffer = io.BytesIO()
+  Image.fromarray(pixels.astype(np.uint8)).save(buffer, format='PNG', compress_level=9)
+  return buffer.getvalue()
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -136,8 +162,13 @@ def load(args, workdir, port, shape, sizes):
   """Runs the clients, kills the server while they run; returns (clients, seconds, rss)."""
   server = start(workdir, port)
   stop, kill_time = threading.Event(), [float('inf')]
-  clients = [Client(port, stop, kill_time, args, args.seed + i, shape, sizes)
-             for i in range(args.clients)]
+  large = round(args.clients * args.large_fraction)
+  png = large_png(args.large_side) if large else None
+  if png is not None:
+    print(f'{large} clients add a {args.large_side}×{args.large_side} RGB PNG of '
+          f'{len(png) / 1e6:.2f} MB')
+  clients = [Client(port, stop, kill_time, args, args.seed + i, shape, sizes,
+                    png if i < large else None) for i in range(args.clients)]
   began = time.perf_counter()
   for c in clients:
     c.start()
@@ -153,8 +184,9 @@ def load(args, workdir, port, shape, sizes):
   return clients, seconds, rss
 
 
-def verify(workdir, port, acked) -> tuple[int, int]:
-  """(acknowledged adds found byte for byte after a restart, database size)."""
+def verify(workdir, port, acked, acked_large) -> tuple[int, int]:
+  """(acknowledged adds found after a restart: small ones byte for byte, large ones by
+  their presence; database size)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   server = start(workdir, port)
   try:
@@ -167,6 +199,10 @@ def verify(workdir, port, acked) -> tuple[int, int]:
       if response.status == 200:
         got = np.asarray(Image.open(io.BytesIO(body)))
         found += bool(np.array_equal(got.reshape(image.shape), image))
+    for item in acked_large:
+      conn.request('GET', f'/api/items/{item}.png')
+      response = conn.getresponse()
+      found += response.read() != b'' and response.status == 200
     conn.request('GET', '/api/stats')
     size = json.loads(conn.getresponse().read())['database']
   finally:
@@ -182,22 +218,29 @@ def _percentiles(values) -> str:
   return f'p50 {np.percentile(ms, 50):.1f} ms, p99 {np.percentile(ms, 99):.1f} ms'
 
 
-def report(clients, seconds, rss, found, size) -> bool:
+def report(clients, seconds, rss, found, size, max_rss) -> bool:
   searches = [x for c in clients for x in c.latencies['search']]
   adds = [x for c in clients for x in c.latencies['add']]
+  large = [x for c in clients for x in c.latencies['large add']]
   errors = [e for c in clients for e in c.errors]
-  acked = sum(len(c.acked) for c in clients)
+  acked = sum(len(c.acked) + len(c.acked_large) for c in clients)
+  limited = sum(c.limited for c in clients)
   total = len(searches) + len(adds)
   print(f'{len(clients)} clients, {seconds:.1f} s: {total} requests, {total / seconds:.1f} '
         f'requests/s ({len(searches) / seconds:.1f} searches/s, {len(adds) / seconds:.1f} '
         'adds/s)')
   print(f'latency all: {_percentiles(searches + adds)}; search: {_percentiles(searches)}; '
         f'add: {_percentiles(adds)}')
+  if large or limited:
+    print(f'large adds: {len(large)} added ({_percentiles(large)}), {limited} answered 413/503 '
+          'by the limits')
   print(f'errors: {len(errors)}' + (f' (first: {errors[0]})' if errors else ''))
-  print(f'server peak RSS: {rss:.0f} MiB')
-  print(f'after kill -9 and restart: {found} of {acked} acknowledged adds present byte for '
-        f'byte; database {size} items')
-  ok = not errors and found == acked
+  bound = '' if max_rss is None else f' (bound {max_rss:.0f} MiB: ' + (
+      'under)' if rss < max_rss else 'OVER)')
+  print(f'server peak RSS: {rss:.0f} MiB{bound}')
+  print(f'after kill -9 and restart: {found} of {acked} acknowledged adds present; database '
+        f'{size} items')
+  ok = not errors and found == acked and (max_rss is None or rss < max_rss)
   print(f'result: {"PASS" if ok else "FAIL"}')
   return ok
 
@@ -209,11 +252,18 @@ def main(argv=None) -> int:
   parser.add_argument('--clients', type=int, default=16)
   parser.add_argument('--seconds', type=float, default=60.0)
   parser.add_argument('--add_fraction', type=float, default=0.2)
+  parser.add_argument('--large_fraction', type=float, default=0.0,
+                      help='fraction of the clients that add only large PNGs')
+  parser.add_argument('--large_side', type=int, default=6000, help='their side in pixels')
+  parser.add_argument('--max_rss_mib', type=float, default=None,
+                      help="the server's peak RSS must stay under this (MiB)")
   parser.add_argument('--port', type=int, default=8765)
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args(argv)
   if not (1 <= args.clients <= 64 and 0 < args.seconds <= 600 and args.items <= 2_000_000):
     parser.error('bounded load only: --clients 1..64, --seconds ≤ 600, --items ≤ 2,000,000')
+  if not (0 <= args.large_fraction <= 1 and 1 <= args.large_side <= 20_000):
+    parser.error('--large_fraction in [0, 1], --large_side in 1..20000')
   scratch = tempfile.mkdtemp(prefix='serve_load_')
   workdir = os.path.join(scratch, 'run')
   if args.workdir:
@@ -228,8 +278,9 @@ def main(argv=None) -> int:
   shape, sizes = service.image_shape, {'query': service.num_query, 'item': args.items}
   service.close()
   clients, seconds, rss = load(args, workdir, args.port, shape, sizes)
-  found, size = verify(workdir, args.port, {k: v for c in clients for k, v in c.acked.items()})
-  ok = report(clients, seconds, rss, found, size)
+  found, size = verify(workdir, args.port, {k: v for c in clients for k, v in c.acked.items()},
+                       [i for c in clients for i in c.acked_large])
+  ok = report(clients, seconds, rss, found, size, args.max_rss_mib)
   shutil.rmtree(scratch, ignore_errors=True)
   return 0 if ok else 1
 

@@ -120,16 +120,25 @@ def read_rows(path: str) -> list[dict[str, Any]]:
 
 
 def truncate_metrics(path: str, last_step: int) -> None:
-  """Drops rows written after `last_step`: a resumed run writes them again."""
-  if not os.path.exists(path):
+  """Drops the rows after `last_step` (a resumed run writes them again) and a torn row (a
+  crash during its write): the file is cut in place at the first such row. Cutting needs no
+  free space, so a full disk cannot leave rows that the resumed run then writes twice."""
+  try:
+    f = open(path, 'r+b')  # pylint: disable=consider-using-with
+  except FileNotFoundError:
     return
-  with open(path) as f:
-    rows = [line for line in f if line.strip() and json.loads(line)['step'] <= last_step]
-
-  def write(tmp):
-    with open(tmp, 'w') as f:
-      f.writelines(rows)
-  write_or_warn(path, write)
+  with f:
+    offset = 0
+    for line in f:
+      if line.strip():
+        try:
+          step = json.loads(line)['step']
+        except (ValueError, KeyError, TypeError):
+          break
+        if not line.endswith(b'\n') or step > last_step:
+          break
+      offset += len(line)
+    f.truncate(offset)
 
 
 def fetch_row(step: int, metrics_dev, examples_per_sec: float, extra) -> dict[str, Any]:

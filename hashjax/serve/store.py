@@ -217,6 +217,10 @@ class AddedStore:
     A header that fails its check is damage, whatever follows it."""
     size = len(MAGIC) + 4
     if not MAGIC.startswith(data[:len(MAGIC)]):
+      if b'"salt": "' in data[:1 << 16]:  # the rest of a header: its magic is what broke
+        raise StoreError(f'{self.path} is damaged at byte 0 (its header\'s magic '
+                         f'{bytes(data[:len(MAGIC)])!r} is not {MAGIC!r}); '
+                         f'{recovery_hint(self.path)}')
       raise StoreError(f'{self.path} is not an added-items store; move it away to start empty')
     if len(data) < size:
       return None

@@ -1,3 +1,7 @@
+import json
+import os
+import subprocess
+
 import jax.numpy as jnp
 import pytest
 
@@ -61,3 +65,37 @@ def test_a_row_file_keeps_back_what_a_full_disk_refused_and_writes_it_in_order(
   assert rows.append({'step': 3}) and rows.unwritten == []
   assert [r['step'] for r in training.read_rows(str(tmp_path / 'm.jsonl'))] == [1, 2, 3]
   assert rows.retry()
+
+
+def _rows(steps) -> bytes:
+  return b''.join(json.dumps({'step': s, 'loss': 0.5}).encode() + b'\n' for s in steps)
+
+
+def test_truncate_metrics_cuts_after_the_step_and_at_a_torn_row(tmp_path):
+  path = tmp_path / 'metrics.jsonl'
+  path.write_bytes(_rows([5, 10, 15, 20, 15, 20]))  # rows a failed cut left, written again
+  training.truncate_metrics(str(path), 10)
+  assert path.read_bytes() == _rows([5, 10])
+  path.write_bytes(_rows([5, 10]) + b'{"step": 15, "lo')  # a crash during a row's write
+  training.truncate_metrics(str(path), 100)
+  assert path.read_bytes() == _rows([5, 10])
+  training.truncate_metrics(str(tmp_path / 'none.jsonl'), 3)  # no file: nothing to do
+  assert not (tmp_path / 'none.jsonl').exists()
+
+
+def test_truncate_metrics_works_on_a_full_disk(tmp_path):
+  if os.geteuid() != 0 or subprocess.run(
+      ['mount', '-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', str(tmp_path)],
+      capture_output=True, check=False).returncode != 0:
+    pytest.skip('mounts a tmpfs: needs root')
+  try:
+    path = tmp_path / 'metrics.jsonl'
+    path.write_bytes(_rows(range(1, 2001)))
+    with open(tmp_path / 'filler', 'wb', buffering=0) as f:
+      with pytest.raises(OSError):
+        while True:
+          f.write(b'x' * 4096)
+    training.truncate_metrics(str(path), 1000)
+    assert path.read_bytes() == _rows(range(1, 1001))
+  finally:
+    subprocess.run(['umount', '-l', str(tmp_path)], check=False)

@@ -1,4 +1,5 @@
 import os
+import re
 import shutil
 
 import pytest
@@ -80,8 +81,9 @@ def test_every_single_bit_flip_of_the_header_is_refused_then_fully_recovered(tmp
         AddedStore(path, LAYOUT).close()
         not_refused.append((offset, bit))
         continue
-      except StoreError:
+      except StoreError as e:
         assert open(path, 'rb').read() == damaged
+        assert re.search(r'is damaged at byte \d+ .*--recover_store$', str(e)), str(e)
       done = recovery.recover(path, LAYOUT)
       if (done.items, done.skipped_bytes) != (20, 0):
         lost.append((offset, bit, done.items))

@@ -50,6 +50,7 @@ def with_deadlines(base: type, header_timeout: float, request_timeout: float) ->
         self._start_deadlines()  # the next request on this keep-alive connection
 
     def _start_deadlines(self):
+      self._cancel_deadline()  # the last request's, if it is still pending
       self._served = self.cycle  # the request answered before this one (None: the first)
       self._started = self.loop.time()
       self._deadline = self.loop.call_later(header_timeout, self._check, 'headers',

@@ -9,7 +9,8 @@ is converted to grey or RGB (the run's channels), centre-cropped to a square and
 run's H × W by `image_files.fit_square`, as the `folder:` data source does.
 
 Memory and CPU under load: decoding reserves an estimate of its memory (pixels × bytes per
-pixel of the decoded and the converted image) from one process-wide budget,
+pixel of the decoded image, its conversion and its square crop, as Pillow stores them: RGB in
+4 bytes a pixel) from one process-wide budget,
 MAX_DECODING_BYTES, and waits while other decodes hold it, so concurrent uploads cannot add up
 past it; a request's images together have at most MAX_REQUEST_PIXELS pixels (`count_pixels`,
 from their headers, before any is decoded).
@@ -89,8 +90,7 @@ def decode_image(data: bytes, image_shape, name: str = 'upload') -> np.ndarray:
     if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
       raise BadImage(f'{name} is {width}×{height} pixels; each side must be '
                      f'{MIN_SIDE}..{MAX_SIDE}', 422)
-    sample_bytes = 2 if im.mode.startswith('I;16') or im.mode in ('I', 'F') else 1
-    need = width * height * (len(im.getbands()) * sample_bytes + 4)  # decoded + converted
+    need = width * height * decoding_bytes_per_pixel(im.mode, image_shape[-1])
     if need > DECODING.limit:
       raise BadImage(f'{name} is {width}×{height} pixels of mode {im.mode}: too large to '
                      'decode here', 413)
@@ -103,6 +103,17 @@ def decode_image(data: bytes, image_shape, name: str = 'upload') -> np.ndarray:
     except Exception as e:  # pylint: disable=broad-except  # any decoder failure is the upload's
       raise BadImage(f'{name} cannot be decoded ({type(e).__name__}: '
                      f'{" ".join(str(e).split())[:80]})') from None
+
+
+def _stored_bytes(mode: str) -> int:
+  """Bytes per pixel Pillow holds an image of `mode` in (RGB too takes 4)."""
+  return 1 if mode in ('1', 'L', 'P') else 2 if mode.startswith('I;16') else 4
+
+
+def decoding_bytes_per_pixel(mode: str, channels: int) -> int:
+  """Bytes per pixel of the images alive at once while an upload of `mode` is fitted to
+  `channels`: the decoded image, its conversion and the square crop of that (`fit_square`)."""
+  return _stored_bytes(mode) + 2 * _stored_bytes('L' if channels == 1 else 'RGB')
 
 
 def count_pixels(bodies: list[bytes]) -> int:

@@ -118,6 +118,17 @@ def test_whole_requests_are_answered_however_long_the_app_takes(port):
   assert data.startswith(b'HTTP/1.1 408 ') and took < HEADER + 1.0
 
 
+def test_the_next_request_on_a_connection_gets_its_full_header_time(port):
+  client = _connect(port)
+  client.sendall(_post(0, '?sleep=0.3'))  # answered at ~0.3 s; the first deadline was 0.6 s
+  assert client.recv(65536).startswith(b'HTTP/1.1 200 ')
+  time.sleep(0.45)  # past the first request's deadline, within the next one's (~0.9 s)
+  client.sendall(_post(2) + b'ok')
+  data = client.recv(65536)
+  assert data.startswith(b'HTTP/1.1 200 ') and data.endswith(b'{"length": 2}'), data
+  client.close()
+
+
 def test_a_body_sent_slowly_within_the_deadline_is_served(port):
   client = _connect(port)
   client.sendall(_post(8))

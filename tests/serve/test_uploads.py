@@ -26,7 +26,7 @@ def test_a_request_over_its_pixel_budget_is_refused_from_the_headers(monkeypatch
 
 
 def test_concurrent_decodes_hold_at_most_the_budget(monkeypatch):
-  need = 64 * 64 * (3 + 4)  # one 64×64 RGB image: decoded + converted
+  need = 64 * 64 * uploads.decoding_bytes_per_pixel('RGB', 3)  # one 64×64 RGB image
   monkeypatch.setattr(uploads, 'DECODING', uploads._Budget(need * 2))  # two at a time
   inside, most, lock = [0], [0], threading.Lock()
   fit = image_files.fit_square
@@ -49,6 +49,14 @@ def test_concurrent_decodes_hold_at_most_the_budget(monkeypatch):
   for t in threads:
     t.join()
   assert out == [(8, 8, 3)] * 8 and most[0] == 2 and uploads.DECODING.used == 0
+
+
+def test_the_estimate_counts_pillows_storage_of_each_image_alive():
+  # Pillow holds RGB in 4 bytes a pixel; the decoded image, its conversion and its crop.
+  assert uploads.decoding_bytes_per_pixel('RGB', 3) == 4 + 4 + 4
+  assert uploads.decoding_bytes_per_pixel('L', 1) == 1 + 1 + 1
+  assert uploads.decoding_bytes_per_pixel('I;16', 1) == 2 + 1 + 1
+  assert uploads.decoding_bytes_per_pixel('RGBA', 1) == 4 + 1 + 1
 
 
 def test_an_image_larger_than_the_whole_budget_is_413(monkeypatch):

@@ -34,7 +34,7 @@ def _run_source(workdir: str, index: HammingIndex):
   if not os.path.exists(os.path.join(workdir, 'config.json')):
     return sources.load_source(str(index.extras['dataset']))
   cfg, _ = update.base_config(workdir)
-  manifest.check(workdir, cfg.dataset, manifest.files_of(cfg.dataset), 'draw its neighbours')
+  manifest.check(workdir, cfg.dataset, 'draw its neighbours')
   return hashing_job.load_data(cfg)[0]
 
 

@@ -103,12 +103,13 @@ def difference(before: dict[str, int], now: dict[str, int]) -> str | None:
   return f'{len(before)} files recorded, now: ' + '; '.join(parts)
 
 
-def check(workdir: str, spec: str, found: dict[str, int] | None, doing: str) -> None:
-  """Raises a one-line DataError when data set `spec` (its files `found`, from `files_of`)
-  differs from what the run in `workdir` recorded; `doing` says what was about to happen
-  ('resume', 'serve', ...)."""
+def check(workdir: str, spec: str, doing: str, labels: str | None = None) -> None:
+  """Raises a one-line DataError when data set `spec` (with label table `labels`) differs
+  from what the run in `workdir` recorded; `doing` says what was about to happen ('resume',
+  'be served', ...)."""
   before = recorded(workdir)
-  if before is None or found is None:
+  found = None if before is None else files_of(spec, labels)
+  if found is None:
     return
   changed = difference(before, found)
   if changed:
@@ -121,8 +122,7 @@ def check_or_record(workdir: str, spec: str, *, resuming: bool, write: bool,
                     labels: str | None = None) -> None:
   """At the start of a run: a resumed run checks its data set against data.json (`check`), a
   fresh one records it (`record`; only where `write`, i.e. on process 0)."""
-  found = files_of(spec, labels)
   if resuming:
-    check(workdir, spec, found, 'resume')
+    check(workdir, spec, 'resume', labels)
   elif write:
-    record(workdir, spec, found)
+    record(workdir, spec, files_of(spec, labels))

@@ -194,8 +194,7 @@ class UpdateJob(job.HashJob):
     image_shape = self.source.images(self.split.train[:1]).shape[1:]
     self.base_cfg, self.base_step = base_config(u.from_workdir)
     check_compatible(self.cfg, self.base_cfg, u.from_workdir)
-    manifest.check(u.from_workdir, self.cfg.dataset, manifest.files_of(self.cfg.dataset),
-                   'be updated')
+    manifest.check(u.from_workdir, self.cfg.dataset, 'be updated')
     self.indexed = load_indexed_codes(u.from_workdir, self.base_cfg.bits)
     missing = np.setdiff1d(self.indexed['db_indices'], self.split.database)
     if len(missing):

@@ -73,7 +73,7 @@ def _indexed_run(workdir: str):
   """(config, final step, source, image shape [H, W, C], the HammingIndex of codes.npz) of a
   finished train.py run, checked against each other; the model is not loaded."""
   cfg, step = update.base_config(workdir)
-  manifest.check(workdir, cfg.dataset, manifest.files_of(cfg.dataset), 'be served')
+  manifest.check(workdir, cfg.dataset, 'be served')
   source, _ = job.load_data(cfg)
   image_shape = tuple(np.asarray(source.images(np.zeros(1, np.int64))).shape[1:])
   if image_shape[-1] not in SERVABLE_CHANNELS:

@@ -77,7 +77,7 @@ def test_check_or_record_writes_fresh_and_checks_resumed(tmp_path):
                      r'numbered by these files, so it cannot resume: put the files back'):
     manifest.check_or_record(str(workdir), spec, resuming=True, write=True)
   (workdir / 'data.json').write_text('{"files": [1, 2')  # damaged: checks nothing
-  manifest.check(str(workdir), spec, manifest.files_of(spec), 'resume')
+  manifest.check(str(workdir), spec, 'resume')
 
 
 def test_a_copied_folder_with_new_times_is_the_same_data(tmp_path):
@@ -87,7 +87,7 @@ def test_a_copied_folder_with_new_times_is_the_same_data(tmp_path):
   manifest.record(str(workdir), f'folder:{root}', manifest.files_of(f'folder:{root}'))
   copy = tmp_path / 'copy'
   shutil.copytree(root, copy, copy_function=shutil.copyfile)  # new modification times
-  manifest.check(str(workdir), f'folder:{copy}', manifest.files_of(f'folder:{copy}'), 'serve')
+  manifest.check(str(workdir), f'folder:{copy}', 'serve')
 
 
 # --- a run on a folder, then the folder changes ----------------------------------------------
